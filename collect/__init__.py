@@ -1,0 +1,1 @@
+"""The collect stage (not implemented yet)."""

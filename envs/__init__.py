@@ -1,0 +1,1 @@
+"""Test spaces: the TestSpace API, the mesh renderer, procedural apartments and format loaders."""

@@ -1,0 +1,46 @@
+"""The TestSpace API every backend implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+
+from tst.camera import Camera
+from tst.frame import Frame
+from tst.modalities import RENDERED
+from tst.taxonomy import Taxonomy
+
+
+class TestSpace(ABC):
+    """One environment an agent lives in.
+
+    name: identifies the space in the workspace (e.g. "procedural-3").
+    taxonomy: its class list. bounds: (2, 3) axis-aligned min/max corners, metres, z-up.
+    """
+
+    __test__ = False  # not a pytest test class despite the name
+
+    name: str
+    taxonomy: Taxonomy
+    bounds: np.ndarray
+
+    @abstractmethod
+    def sample_positions(self, n: int, rng: np.random.Generator,
+                         height_range: tuple[float, float] = (0.5, 1.8),
+                         min_clearance: float = 0.3) -> np.ndarray:
+        """(n, 3) camera positions in free space: above a floor, `height_range` metres above it,
+        at least `min_clearance` metres from any geometry, never inside an object."""
+
+    @abstractmethod
+    def render(self, camera: Camera, modalities: tuple[str, ...] = RENDERED) -> Frame:
+        """Render `modalities` seen by `camera` into a Frame."""
+
+    def close(self) -> None:
+        """Release simulator or renderer resources."""
+
+    def __enter__(self) -> TestSpace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

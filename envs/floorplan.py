@@ -1,0 +1,67 @@
+"""Top-down floor plans of mesh spaces, with camera positions and headings drawn on top."""
+
+from __future__ import annotations
+
+import numpy as np
+import open3d as o3d
+from PIL import Image, ImageDraw, ImageFont
+
+from tst.camera import Camera
+from tst.visualize import label_palette
+
+from tst.envs.mesh_space import MeshSpace
+
+MAX_PIXELS = 1600
+DARK_CLASSES = ("wall", "doorframe", "window frame")  # drawn black, like the cut walls of a plan
+HIDDEN_CLASSES = ("ceiling", "ceiling lamp")
+
+
+def _first_visible_hits(space: MeshSpace, rays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per downward ray: (face id or -1, drop in metres) of the first hit that is not a ceiling and
+    faces up (a single-sided scanned ceiling seen from above faces away)."""
+    hits = space.renderer.scene.list_intersections(o3d.core.Tensor(rays.reshape(-1, 6)))
+    ray_ids, t_hit = hits["ray_ids"].numpy(), hits["t_hit"].numpy()
+    faces = hits["primitive_ids"].numpy().astype(np.int64)
+    hidden = [space.taxonomy.id(n) for n in HIDDEN_CLASSES if n in space.taxonomy.names]
+    keep = ~np.isin(space.mesh.face_class[faces], hidden) & (space.renderer.face_normals[faces, 2] > 0)
+    ray_ids, t_hit, faces = ray_ids[keep], t_hit[keep], faces[keep]
+    order = np.lexsort((t_hit, ray_ids))
+    first = order[np.unique(ray_ids[order], return_index=True)[1]]
+    face = np.full(rays.shape[0] * rays.shape[1], -1)
+    drop = np.zeros(face.shape, np.float32)
+    face[ray_ids[first]], drop[ray_ids[first]] = faces[first], t_hit[first]
+    return face.reshape(rays.shape[:2]), drop.reshape(rays.shape[:2])
+
+
+def floor_plan(space: MeshSpace, cameras: list[Camera] = (), pixels_per_metre: float = 48.0) -> Image.Image:
+    """An orthographic view from above with ceilings removed, coloured by semantic class and darker
+    the lower a surface is; walls, door and window frames black. Cameras are red dots with a heading
+    line and their index."""
+    (x0, y0, z0), (x1, y1, z1) = space.bounds
+    scale = min(pixels_per_metre, MAX_PIXELS / max(x1 - x0, y1 - y0))
+    width, height = int(np.ceil((x1 - x0) * scale)) + 1, int(np.ceil((y1 - y0) * scale)) + 1
+    xs = x0 + (np.arange(width) + 0.5) / scale
+    ys = y1 - (np.arange(height) + 0.5) / scale  # image rows run towards -y so +y is up
+    gx, gy = np.meshgrid(xs, ys)
+    rays = np.zeros((height, width, 6), np.float32)
+    rays[..., 0], rays[..., 1], rays[..., 2], rays[..., 5] = gx, gy, z1 + 1.0, -1.0
+    face, drop = _first_visible_hits(space, rays)
+    hit = face >= 0
+    classes = np.where(hit, space.mesh.face_class[np.maximum(face, 0)], 0)
+    colour = label_palette(len(space.taxonomy)).astype(np.float32)[classes]
+    relative = (drop - 1.0) / max(z1 - z0, 1e-6)  # 0 at the top of the space, 1 at the bottom
+    colour *= (1.0 - 0.45 * np.clip(relative, 0, 1))[..., None]
+    dark = [space.taxonomy.id(n) for n in DARK_CLASSES if n in space.taxonomy.names]
+    colour[np.isin(classes, dark) & hit] = 25
+    colour[~hit] = 255
+    image = Image.fromarray(colour.clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    font = ImageFont.load_default()
+    for index, camera in enumerate(cameras):
+        px = (camera.position[0] - x0) * scale
+        py = (y1 - camera.position[1]) * scale
+        forward = camera.rotation[:, 2]
+        draw.line([px, py, px + forward[0] * 0.5 * scale, py - forward[1] * 0.5 * scale], fill=(220, 0, 0), width=2)
+        draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill=(220, 0, 0), outline="white")
+        draw.text((px + 5, py + 3), str(index), fill=(160, 0, 0), font=font)
+    return image

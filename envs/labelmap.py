@@ -1,0 +1,87 @@
+"""Label maps: how a mesh file's parts get classes and instances.
+
+A label map is a YAML or JSON file:
+
+    classes: [wall, floor, chair, ...]   # optional custom taxonomy (names, or {name, thing}); default INDOOR
+    match:                               # ordered glob patterns (case-insensitive) on node, mesh and
+      "Chair*": chair                    # material names -> class; the first match wins
+      "*wall*": wall
+    face_class: label                    # optional PLY face property holding class ids
+    face_class_names: [unlabeled, wall]  # optional: names of those ids (default: ids are taxonomy ids)
+    face_instance: object_id             # optional PLY face property holding instance ids
+
+Parts that match nothing and have no face attribute are unlabeled (class 0).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from tst.errors import TSTError
+from tst.taxonomy import INDOOR, SemanticClass, Taxonomy
+
+
+@dataclass
+class LabelMap:
+    taxonomy: Taxonomy = INDOOR
+    patterns: list[tuple[str, int]] = field(default_factory=list)  # (glob, class id)
+    face_class: str | None = None
+    face_class_ids: dict[int, int] | None = None  # file id -> taxonomy id
+    face_instance: str | None = None
+
+    def class_for(self, *names: str | None) -> int:
+        """Class id of the first pattern matching any of `names` (node, mesh, material), else 0."""
+        for pattern, class_id in self.patterns:
+            if any(name and fnmatch.fnmatch(name.lower(), pattern.lower()) for name in names):
+                return class_id
+        return 0
+
+
+def _taxonomy(entries: object, source: str) -> Taxonomy:
+    if not isinstance(entries, list) or not entries:
+        raise TSTError(f"{source}: 'classes' must be a non-empty list of class names")
+    classes = []
+    for entry in entries:
+        if isinstance(entry, str):
+            known = INDOOR.names
+            thing = INDOOR.is_thing(INDOOR.id(entry)) if entry in known else True
+            classes.append(SemanticClass(entry, thing))
+        elif isinstance(entry, dict) and "name" in entry:
+            classes.append(SemanticClass(str(entry["name"]), bool(entry.get("thing", True))))
+        else:
+            raise TSTError(f"{source}: class entry {entry!r} must be a name or {{name, thing}}")
+    return Taxonomy(classes)
+
+
+def load_label_map(path: str | Path | None) -> LabelMap:
+    """Read a label map file; None gives the default (INDOOR taxonomy, no rules)."""
+    if path is None:
+        return LabelMap()
+    path = Path(path)
+    if not path.is_file():
+        raise TSTError(f"space.labels: {path} does not exist; expected a YAML or JSON label map")
+    try:
+        text = path.read_text()
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        raise TSTError(f"{path}: not a readable YAML/JSON label map ({str(error).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise TSTError(f"{path}: expected a mapping with 'match', 'classes', 'face_class' or 'face_instance'")
+    unknown = set(data) - {"classes", "match", "face_class", "face_class_names", "face_instance"}
+    if unknown:
+        raise TSTError(f"{path}: unknown key(s) {sorted(unknown)}; expected classes, match, face_class, "
+                       "face_class_names, face_instance")
+    taxonomy = _taxonomy(data["classes"], str(path)) if "classes" in data else INDOOR
+    match = data.get("match") or {}
+    if not isinstance(match, dict):
+        raise TSTError(f"{path}: 'match' must map name patterns to class names")
+    patterns = [(str(p), taxonomy.id(str(c), f"{path}: match '{p}'")) for p, c in match.items()]
+    ids = None
+    if data.get("face_class_names") is not None:
+        ids = {i: taxonomy.id(str(n), f"{path}: face_class_names[{i}]") for i, n in enumerate(data["face_class_names"])}
+    return LabelMap(taxonomy, patterns, data.get("face_class"), ids, data.get("face_instance"))

@@ -1,0 +1,1 @@
+"""Procedural apartments: the embedded default space, one different apartment per seed."""

@@ -1,0 +1,209 @@
+"""The mesh renderer: one open3d (Embree) ray cast per frame gives every base modality.
+
+The cast returns, per pixel, the hit distance, the triangle id and the barycentric coordinates.
+Depth comes from the distance, labels and normals from the triangle id, and colour from the
+barycentrics (UV texture lookup or vertex-colour interpolation). The per-pixel step after the cast is
+one numba kernel: open3d has no shading of its own, and a single fused pass keeps the overhead over
+the bare cast small (see `tst bench render`).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import open3d as o3d
+from PIL import Image
+
+from tst.camera import Camera
+from tst.errors import TSTError
+from tst.modalities import RENDERED
+
+from tst.envs.mesh import LabeledMesh
+
+INVALID_ID = np.uint32(0xFFFFFFFF)
+MAX_TEXTURE_SIZE = 512
+
+
+def _unit(vector: tuple[float, float, float]) -> np.ndarray:
+    v = np.asarray(vector, dtype=np.float32)
+    return v / np.linalg.norm(v)
+
+
+# Directional lights in world coordinates (z-up), pointing towards the light: a key light from
+# above and a weaker fill from below on the opposite side (indoor bounce light), so walls, floor and
+# ceiling facing different directions all get different brightness.
+LIGHT_DIRECTIONS = np.stack([_unit((0.35, 0.25, 0.9)), _unit((-0.6, -0.45, -0.5))])
+LIGHT_STRENGTHS = np.array([0.55, 0.3], dtype=np.float32)
+AMBIENT = 0.38
+BACKGROUND_RGB = np.array([205, 215, 230], dtype=np.float32)  # what rays that hit nothing see
+
+
+@numba.njit(cache=True, fastmath=True, inline="always")
+def _bilinear(atlas, texture, xa, ya, xb, yb, fx, fy, channel):
+    """Channel `channel` of texture slot `texture` at a point between texels (xa..xb, ya..yb), in [0, 1]."""
+    top = atlas[texture, ya, xa, channel] * (1.0 - fx) + atlas[texture, ya, xb, channel] * fx
+    bottom = atlas[texture, yb, xa, channel] * (1.0 - fx) + atlas[texture, yb, xb, channel] * fx
+    return (top * (1.0 - fy) + bottom * fy) / 255.0
+
+
+@numba.njit(cache=True, fastmath=True)
+def _shade_hits(prim, bary, t_hit, dirs, camera_from_world, face_normals, faces, face_class,
+                face_instance, face_material, corner_uvs, vertex_colors, material_texture,
+                material_color, material_uses_vertex_colors, atlas, light_dirs, light_strengths,
+                ambient, background, depth, normals, semantic, instance, rgb):
+    """Fill the per-pixel outputs (all flat over N pixels) from the cast's per-pixel hits."""
+    texture_size = atlas.shape[1]
+    for i in range(prim.shape[0]):
+        face = prim[i]
+        if face == 0xFFFFFFFF:
+            depth[i] = 0.0
+            semantic[i] = 0
+            instance[i] = 0
+            for c in range(3):
+                normals[i, c] = 0.0
+                rgb[i, c] = background[c]
+            continue
+        depth[i] = t_hit[i]
+        semantic[i] = face_class[face]
+        instance[i] = face_instance[face]
+        # Surface normal, flipped to face the camera, then rotated into the camera frame.
+        nx, ny, nz = face_normals[face, 0], face_normals[face, 1], face_normals[face, 2]
+        if nx * dirs[i, 0] + ny * dirs[i, 1] + nz * dirs[i, 2] > 0.0:
+            nx, ny, nz = -nx, -ny, -nz
+        for c in range(3):
+            normals[i, c] = camera_from_world[c, 0] * nx + camera_from_world[c, 1] * ny + camera_from_world[c, 2] * nz
+        # Albedo: texture, vertex colours or the flat material colour.
+        b1, b2 = bary[i, 0], bary[i, 1]
+        b0 = 1.0 - b1 - b2
+        material = face_material[face]
+        texture = material_texture[material]
+        r, g, b = material_color[material, 0], material_color[material, 1], material_color[material, 2]
+        if texture >= 0:
+            u = b0 * corner_uvs[face, 0, 0] + b1 * corner_uvs[face, 1, 0] + b2 * corner_uvs[face, 2, 0]
+            v = b0 * corner_uvs[face, 0, 1] + b1 * corner_uvs[face, 1, 1] + b2 * corner_uvs[face, 2, 1]
+            # Bilinear lookup with wrap-around; v runs up the image.
+            x = u * texture_size - 0.5
+            y = (1.0 - v) * texture_size - 0.5
+            x0, y0 = np.floor(x), np.floor(y)
+            fx, fy = x - x0, y - y0
+            xa, ya = int(x0) % texture_size, int(y0) % texture_size
+            xb, yb = (xa + 1) % texture_size, (ya + 1) % texture_size
+            r *= _bilinear(atlas, texture, xa, ya, xb, yb, fx, fy, 0)
+            g *= _bilinear(atlas, texture, xa, ya, xb, yb, fx, fy, 1)
+            b *= _bilinear(atlas, texture, xa, ya, xb, yb, fx, fy, 2)
+        elif material_uses_vertex_colors[material]:
+            v0, v1, v2 = faces[face, 0], faces[face, 1], faces[face, 2]
+            r = (b0 * vertex_colors[v0, 0] + b1 * vertex_colors[v1, 0] + b2 * vertex_colors[v2, 0]) / 255.0
+            g = (b0 * vertex_colors[v0, 1] + b1 * vertex_colors[v1, 1] + b2 * vertex_colors[v2, 1]) / 255.0
+            b = (b0 * vertex_colors[v0, 2] + b1 * vertex_colors[v1, 2] + b2 * vertex_colors[v2, 2]) / 255.0
+        shade = ambient
+        for light in range(light_dirs.shape[0]):
+            lambert = nx * light_dirs[light, 0] + ny * light_dirs[light, 1] + nz * light_dirs[light, 2]
+            if lambert > 0.0:
+                shade += light_strengths[light] * lambert
+        rgb[i, 0] = min(255.0, r * shade * 255.0)
+        rgb[i, 1] = min(255.0, g * shade * 255.0)
+        rgb[i, 2] = min(255.0, b * shade * 255.0)
+
+
+def _texture_atlas(mesh: LabeledMesh) -> tuple[np.ndarray, np.ndarray]:
+    """All material textures resized to one square size: (M, T, T, 3) uint8 and material -> slot (-1 none)."""
+    textured = [i for i, m in enumerate(mesh.materials) if m.texture is not None and mesh.corner_uvs is not None]
+    slots = np.full(len(mesh.materials), -1, dtype=np.int32)
+    if not textured:
+        return np.zeros((1, 1, 1, 3), np.uint8), slots
+    size = min(MAX_TEXTURE_SIZE, max(max(mesh.materials[i].texture.shape[:2]) for i in textured))
+    atlas = np.empty((len(textured), size, size, 3), dtype=np.uint8)
+    for slot, index in enumerate(textured):
+        texture = np.asarray(mesh.materials[index].texture)
+        if texture.ndim == 2:
+            texture = np.repeat(texture[..., None], 3, axis=-1)
+        image = Image.fromarray(np.ascontiguousarray(texture[..., :3]).astype(np.uint8))
+        atlas[slot] = np.asarray(image.resize((size, size), Image.BILINEAR))
+        slots[index] = slot
+    return atlas, slots
+
+
+def face_normals(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """(F, 3) float32 unit normals (right-hand rule); degenerate faces get zeros."""
+    v0, v1, v2 = (vertices[faces[:, k]].astype(np.float64) for k in range(3))
+    normals = np.cross(v1 - v0, v2 - v0)
+    length = np.linalg.norm(normals, axis=1, keepdims=True)
+    return (normals / np.where(length > 0, length, 1.0)).astype(np.float32)
+
+
+class MeshRenderer:
+    """Renders a LabeledMesh from pinhole cameras with one ray cast per frame.
+
+    nthreads: Embree threads per cast (0 = all cores; 1 when several processes render in parallel).
+    """
+
+    def __init__(self, mesh: LabeledMesh, nthreads: int = 0):
+        mesh.validate("mesh")
+        self.mesh = mesh
+        self.nthreads = int(nthreads)
+        self.scene = o3d.t.geometry.RaycastingScene()
+        self.scene.add_triangles(o3d.core.Tensor(mesh.vertices), o3d.core.Tensor(mesh.faces.astype(np.uint32)))
+        self.face_normals = face_normals(mesh.vertices, mesh.faces)
+        self.atlas, self.material_texture = _texture_atlas(mesh)
+        self.material_color = np.array([m.color for m in mesh.materials], dtype=np.float32).reshape(-1, 3)
+        self.material_uses_vertex_colors = np.array(
+            [m.vertex_colors and mesh.vertex_colors is not None for m in mesh.materials], dtype=np.bool_
+        )
+        self.corner_uvs = mesh.corner_uvs if mesh.corner_uvs is not None else np.zeros((1, 3, 2), np.float32)
+        self.vertex_colors = mesh.vertex_colors if mesh.vertex_colors is not None else np.zeros((1, 3), np.uint8)
+        self.instance_dtype = np.uint16 if mesh.face_instance.max(initial=0) < 2**16 else np.uint32
+        self._ray_cache: dict[tuple, np.ndarray] = {}
+
+    def _camera_rays(self, camera: Camera) -> np.ndarray:
+        """(H*W, 3) float32 ray directions in the camera frame with z = 1, through pixel centres."""
+        key = (camera.width, camera.height, camera.K.tobytes())
+        if key not in self._ray_cache:
+            u, v = np.meshgrid(np.arange(camera.width) + 0.5, np.arange(camera.height) + 0.5)
+            pixels = np.stack([u.ravel(), v.ravel(), np.ones(u.size)], axis=1)
+            self._ray_cache[key] = (pixels @ np.linalg.inv(camera.K).T).astype(np.float32)
+        return self._ray_cache[key]
+
+    def cast(self, camera: Camera) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """The bare ray cast: (open3d's per-pixel results as flat numpy arrays, world ray directions (N, 3))."""
+        directions = self._camera_rays(camera) @ camera.rotation.T.astype(np.float32)
+        rays = np.empty((len(directions), 6), dtype=np.float32)
+        rays[:, :3] = camera.position
+        rays[:, 3:] = directions
+        hits = self.scene.cast_rays(o3d.core.Tensor(rays), nthreads=self.nthreads)
+        return {name: hits[name].numpy() for name in ("t_hit", "primitive_ids", "primitive_uvs")}, directions
+
+    def render(self, camera: Camera, modalities: tuple[str, ...] = RENDERED) -> dict[str, np.ndarray]:
+        """Render `modalities` (a subset of rgb, depth, normals, semantic, instance) for `camera`.
+
+        Returns rgb (H, W, 3) uint8; depth (H, W) float32 z-depth in metres, 0 = no hit; normals
+        (H, W, 3) float32 unit vectors in the camera frame facing the camera; semantic (H, W) uint16;
+        instance (H, W) uint16 (uint32 when the mesh has 65536+ instances).
+        """
+        unknown = [m for m in modalities if m not in RENDERED]
+        if unknown:
+            raise TSTError(f"render: cannot render {unknown}; a mesh renders {', '.join(RENDERED)}")
+        hits, directions = self.cast(camera)
+        n = len(directions)
+        depth = np.empty(n, np.float32)
+        normals = np.empty((n, 3), np.float32)
+        semantic = np.empty(n, np.uint16)
+        instance = np.empty(n, self.instance_dtype)
+        rgb = np.empty((n, 3), np.uint8)
+        m = self.mesh
+        _shade_hits(
+            hits["primitive_ids"], hits["primitive_uvs"], hits["t_hit"], directions,
+            camera.rotation.T.astype(np.float32), self.face_normals, m.faces, m.face_class, m.face_instance,
+            m.face_material, self.corner_uvs, self.vertex_colors, self.material_texture, self.material_color,
+            self.material_uses_vertex_colors, self.atlas, LIGHT_DIRECTIONS, LIGHT_STRENGTHS,
+            np.float32(AMBIENT), BACKGROUND_RGB, depth, normals, semantic, instance, rgb,
+        )
+        shape = (camera.height, camera.width)
+        outputs = {
+            "rgb": rgb.reshape(*shape, 3),
+            "depth": depth.reshape(shape),
+            "normals": normals.reshape(*shape, 3),
+            "semantic": semantic.reshape(shape),
+            "instance": instance.reshape(shape),
+        }
+        return {name: outputs[name] for name in modalities}

@@ -1,0 +1,71 @@
+"""Space backends by name: what `space=<name>` builds, and whether it can run on this machine."""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from omegaconf import DictConfig
+
+from tst.errors import TSTError
+
+from tst.envs.base import TestSpace
+
+
+def _procedural(cfg: DictConfig) -> TestSpace:
+    from tst.envs.procedural.apartment import ProceduralSpace
+
+    seed = cfg.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TSTError(f"space.seed: expected an integer, got {seed!r}")
+    rooms = list(cfg.get("rooms", [4, 6]))
+    return ProceduralSpace(seed, float(cfg.max_edge), int(cfg.segments), (int(rooms[0]), int(rooms[1])),
+                           int(cfg.nthreads))
+
+
+def _mesh(cfg: DictConfig) -> TestSpace:
+    from tst.envs.labelmap import load_label_map
+    from tst.envs.loaders import load_mesh
+    from tst.envs.mesh_space import MeshSpace
+
+    if cfg.get("path") in (None, "", "???"):
+        raise TSTError("space.path: missing; expected the path of a glTF/GLB, PLY or OBJ scene (space.path=...)")
+    path = Path(str(cfg.path))
+    labels = load_label_map(cfg.get("labels"))
+    mesh = load_mesh(path, labels, str(cfg.get("up_axis", "auto")))
+    space = MeshSpace(str(cfg.get("name") or path.stem), mesh, labels.taxonomy, int(cfg.get("nthreads", 0)))
+    space.source_files = {"mesh": path} | ({"labels": Path(str(cfg.labels))} if cfg.get("labels") else {})
+    return space
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    description: str
+    requires: tuple[str, ...]  # importable modules it needs
+    build: Callable[[DictConfig], TestSpace]
+
+    def installed(self) -> bool:
+        return all(importlib.util.find_spec(module) is not None for module in self.requires)
+
+
+BACKENDS: dict[str, Backend] = {
+    "procedural": Backend("procedural", "procedural apartments, one per seed (the embedded default)",
+                          ("open3d", "scipy"), _procedural),
+    "mesh": Backend("mesh", "any labeled glTF/GLB, PLY or OBJ scene (space.path=..., space.labels=...)",
+                    ("open3d", "trimesh"), _mesh),
+}
+
+
+def make_space(cfg: DictConfig) -> TestSpace:
+    """Build the space a `space:` config describes (its `backend` key picks the backend)."""
+    name = cfg.get("backend")
+    if name not in BACKENDS:
+        raise TSTError(f"unknown space backend '{name}': expected one of {', '.join(BACKENDS)}")
+    backend = BACKENDS[name]
+    if not backend.installed():
+        missing = [m for m in backend.requires if importlib.util.find_spec(m) is None]
+        raise TSTError(f"space backend '{name}' needs {', '.join(missing)}, which is not installed here")
+    return backend.build(cfg)

@@ -1,0 +1,1 @@
+"""The transfer stage (not implemented yet)."""

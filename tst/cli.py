@@ -1,0 +1,96 @@
+"""The `tst` command: one subcommand per stage, each taking Hydra overrides (key=value, group=option)."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Callable
+
+from tst.errors import StageNotAvailable, TSTError
+
+
+@dataclass(frozen=True)
+class Subcommand:
+    summary: str
+    usage: str
+    run: Callable[[list[str]], int] | None  # None: the stage is not built yet
+    config: str | None = None  # the stage config `--help` describes
+
+
+def _load(stage: str, overrides: list[str]):
+    from tst.config import load
+
+    return load(stage, overrides)
+
+
+def _spaces(args: list[str]) -> int:
+    from tst.envs.commands import list_spaces, render_space
+
+    action, overrides = (args[0], args[1:]) if args else ("", [])
+    if action == "list":
+        list_spaces()
+    elif action == "render":
+        render_space(_load("spaces", overrides))
+    else:
+        raise TSTError(f"tst spaces: unknown action '{action}': expected 'list' or 'render'")
+    return 0
+
+
+def _bench(args: list[str]) -> int:
+    from tst.envs.bench import bench_render
+
+    action, overrides = (args[0], args[1:]) if args else ("", [])
+    if action != "render":
+        raise TSTError(f"tst bench: unknown benchmark '{action}': expected one of: render")
+    bench_render(_load("bench", overrides))
+    return 0
+
+
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "collect": Subcommand("render a TST dataset (pretrain / eval / transfer splits) from a space", "", None),
+    "pretrain": Subcommand("multimodal masked pretraining on the test space", "", None),
+    "transfer": Subcommand("train segmentation / detection / captioning heads and score them", "", None),
+    "deploy": Subcommand("run the specialist in the agent's perception loop", "", None),
+    "run": Subcommand("the whole pipeline on the embedded default space", "", None),
+    "report": Subcommand("the results table from tracked runs", "", None),
+    "bench": Subcommand("benchmarks with JSON output", "tst bench render [overrides]", _bench, "bench"),
+    "spaces": Subcommand("list spaces and render previews", "tst spaces list | tst spaces render [overrides]",
+                         _spaces, "spaces"),
+}
+
+
+def _overview() -> str:
+    lines = ["usage: tst <command> [key=value ...]   (Hydra overrides; `tst <command> --help` for its keys)", ""]
+    for name, sub in SUBCOMMANDS.items():
+        lines.append(f"  {name:<9} {sub.summary}{'' if sub.run else '  (not built yet)'}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_overview())
+        return 0
+    name, rest = args[0], args[1:]
+    try:
+        if name not in SUBCOMMANDS:
+            raise TSTError(f"unknown command '{name}': expected one of {', '.join(SUBCOMMANDS)}")
+        sub = SUBCOMMANDS[name]
+        if sub.run is None:
+            raise StageNotAvailable(f"the '{name}' stage is not built yet in this version of TST")
+        if "-h" in rest or "--help" in rest:
+            from tst.config import describe
+
+            print(f"usage: {sub.usage}\n\n{sub.summary}\n\n{describe(sub.config)}")
+            return 0
+        return sub.run(rest)
+    except TSTError as error:
+        print(f"tst {name}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"tst {name}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Config loading with Hydra's Compose API: the CLI, notebooks and tests get the same resolved config."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from tst.errors import TSTError
+
+CONFIG_MODULE = "tst.configs"
+
+# Which config groups stand for which kind of thing, for error messages ("unknown space 'foo'").
+GROUP_NOUNS = {"space": "space"}
+
+
+def config_root() -> Path:
+    """The folder holding the shipped Hydra configs (inside the installed package)."""
+    return Path(str(resources.files(CONFIG_MODULE)))
+
+
+def stages() -> list[str]:
+    """Stages that have a primary config (`<stage>.yaml`)."""
+    return sorted(p.stem for p in config_root().glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def groups() -> dict[str, list[str]]:
+    """Config group -> its options, e.g. {"space": ["mesh", "procedural"]}."""
+    return {
+        d.name: sorted(p.stem for p in d.glob("*.yaml"))
+        for d in sorted(config_root().iterdir())
+        if d.is_dir() and not d.name.startswith("_")
+    }
+
+
+def _check_group_choices(overrides: list[str]) -> None:
+    """Name the bad option and the valid ones when an override picks a missing group option."""
+    available = groups()
+    for override in overrides:
+        key, sep, value = override.lstrip("+~").partition("=")
+        if sep and key in available and value not in available[key]:
+            noun = GROUP_NOUNS.get(key, key)
+            raise TSTError(f"unknown {noun} '{value}': expected one of {', '.join(available[key])}")
+
+
+def load(stage: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Compose and resolve the config of `stage` (e.g. "spaces") with Hydra `overrides`."""
+    if stage not in stages():
+        raise TSTError(f"no config for stage '{stage}': expected one of {', '.join(stages())}")
+    overrides = list(overrides)
+    _check_group_choices(overrides)
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+            cfg = compose(config_name=stage, overrides=overrides)
+        OmegaConf.resolve(cfg)
+    except (HydraException, OmegaConfBaseException, ValueError) as error:
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        reason = lines[0] if lines else type(error).__name__
+        cause = getattr(error, "__cause__", None)
+        if cause is not None and str(cause).strip():
+            reason += " " + str(cause).strip().splitlines()[0]
+        raise TSTError(f"bad override for 'tst {stage}': {reason}") from None
+    finally:
+        GlobalHydra.instance().clear()
+    return cfg
+
+
+def describe(stage: str) -> str:
+    """Help text: the config groups with their options and the default config's keys."""
+    cfg = load(stage)
+    lines = [f"Config groups (pick with group=option):"]
+    for group, options in groups().items():
+        if group in cfg:
+            lines.append(f"  {group}: {', '.join(options)}")
+    lines += ["", "Keys and defaults (override with key=value, e.g. space.seed=3):", OmegaConf.to_yaml(cfg)]
+    return "\n".join(lines)

@@ -1,0 +1,51 @@
+"""Contact sheets: frames as rows, modalities as columns, with a legend of the classes in view."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from tst.frame import Frame
+from tst.modalities import get
+from tst.taxonomy import Taxonomy
+from tst.visualize import label_palette
+
+PAD = 4
+HEADER = 18
+SWATCH = 12
+
+
+def _font() -> ImageFont.ImageFont:
+    return ImageFont.load_default()
+
+
+def contact_sheet(frames: list[Frame], modalities: list[str], taxonomy: Taxonomy | None = None) -> Image.Image:
+    """One row per frame, one column per modality (visualized through the registry), column titles
+    on top, and (with a taxonomy and a semantic column) a legend of every class visible in any frame."""
+    if not frames:
+        raise ValueError("contact_sheet: no frames")
+    height, width = frames[0].camera.height, frames[0].camera.width
+    grid_w = len(modalities) * (width + PAD) + PAD
+    grid_h = HEADER + len(frames) * (height + PAD) + PAD
+    visible: list[int] = []
+    if taxonomy is not None and "semantic" in modalities:
+        ids = np.unique(np.concatenate([np.unique(f["semantic"]) for f in frames]))
+        visible = [int(i) for i in ids if i > 0]
+    legend_rows = (len(visible) + 3) // 4
+    sheet = Image.new("RGB", (grid_w, grid_h + legend_rows * (SWATCH + 4) + (PAD if visible else 0)), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = _font()
+    for column, name in enumerate(modalities):
+        draw.text((PAD + column * (width + PAD) + 2, 3), name, fill="black", font=font)
+        for row, frame in enumerate(frames):
+            image = get(name).visualize(frame[name])
+            sheet.paste(Image.fromarray(image), (PAD + column * (width + PAD), HEADER + row * (height + PAD)))
+    if visible:
+        palette = label_palette(max(visible) + 1)
+        column_w = grid_w // 4
+        for k, class_id in enumerate(visible):
+            x = PAD + (k % 4) * column_w
+            y = grid_h + (k // 4) * (SWATCH + 4)
+            draw.rectangle([x, y, x + SWATCH, y + SWATCH], fill=tuple(int(c) for c in palette[class_id]))
+            draw.text((x + SWATCH + 4, y), taxonomy.name(class_id), fill="black", font=font)
+    return sheet
