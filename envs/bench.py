@@ -1,0 +1,123 @@
+"""`tst bench render`: frames/s of the mesh renderer, against the bare ray cast and across processes."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+from tst.camera import Camera, intrinsics_from_fov
+from tst.errors import TSTError
+from tst.modalities import RENDERED
+from tst.tracking import record_run
+from tst.workspace import artifact_dir, atomic_write_json, new_run_name, staged_directory, write_manifest
+
+from tst.envs.mesh_space import MeshSpace
+from tst.envs.registry import make_space
+from tst.envs.views import preview_cameras
+
+console = Console(stderr=True)
+WARMUP = 2
+
+
+def _resized(cameras: list[Camera], size: int, hfov_deg: float) -> list[Camera]:
+    K = intrinsics_from_fov(size, size, hfov_deg)
+    return [Camera(K, size, size, c.world_from_camera) for c in cameras]
+
+
+def _interleaved_fps(steps: dict, cameras: list[Camera], repeats: int = 3) -> dict[str, float]:
+    """Frames/s of each step (name -> camera -> anything), timed back to back on every view so that
+    load from other processes on this shared machine hits all steps alike; median over views."""
+    for camera in cameras[:WARMUP]:
+        for step in steps.values():
+            step(camera)
+    seconds: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(repeats):
+        for camera in cameras:
+            for name, step in steps.items():
+                start = time.perf_counter()
+                step(camera)
+                seconds[name].append(time.perf_counter() - start)
+    return {name: 1.0 / float(np.median(values)) for name, values in seconds.items()}
+
+
+def _worker(space_cfg: dict, poses: list[list], size: int, hfov_deg: float, barrier, results) -> None:
+    """Build the space in this process (one ray-casting thread), wait for the others, render `poses`."""
+    cfg = OmegaConf.create(space_cfg)
+    cfg.nthreads = 1
+    space = make_space(cfg)
+    cameras = _resized([Camera(np.eye(3), 1, 1, np.array(p)) for p in poses], size, hfov_deg)
+    space.render(cameras[0])  # compile and warm caches before the clock starts
+    barrier.wait()
+    start = time.monotonic()
+    for camera in cameras:
+        space.render(camera, RENDERED)
+    results.put((start, time.monotonic()))
+
+
+def _parallel_fps(space_cfg: DictConfig, cameras: list[Camera], workers: int, size: int, hfov_deg: float) -> float:
+    """Frames/s of `workers` processes rendering `cameras` between them (spawned, so each builds its own scene)."""
+    context = multiprocessing.get_context("spawn")
+    barrier, results = context.Barrier(workers), context.Queue()
+    poses = [c.world_from_camera.tolist() for c in cameras]
+    shares = [poses[k::workers] for k in range(workers)]
+    config = OmegaConf.to_container(space_cfg, resolve=True)
+    processes = [context.Process(target=_worker, args=(config, share, size, hfov_deg, barrier, results))
+                 for share in shares]
+    for process in processes:
+        process.start()
+    spans = [results.get(timeout=900) for _ in processes]
+    for process in processes:
+        process.join()
+    return len(cameras) / (max(end for _, end in spans) - min(start for start, _ in spans))
+
+
+def bench_render(cfg: DictConfig) -> dict:
+    """Measure and print the JSON report; also written to the workspace (and `out`)."""
+    space = make_space(cfg.space)
+    if not isinstance(space, MeshSpace):
+        raise TSTError(f"bench render: space '{space.name}' is not a mesh space")
+    if space.num_triangles < cfg.min_triangles:
+        raise TSTError(f"bench render: {space.name} has {space.num_triangles} triangles, fewer than "
+                       f"min_triangles={cfg.min_triangles}; lower space.max_edge")
+    hfov = 90.0
+    console.print(f"[bold]bench render[/bold]: {space.name}, {space.num_triangles} triangles")
+    base = preview_cameras(space, max(cfg.frames, cfg.process_frames), 64, np.random.default_rng(0), hfov)
+    report: dict = {"space": space.name, "triangles": space.num_triangles, "frames": cfg.frames,
+                    "nthreads": space.renderer.nthreads, "sizes": {}}
+    for size in cfg.sizes:
+        cameras = _resized(base[:cfg.frames], int(size), hfov)
+        fps = _interleaved_fps({"render": lambda c: space.render(c, RENDERED), "cast": space.renderer.cast}, cameras)
+        render_fps, cast_fps = fps["render"], fps["cast"]
+        report["sizes"][str(size)] = {"render_fps": round(render_fps, 2), "raycast_only_fps": round(cast_fps, 2),
+                                      "render_over_raycast": round(cast_fps / render_fps, 3)}
+        console.print(f"  {size}px: render {render_fps:.1f} fps, ray cast only {cast_fps:.1f} fps")
+    process_cameras = _resized(base[:cfg.process_frames], int(cfg.process_size), hfov)
+    workers = {}
+    for count in cfg.workers:
+        workers[str(count)] = round(_parallel_fps(cfg.space, process_cameras, int(count), int(cfg.process_size), hfov), 2)
+        console.print(f"  {count} process(es), 1 thread each, {cfg.process_size}px: {workers[str(count)]} fps")
+    report["processes"] = {"size": cfg.process_size, "frames": cfg.process_frames, "fps": workers}
+    if len(workers) >= 2:
+        counts = sorted(workers, key=int)
+        report["processes"]["speedup"] = round(workers[counts[-1]] / workers[counts[0]], 3)
+    worst = max(v["render_over_raycast"] for v in report["sizes"].values())
+    report["targets"] = {"render_within_1.3x_raycast": worst <= 1.3,
+                         "two_processes_1.8x_one": report["processes"].get("speedup", 0) >= 1.8}
+    print(json.dumps(report, indent=2))
+    final = artifact_dir(cfg.workspace_dir, space.name, "bench", cfg.run_name or new_run_name())
+    with staged_directory(final) as tmp:
+        atomic_write_json(tmp / "bench.json", report)
+        write_manifest(tmp, "bench.render", cfg, {}, {"report": "bench.json"})
+    if cfg.get("out"):
+        atomic_write_json(Path(str(cfg.out)), report)
+    metrics = {f"render_fps_{s}": v["render_fps"] for s, v in report["sizes"].items()}
+    metrics |= {f"raycast_fps_{s}": v["raycast_only_fps"] for s, v in report["sizes"].items()}
+    metrics |= {f"process_fps_{k}": v for k, v in workers.items()}
+    record_run(cfg, "bench.render", space.name, final, {}, {"report": str(final / "bench.json")}, metrics)
+    return report
