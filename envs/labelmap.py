@@ -28,7 +28,7 @@ from tst.taxonomy import INDOOR, SemanticClass, Taxonomy
 
 @dataclass
 class LabelMap:
-    taxonomy: Taxonomy = INDOOR
+    taxonomy: Taxonomy = field(default_factory=lambda: INDOOR)
     patterns: list[tuple[str, int]] = field(default_factory=list)  # (glob, class id)
     face_class: str | None = None
     face_class_ids: dict[int, int] | None = None  # file id -> taxonomy id

@@ -1,0 +1,33 @@
+"""Shared test helpers: small analytic scenes and cameras."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tst.camera import Camera, intrinsics_from_fov, look_at
+from tst.envs.mesh import LabeledMesh, Material
+
+
+def quad_mesh(z: float, half: float = 5.0, class_id: int = 1, instance: int = 1,
+              material: Material | None = None, uv_repeat: float = 1.0) -> LabeledMesh:
+    """A square in the plane z = `z` (metres), facing -z (towards a camera below looking up),
+    UVs 0..uv_repeat across it."""
+    vertices = np.array([[-half, -half, z], [half, -half, z], [half, half, z], [-half, half, z]], float)
+    faces = np.array([[0, 2, 1], [0, 3, 2]])  # clockwise seen from +z: the front faces -z
+    uv = np.array([[0, 0], [1, 0], [1, 1], [0, 1]], float) * uv_repeat
+    return LabeledMesh(vertices, faces, [class_id] * 2, [instance] * 2, [0, 0],
+                       [material or Material("grey", (0.5, 0.5, 0.5))], corner_uvs=uv[faces])
+
+
+def camera_looking_up(width: int = 64, height: int = 48, hfov: float = 60.0, position=(0.0, 0.0, 0.0)) -> Camera:
+    """A camera at `position` looking along +z (world), image x along world +x, image y along world +y."""
+    position = np.asarray(position, float)
+    pose = look_at(position, position + [0, 0, 1], up=np.array([0.0, -1.0, 0.0]))
+    return Camera(intrinsics_from_fov(width, height, hfov), width, height, pose)
+
+
+@pytest.fixture
+def workspace(tmp_path):
+    """Overrides that send artifacts and tracking into a fresh temporary workspace."""
+    return [f"workspace_dir={tmp_path / 'ws'}"]

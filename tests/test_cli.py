@@ -1,0 +1,168 @@
+"""The `tst` command: help, spaces list/render, bench, stages not built yet, and bad input."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import trimesh
+from PIL import Image
+
+from tst.cli import SUBCOMMANDS, main
+
+
+def run(args, capsys):
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_overview_lists_every_subcommand(capsys):
+    code, out, _ = run(["--help"], capsys)
+    assert code == 0
+    for name in ("collect", "pretrain", "transfer", "deploy", "run", "report", "bench", "spaces"):
+        assert name in out and name in SUBCOMMANDS
+
+
+def test_help_lists_config_groups_and_keys(capsys):
+    code, out, _ = run(["spaces", "--help"], capsys)
+    assert code == 0
+    assert "space: mesh, procedural" in out
+    for key in ("views:", "size:", "workspace_dir:", "seed:", "max_edge:"):
+        assert key in out
+    code, out, _ = run(["bench", "render", "--help"], capsys)
+    assert code == 0 and "sizes:" in out
+
+
+@pytest.mark.parametrize("stage", ["collect", "pretrain", "transfer", "deploy", "run", "report"])
+def test_stages_not_built_yet_say_so_in_one_line(stage, capsys):
+    code, out, err = run([stage, "space.seed=1"], capsys)
+    assert code != 0 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "not built yet" in err
+
+
+def test_spaces_list(capsys):
+    code, out, _ = run(["spaces", "list"], capsys)
+    assert code == 0
+    assert "procedural" in out and "mesh" in out and "yes" in out
+
+
+def test_spaces_render_writes_sheet_floorplan_manifest_and_tracks(tmp_path, workspace, capsys):
+    out_png = tmp_path / "sheet.png"
+    code, _, err = run(["spaces", "render", "space=procedural", "space.seed=3", "views=3", "size=48",
+                        f"out={out_png}", "run_name=r1", *workspace], capsys)
+    assert code == 0, err
+    sheet = Image.open(out_png)
+    assert sheet.width >= 5 * 48 and sheet.height >= 3 * 48  # five columns, three rows
+    assert Image.open(tmp_path / "sheet-floorplan.png").width > 100
+    artifact = tmp_path / "ws" / "procedural-3" / "spaces" / "r1"
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    assert manifest["stage"] == "spaces.render"
+    assert manifest["config"]["space"]["seed"] == 3 and manifest["config"]["views"] == 3
+    assert manifest["code_version"].startswith("0.")
+    assert manifest["outputs"]["space"]["triangles"] > 100_000
+    assert (artifact / "sheet.png").read_bytes() == out_png.read_bytes()
+    assert len(json.loads((artifact / "cameras.json").read_text())) == 3
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'ws' / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["tst"], output_format="list")
+    assert len(runs) == 1
+    assert runs[0].data.params["space.seed"] == "3"
+    assert runs[0].data.tags["stage"] == "spaces.render"
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(runs[0].info.run_id, "images")}
+    assert artifacts == {"images/sheet.png", "images/floorplan.png"}
+
+
+def test_mesh_space_renders_from_the_cli(tmp_path, workspace, capsys):
+    room = trimesh.creation.box((6.0, 5.0, 2.6))
+    room.apply_translation([0, 0, 1.3])
+    room.invert()  # faces point inwards: a room to stand in
+    chair = trimesh.creation.box((0.5, 0.5, 0.9))
+    chair.apply_translation([1.5, 1.0, 0.45])
+    scene = trimesh.Scene()
+    scene.add_geometry(room, node_name="Room_floor_and_walls")
+    scene.add_geometry(chair, node_name="Chair")
+    path = tmp_path / "room.ply"
+    path.write_bytes(trimesh.exchange.ply.export_ply(trimesh.util.concatenate([room, chair])))
+    glb = tmp_path / "room.glb"
+    scene.export(glb)
+    labels = tmp_path / "labels.yaml"
+    labels.write_text("match:\n  'chair*': chair\n  'room*': wall\n")
+    code, _, err = run(["spaces", "render", "space=mesh", f"space.path={glb}", f"space.labels={labels}",
+                        "space.up_axis=z", "views=2", "size=32", "run_name=m", *workspace, "tracking.enabled=false"],
+                       capsys)
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "ws" / "room" / "spaces" / "m" / "manifest.json").read_text())
+    assert set(manifest["inputs"]) == {"mesh", "labels"}
+    assert len(manifest["inputs"]["mesh"]["fingerprint"]) == 16
+
+
+def test_bench_render_prints_json(tmp_path, workspace, capsys):
+    code, out, err = run(["bench", "render", "space.max_edge=0.3", "min_triangles=0", "sizes=[24]", "frames=3",
+                          "process_frames=4", "process_size=24", "workers=[1,2]", *workspace,
+                          "tracking.enabled=false"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["sizes"]["24"]["render_fps"] > 0 and report["sizes"]["24"]["raycast_only_fps"] > 0
+    assert set(report["processes"]["fps"]) == {"1", "2"} and report["processes"]["speedup"] > 0
+    assert set(report["targets"]) == {"render_within_1.3x_raycast", "two_processes_1.8x_one"}
+
+
+BAD_INPUTS = [
+    (["spaces", "render", "space=nowhere"], "unknown space 'nowhere': expected one of mesh, procedural"),
+    (["spaces", "render", "space.backend=habitatx"], "unknown space backend 'habitatx'"),
+    (["spaces", "render", "space.seed=abc"], "space.seed: expected an integer, got 'abc'"),
+    (["spaces", "render", "space.seed=2.5"], "space.seed: expected an integer, got 2.5"),
+    (["spaces", "render", "size=0"], "size: expected a positive integer, got 0"),
+    (["spaces", "render", "views=-1"], "views: expected a positive integer"),
+    (["spaces", "render", "space=mesh"], "space.path: missing"),
+    (["spaces", "render", "space=mesh", "space.path=/no/such/scene.glb"], "does not exist"),
+    (["spaces", "render", "nokey=3"], "bad override"),
+    (["spaces", "render", "out=sheet.jpg"], "out: expected a .png"),
+    (["spaces", "dance"], "unknown action 'dance'"),
+    (["bench", "fly"], "unknown benchmark 'fly'"),
+    (["fly"], "unknown command 'fly'"),
+]
+
+
+@pytest.mark.parametrize("args, message", BAD_INPUTS)
+def test_bad_input_one_line_error_nonzero_exit_nothing_written(args, message, tmp_path, workspace, capsys):
+    code, out, err = run(args + workspace, capsys)
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert message in lines[0]
+    assert not (tmp_path / "ws").exists()
+
+
+@pytest.mark.parametrize("content", [b"", b"solid garbage \x00\x01\x02", None])
+def test_bad_mesh_files_from_the_cli(content, tmp_path, workspace, capsys):
+    path = tmp_path / "scene.obj"
+    if content is not None:
+        path.write_bytes(content)
+    else:
+        path.write_text("v 0 0 0\nv 1 0 0\nv 0 1 0\n")  # vertices but no faces
+    code, _, err = run(["spaces", "render", "space=mesh", f"space.path={path}", *workspace], capsys)
+    assert code != 0 and len(err.strip().splitlines()) == 1 and str(path) in err
+    assert not (tmp_path / "ws").exists()
+
+
+def test_label_map_with_unknown_class_from_the_cli(tmp_path, workspace, capsys):
+    path = tmp_path / "box.ply"
+    path.write_bytes(trimesh.exchange.ply.export_ply(trimesh.creation.box()))
+    labels = tmp_path / "labels.yaml"
+    labels.write_text("match:\n  'box*': sofaa\n")
+    code, _, err = run(["spaces", "render", "space=mesh", f"space.path={path}", f"space.labels={labels}",
+                        *workspace], capsys)
+    assert code != 0 and "class 'sofaa' is not in the taxonomy" in err
+    assert not (tmp_path / "ws").exists()
+
+
+def test_console_script_is_installed():
+    result = subprocess.run([sys.executable, "-m", "tst.cli", "collect"], capture_output=True, text=True)
+    assert result.returncode != 0 and "not built yet" in result.stderr
+    result = subprocess.run(["tst", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "spaces" in result.stdout

@@ -1,0 +1,85 @@
+"""Config loading, the modality registry, taxonomies, manifests and atomic writes."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tst import config
+from tst.camera import Camera, intrinsics_from_fov, pose_from_yaw_pitch
+from tst.errors import TSTError
+from tst.modalities import MODALITIES, RENDERED, by_tier, get
+from tst.taxonomy import INDOOR, SemanticClass, Taxonomy
+from tst.workspace import fingerprint, read_manifest, staged_directory, write_manifest
+
+
+def test_config_load_resolves_overrides_like_the_cli():
+    cfg = config.load("spaces", ["space=procedural", "space.seed=7", "views=2"])
+    assert cfg.space.backend == "procedural" and cfg.space.seed == 7 and cfg.views == 2
+    assert cfg.workspace_dir == "./tst-runs" and cfg.tracking.enabled is True
+    assert config.groups()["space"] == ["mesh", "procedural"]
+    assert (config.config_root() / "space" / "procedural.yaml").is_file()
+
+
+def test_config_errors_are_one_line():
+    with pytest.raises(TSTError, match="unknown space 'x'"):
+        config.load("spaces", ["space=x"])
+    with pytest.raises(TSTError, match="no config for stage"):
+        config.load("nostage", [])
+
+
+def test_modality_registry():
+    assert set(RENDERED) <= set(MODALITIES)
+    assert by_tier("sensor") == ["rgb", "depth", "normals", "edges"]
+    assert set(by_tier("label")) == {"semantic", "instance", "boxes", "caption"}
+    assert get("depth").unit.startswith("metres")
+    with pytest.raises(TSTError, match="unknown modality 'heat'"):
+        get("heat")
+    image = get("depth").visualize(np.array([[0.0, 1.0], [2.0, 3.0]], np.float32))
+    assert image.shape == (2, 2, 3) and (image[0, 0] == 0).all()
+
+
+def test_taxonomy():
+    assert INDOOR.names[0] == "unlabeled" and INDOOR.id("wall") == 1
+    assert INDOOR.thing_ids and all(INDOOR.is_thing(i) for i in INDOOR.thing_ids)
+    assert Taxonomy.from_dict(INDOOR.to_dict()) == INDOOR
+    other = Taxonomy([SemanticClass("wall", False), SemanticClass("chair", True)])
+    assert other.fingerprint() != INDOOR.fingerprint()
+    with pytest.raises(TSTError, match="duplicate"):
+        Taxonomy([SemanticClass("a", True), SemanticClass("a", True)])
+
+
+def test_camera_round_trip_and_pose_convention():
+    pose = pose_from_yaw_pitch(np.array([1.0, 2.0, 1.5]), yaw=0.0, pitch=0.0)
+    assert np.allclose(pose[:3, 2], [1, 0, 0])  # forward along +x
+    assert np.allclose(pose[:3, 1], [0, 0, -1])  # image down = world down
+    camera = Camera(intrinsics_from_fov(64, 48, 90), 64, 48, pose)
+    assert Camera.from_dict(json.loads(json.dumps(camera.to_dict()))).to_dict() == camera.to_dict()
+
+
+def test_staged_directory_leaves_nothing_on_failure(tmp_path):
+    final = tmp_path / "ws" / "run"
+    with pytest.raises(RuntimeError):
+        with staged_directory(final) as tmp:
+            (tmp / "half.png").write_bytes(b"x")
+            raise RuntimeError("killed")
+    assert not final.exists() and list((tmp_path / "ws").iterdir()) == []
+    with staged_directory(final) as tmp:
+        write_manifest(tmp, "test", {"a": 1}, {}, {"n": 1})
+    assert read_manifest(final)["outputs"] == {"n": 1}
+    with pytest.raises(TSTError, match="already exists"):
+        with staged_directory(final):
+            pass
+
+
+def test_fingerprints_follow_content(tmp_path):
+    a = tmp_path / "a.bin"
+    a.write_bytes(b"one")
+    first = fingerprint(a)
+    a.write_bytes(b"two")
+    assert fingerprint(a) != first
+    with pytest.raises(TSTError, match="no such file"):
+        fingerprint(tmp_path / "missing")
+    with pytest.raises(TSTError, match="missing"):
+        read_manifest(tmp_path)
