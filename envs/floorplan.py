@@ -16,21 +16,27 @@ DARK_CLASSES = ("wall", "doorframe", "window frame")  # drawn black, like the cu
 HIDDEN_CLASSES = ("ceiling", "ceiling lamp")
 
 
-def _first_visible_hits(space: MeshSpace, rays: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per downward ray: (face id or -1, drop in metres) of the first hit that is not a ceiling and
-    faces up (a single-sided scanned ceiling seen from above faces away)."""
+def _class_ids(space: MeshSpace, names: tuple[str, ...]) -> list[int]:
+    return [space.taxonomy.id(n) for n in names if n in space.taxonomy.names]
+
+
+def _first_visible_hits(space: MeshSpace, rays: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per downward ray: face id (or -1) and drop in metres of the first hit that is not a ceiling
+    and faces up (a single-sided scanned ceiling seen from above faces away), and whether the ray
+    passes through any wall-like face at all (wall tops can be coplanar with ceilings)."""
     hits = space.renderer.scene.list_intersections(o3d.core.Tensor(rays.reshape(-1, 6)))
     ray_ids, t_hit = hits["ray_ids"].numpy(), hits["t_hit"].numpy()
     faces = hits["primitive_ids"].numpy().astype(np.int64)
-    hidden = [space.taxonomy.id(n) for n in HIDDEN_CLASSES if n in space.taxonomy.names]
-    keep = ~np.isin(space.mesh.face_class[faces], hidden) & (space.renderer.face_normals[faces, 2] > 0)
+    dark = np.zeros(rays.shape[0] * rays.shape[1], bool)
+    dark[ray_ids[np.isin(space.mesh.face_class[faces], _class_ids(space, DARK_CLASSES))]] = True
+    keep = ~np.isin(space.mesh.face_class[faces], _class_ids(space, HIDDEN_CLASSES)) & (space.renderer.face_normals[faces, 2] > 0)
     ray_ids, t_hit, faces = ray_ids[keep], t_hit[keep], faces[keep]
     order = np.lexsort((t_hit, ray_ids))
     first = order[np.unique(ray_ids[order], return_index=True)[1]]
     face = np.full(rays.shape[0] * rays.shape[1], -1)
     drop = np.zeros(face.shape, np.float32)
     face[ray_ids[first]], drop[ray_ids[first]] = faces[first], t_hit[first]
-    return face.reshape(rays.shape[:2]), drop.reshape(rays.shape[:2])
+    return face.reshape(rays.shape[:2]), drop.reshape(rays.shape[:2]), dark.reshape(rays.shape[:2])
 
 
 def floor_plan(space: MeshSpace, cameras: list[Camera] = (), pixels_per_metre: float = 48.0) -> Image.Image:
@@ -45,15 +51,14 @@ def floor_plan(space: MeshSpace, cameras: list[Camera] = (), pixels_per_metre: f
     gx, gy = np.meshgrid(xs, ys)
     rays = np.zeros((height, width, 6), np.float32)
     rays[..., 0], rays[..., 1], rays[..., 2], rays[..., 5] = gx, gy, z1 + 1.0, -1.0
-    face, drop = _first_visible_hits(space, rays)
+    face, drop, dark = _first_visible_hits(space, rays)
     hit = face >= 0
     classes = np.where(hit, space.mesh.face_class[np.maximum(face, 0)], 0)
     colour = label_palette(len(space.taxonomy)).astype(np.float32)[classes]
     relative = (drop - 1.0) / max(z1 - z0, 1e-6)  # 0 at the top of the space, 1 at the bottom
     colour *= (1.0 - 0.45 * np.clip(relative, 0, 1))[..., None]
-    dark = [space.taxonomy.id(n) for n in DARK_CLASSES if n in space.taxonomy.names]
-    colour[np.isin(classes, dark) & hit] = 25
     colour[~hit] = 255
+    colour[dark] = 25
     image = Image.fromarray(colour.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default()
