@@ -36,6 +36,22 @@ class TestSpace(ABC):
     def render(self, camera: Camera, modalities: tuple[str, ...] = RENDERED) -> Frame:
         """Render `modalities` seen by `camera` into a Frame."""
 
+    def clearance(self, points: np.ndarray) -> np.ndarray:
+        """(N,) metres from each of `points` (N, 3) to the nearest geometry (for navigation)."""
+        raise NotImplementedError(f"{type(self).__name__} has no clearance query")
+
+    def floor_heights(self, xy: np.ndarray) -> np.ndarray:
+        """(N,) z of the walkable surface under each (x, y) of `xy` (N, 2), NaN where there is none."""
+        raise NotImplementedError(f"{type(self).__name__} has no floor query")
+
+    def region_at(self, point: np.ndarray) -> str | None:
+        """The kind of room `point` (3,) is in ("kitchen", ...), when the space knows it."""
+        return None
+
+    def instance_materials(self) -> dict[int, str]:
+        """instance id -> the name of its dominant material, when the space knows it."""
+        return {}
+
     def close(self) -> None:
         """Release simulator or renderer resources."""
 

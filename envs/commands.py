@@ -18,7 +18,7 @@ from tst.sheets import contact_sheet
 from tst.tracking import record_run
 from tst.workspace import artifact_dir, atomic_write_bytes, new_run_name, staged_directory, write_manifest
 
-from tst.envs.floorplan import floor_plan
+from tst.envs.floorplan import Track, floor_plan
 from tst.envs.mesh_space import MeshSpace
 from tst.envs.registry import BACKENDS, make_space
 from tst.envs.views import preview_cameras
@@ -72,7 +72,7 @@ def render_space(cfg: DictConfig) -> Path:
         frames = [space.render(camera, RENDERED) for camera in
                   track(cameras, description=f"rendering {space.name}", console=console)]
         sheet = _png(contact_sheet(frames, list(RENDERED), space.taxonomy))
-        plan = _png(floor_plan(space, cameras)) if isinstance(space, MeshSpace) else None
+        plan = _png(floor_plan(space, [Track(cameras, numbered=True)])) if isinstance(space, MeshSpace) else None
         inputs = dict(getattr(space, "source_files", {}))
         stats = {"triangles": getattr(space, "num_triangles", None)}
         if hasattr(space, "apartment"):

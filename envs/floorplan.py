@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import open3d as o3d
 from PIL import Image, ImageDraw, ImageFont
@@ -39,10 +41,21 @@ def _first_visible_hits(space: MeshSpace, rays: np.ndarray) -> tuple[np.ndarray,
     return face.reshape(rays.shape[:2]), drop.reshape(rays.shape[:2]), dark.reshape(rays.shape[:2])
 
 
-def floor_plan(space: MeshSpace, cameras: list[Camera] = (), pixels_per_metre: float = 48.0) -> Image.Image:
+@dataclass
+class Track:
+    """Cameras to draw on a plan: dots with a heading line in `colour`; consecutive cameras with the
+    same path id (>= 0) joined by a line; numbered when `numbered`; `label` goes in the legend."""
+
+    cameras: list[Camera]
+    colour: tuple[int, int, int] = (220, 0, 0)
+    label: str | None = None
+    path_ids: list[int] | None = None
+    numbered: bool = False
+
+
+def floor_plan(space: MeshSpace, tracks: list[Track] = (), pixels_per_metre: float = 48.0) -> Image.Image:
     """An orthographic view from above with ceilings removed, coloured by semantic class and darker
-    the lower a surface is; walls, door and window frames black. Cameras are red dots with a heading
-    line and their index."""
+    the lower a surface is; walls, door and window frames black; camera tracks drawn on top."""
     (x0, y0, z0), (x1, y1, z1) = space.bounds
     scale = min(pixels_per_metre, MAX_PIXELS / max(x1 - x0, y1 - y0))
     width, height = int(np.ceil((x1 - x0) * scale)) + 1, int(np.ceil((y1 - y0) * scale)) + 1
@@ -62,11 +75,25 @@ def floor_plan(space: MeshSpace, cameras: list[Camera] = (), pixels_per_metre: f
     image = Image.fromarray(colour.clip(0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
     font = ImageFont.load_default()
-    for index, camera in enumerate(cameras):
-        px = (camera.position[0] - x0) * scale
-        py = (y1 - camera.position[1]) * scale
-        forward = camera.rotation[:, 2]
-        draw.line([px, py, px + forward[0] * 0.5 * scale, py - forward[1] * 0.5 * scale], fill=(220, 0, 0), width=2)
-        draw.ellipse([px - 4, py - 4, px + 4, py + 4], fill=(220, 0, 0), outline="white")
-        draw.text((px + 5, py + 3), str(index), fill=(160, 0, 0), font=font)
+
+    def pixel(point: np.ndarray) -> tuple[float, float]:
+        return (point[0] - x0) * scale, (y1 - point[1]) * scale
+
+    for track_index, track in enumerate(tracks):
+        colour = tuple(track.colour)
+        radius = 4 if track.numbered else 2
+        ids = track.path_ids or [-1] * len(track.cameras)
+        for index, camera in enumerate(track.cameras):
+            px, py = pixel(camera.position)
+            if index and ids[index] >= 0 and ids[index] == ids[index - 1]:
+                draw.line([pixel(track.cameras[index - 1].position), (px, py)], fill=colour, width=1)
+            forward = camera.rotation[:, 2]
+            length = (0.5 if track.numbered else 0.25) * scale
+            draw.line([px, py, px + forward[0] * length, py - forward[1] * length], fill=colour, width=1)
+            draw.ellipse([px - radius, py - radius, px + radius, py + radius], fill=colour)
+            if track.numbered:
+                draw.text((px + 5, py + 3), str(index), fill=colour, font=font)
+        if track.label:
+            draw.rectangle([4, 4 + 14 * track_index, 14, 14 + 14 * track_index], fill=colour)
+            draw.text((18, 3 + 14 * track_index), track.label, fill=(0, 0, 0), font=font)
     return image

@@ -40,6 +40,7 @@ class MeshSpace(TestSpace):
         self.renderer = MeshRenderer(mesh, nthreads=nthreads)
         self._walkable = self._walkable_faces()
         self.source_files: dict[str, Path] = {}  # files the space was read from (for manifests)
+        self._instance_materials: dict[int, str] | None = None
 
     @property
     def num_triangles(self) -> int:
@@ -61,6 +62,25 @@ class MeshSpace(TestSpace):
         rays = np.concatenate([origins, directions], axis=1).astype(np.float32)
         hits = self.renderer.scene.cast_rays(o3d.core.Tensor(rays), nthreads=self.renderer.nthreads)
         return {k: hits[k].numpy() for k in ("t_hit", "primitive_ids")}
+
+    def clearance(self, points: np.ndarray) -> np.ndarray:
+        return self.renderer.scene.compute_distance(o3d.core.Tensor(np.asarray(points, np.float32))).numpy()
+
+    def instance_materials(self) -> dict[int, str]:
+        """instance id -> name of the material covering most of its faces (computed once)."""
+        if self._instance_materials is None:
+            mesh = self.mesh
+            labeled = mesh.face_instance > 0
+            materials = len(mesh.materials)
+            keys = mesh.face_instance[labeled].astype(np.int64) * materials + mesh.face_material[labeled]
+            pairs, counts = np.unique(keys, return_counts=True)
+            best: dict[int, tuple[int, str]] = {}
+            for key, count in zip(pairs.tolist(), counts.tolist()):
+                instance, material = divmod(key, materials)
+                if count > best.get(instance, (-1, ""))[0]:
+                    best[instance] = (count, mesh.materials[material].name)
+            self._instance_materials = {instance: name for instance, (_, name) in best.items()}
+        return self._instance_materials
 
     def floor_heights(self, xy: np.ndarray) -> np.ndarray:
         """(N,) z of the highest walkable surface under each (x, y), NaN where there is none."""
@@ -112,8 +132,7 @@ class MeshSpace(TestSpace):
             points = points[ok].astype(np.float32)
             if len(points) == 0:
                 continue
-            clearance = self.renderer.scene.compute_distance(o3d.core.Tensor(points)).numpy()
-            keep = clearance >= min_clearance
+            keep = self.clearance(points) >= min_clearance
             keep &= self._front_facing_hit(points, (0, 0, -1), miss_ok=False)
             keep &= self._front_facing_hit(points, (0, 0, 1), miss_ok=True)
             found.append(points[keep])

@@ -23,6 +23,17 @@ def _load(stage: str, overrides: list[str]):
     return load(stage, overrides)
 
 
+def _sweep(stage: str, args: list[str]):
+    """Configs to run: one, or with -m/--multirun one per combination of comma-separated sweep values
+    (`tst collect -m space.seed=0,1,2`), run one after another."""
+    from tst.config import expand_sweeps
+
+    multirun = any(a in ("-m", "--multirun") for a in args)
+    overrides = [a for a in args if a not in ("-m", "--multirun")]
+    for combination in (expand_sweeps(overrides) if multirun else [overrides]):
+        yield _load(stage, combination)
+
+
 def _spaces(args: list[str]) -> int:
     from tst.envs.commands import list_spaces, render_space
 
@@ -33,6 +44,14 @@ def _spaces(args: list[str]) -> int:
         render_space(_load("spaces", overrides))
     else:
         raise TSTError(f"tst spaces: unknown action '{action}': expected 'list' or 'render'")
+    return 0
+
+
+def _collect(args: list[str]) -> int:
+    from tst.collect.run import run
+
+    for cfg in _sweep("collect", args):
+        run(cfg)
     return 0
 
 
@@ -47,7 +66,8 @@ def _bench(args: list[str]) -> int:
 
 
 SUBCOMMANDS: dict[str, Subcommand] = {
-    "collect": Subcommand("render a TST dataset (pretrain / eval / transfer splits) from a space", "", None),
+    "collect": Subcommand("render a TST dataset (pretrain / eval / transfer splits) from a space",
+                          "tst collect [-m] [overrides]", _collect, "collect"),
     "pretrain": Subcommand("multimodal masked pretraining on the test space", "", None),
     "transfer": Subcommand("train segmentation / detection / captioning heads and score them", "", None),
     "deploy": Subcommand("run the specialist in the agent's perception loop", "", None),

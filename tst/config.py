@@ -71,6 +71,27 @@ def load(stage: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     return cfg
 
 
+def expand_sweeps(overrides: list[str]) -> list[list[str]]:
+    """Hydra multirun sweeps (`key=a,b`, `key=range(0,3)`) expanded into one override list per
+    combination, in order; overrides without sweeps appear in every list."""
+    from itertools import product
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except HydraException as error:
+        raise TSTError(f"bad override: {str(error).splitlines()[0]}") from None
+    choices = []
+    for override in parsed:
+        key = override.get_key_element()
+        if override.is_sweep_override():
+            choices.append([f"{key}={value}" for value in override.sweep_string_iterator()])
+        else:
+            choices.append([override.input_line])
+    return [list(combination) for combination in product(*choices)]
+
+
 def describe(stage: str) -> str:
     """Help text: the config groups with their options and the default config's keys."""
     cfg = load(stage)

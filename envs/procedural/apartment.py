@@ -73,3 +73,11 @@ class ProceduralSpace(MeshSpace):
     @property
     def rooms(self) -> list[Room]:
         return self.apartment.rooms
+
+    def region_at(self, point: np.ndarray) -> str | None:
+        x, y = float(point[0]), float(point[1])
+        for room in self.rooms:
+            r = room.rect
+            if r.x0 <= x <= r.x1 and r.y0 <= y <= r.y1:
+                return room.kind
+        return None

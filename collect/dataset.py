@@ -1,0 +1,286 @@
+"""Reading a collected dataset back for training: map-style and streaming torch datasets.
+
+Decoded samples are dicts of tensors (documented units):
+  rgb      float32 (3, H, W) in [0, 1]          depth    float32 (1, H, W) metres, 0 = no hit
+  normals  float32 (3, H, W) unit, camera frame edges    float32 (1, H, W) 0 or 1
+  semantic int64 (H, W) class ids, 0 unlabeled   instance int64 (H, W), 0 none
+  boxes    float32 (N, 4) x0, y0, x1, y1 pixels (x1, y1 exclusive); box_classes, box_instances int64 (N,)
+  caption  str                                   camera   dict: K float32 (3, 3), pose float32 (4, 4), meta
+  key      str
+"""
+
+from __future__ import annotations
+
+import math
+import tarfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset, IterableDataset, get_worker_info
+
+from tst.errors import TSTError
+from tst.modalities import get
+from tst.workspace import read_manifest
+
+from tst.collect.codecs import codecs
+
+IMAGE_MODALITIES = ("rgb", "depth", "normals", "edges", "semantic", "instance")
+
+
+def to_tensors(values: dict) -> dict:
+    """Decoded numpy/python values of one sample -> tensors in the units of the module docstring."""
+    out: dict = {}
+    for name, value in values.items():
+        if name == "rgb":
+            out[name] = torch.from_numpy(np.ascontiguousarray(value)).permute(2, 0, 1).float() / 255.0
+        elif name in ("depth",):
+            out[name] = torch.from_numpy(value)[None]
+        elif name == "normals":
+            out[name] = torch.from_numpy(value).permute(2, 0, 1).contiguous()
+        elif name == "edges":
+            out[name] = torch.from_numpy((value > 127).astype(np.float32))[None]
+        elif name in ("semantic", "instance"):
+            out[name] = torch.from_numpy(value.astype(np.int64))
+        elif name == "boxes":
+            boxes = np.asarray(value, dtype=np.float64).reshape(-1, 7)
+            out["boxes"] = torch.from_numpy(boxes[:, 2:6].astype(np.float32))
+            out["box_classes"] = torch.from_numpy(boxes[:, 0].astype(np.int64))
+            out["box_instances"] = torch.from_numpy(boxes[:, 1].astype(np.int64))
+        elif name == "camera":
+            out[name] = {**value, "K": torch.tensor(value["K"], dtype=torch.float32),
+                         "pose": torch.tensor(value["world_from_camera"], dtype=torch.float32)}
+        else:
+            out[name] = value
+    return out
+
+
+@dataclass
+class RandomResizedCropFlip:
+    """One random crop (area fraction `scale`, aspect `ratio`) resized to `size` px and a horizontal
+    flip with probability `flip`, applied identically to every modality of a sample: rgb and normals
+    bilinear, depth, edges and labels nearest; boxes shifted, scaled, clipped (empty ones dropped);
+    normals' x negated under the flip; the camera intrinsics follow."""
+
+    size: int
+    scale: tuple[float, float] = (0.5, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip: float = 0.5
+
+    def crop_box(self, height: int, width: int, generator: torch.Generator) -> tuple[int, int, int, int]:
+        area = height * width
+        for _ in range(10):
+            target = area * float(torch.empty(1).uniform_(*self.scale, generator=generator))
+            aspect = math.exp(float(torch.empty(1).uniform_(math.log(self.ratio[0]), math.log(self.ratio[1]),
+                                                            generator=generator)))
+            w, h = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                top = int(torch.randint(0, height - h + 1, (1,), generator=generator))
+                left = int(torch.randint(0, width - w + 1, (1,), generator=generator))
+                return top, left, h, w
+        return 0, 0, height, width
+
+    def __call__(self, sample: dict, generator: torch.Generator | None = None) -> dict:
+        generator = generator or torch.default_generator
+        reference = next(sample[m] for m in IMAGE_MODALITIES if m in sample)
+        height, width = reference.shape[-2:]
+        top, left, h, w = self.crop_box(height, width, generator)
+        flip = float(torch.rand(1, generator=generator)) < self.flip
+        out = dict(sample)
+        for name in IMAGE_MODALITIES:
+            if name not in sample:
+                continue
+            x = sample[name][..., top:top + h, left:left + w]
+            batched = x[None].float() if x.dim() == 3 else x[None, None].float()
+            mode = "bilinear" if name in ("rgb", "normals") else "nearest"
+            resized = F.interpolate(batched, size=(self.size, self.size), mode=mode,
+                                    **({"align_corners": False, "antialias": True} if mode == "bilinear" else {}))
+            resized = resized[0] if x.dim() == 3 else resized[0, 0]
+            if flip:
+                resized = resized.flip(-1)
+            if name == "normals":
+                if flip:
+                    resized[0] = -resized[0]
+                resized = F.normalize(resized, dim=0) * (resized.abs().sum(0, keepdim=True) > 0)
+            out[name] = resized.to(sample[name].dtype)
+        sx, sy = self.size / w, self.size / h
+        if "boxes" in sample and len(sample["boxes"]):
+            b = sample["boxes"].clone()
+            b[:, [0, 2]] = ((b[:, [0, 2]] - left) * sx).clamp(0, self.size)
+            b[:, [1, 3]] = ((b[:, [1, 3]] - top) * sy).clamp(0, self.size)
+            if flip:
+                b[:, [0, 2]] = self.size - b[:, [2, 0]]
+            keep = (b[:, 2] - b[:, 0] >= 1) & (b[:, 3] - b[:, 1] >= 1)
+            out["boxes"] = b[keep]
+            out["box_classes"] = sample["box_classes"][keep]
+            out["box_instances"] = sample["box_instances"][keep]
+        if "camera" in sample:
+            K = sample["camera"]["K"].clone()
+            K[0] = K[0] * sx
+            K[1] = K[1] * sy
+            K[0, 2] = (sample["camera"]["K"][0, 2] - left) * sx
+            K[1, 2] = (sample["camera"]["K"][1, 2] - top) * sy
+            if flip:
+                K[0, 2] = self.size - K[0, 2]
+            out["camera"] = {**sample["camera"], "K": K, "flipped": flip}
+        return out
+
+
+def collate(samples: list[dict]) -> dict:
+    """Stack equally shaped tensors; keep boxes, captions, cameras and keys as lists."""
+    batch: dict = {}
+    for name in samples[0]:
+        values = [s[name] for s in samples]
+        if isinstance(values[0], torch.Tensor) and name not in ("boxes", "box_classes", "box_instances"):
+            batch[name] = torch.stack(values)
+        else:
+            batch[name] = values
+    return batch
+
+
+class CollectedData:
+    """A dataset directory written by `tst collect`: its manifest and shard lists."""
+
+    def __init__(self, root: str | Path, split: str, modalities: list[str] | None = None):
+        self.root = Path(root)
+        self.manifest = read_manifest(self.root)
+        if self.manifest.get("stage") != "collect":
+            raise TSTError(f"{self.root}: not a dataset written by tst collect (stage {self.manifest.get('stage')!r})")
+        splits = self.manifest["outputs"]["splits"]
+        if split not in splits:
+            raise TSTError(f"{self.root}: no split '{split}'; it holds {', '.join(splits) or 'none'}")
+        stored = self.manifest["outputs"]["modalities"]
+        modalities = list(modalities or [m for m in stored if m != "camera"])
+        for name in modalities:
+            get(name)
+            if name not in stored:
+                raise TSTError(f"{self.root}: modality '{name}' was not collected; it holds {', '.join(stored)}")
+        self.split = split
+        self.modalities = modalities + ["camera"]
+        self.shards = splits[split]["shards"]  # [{"index": k, "frames": n}]
+        self.coders = codecs(self.manifest["outputs"]["rgb_format"])
+        self.length = sum(s["frames"] for s in self.shards)
+
+    def shard_file(self, modality: str, index: int) -> Path:
+        return self.root / self.split / modality / f"shard-{index:06d}.tar"
+
+    def read_shard(self, index: int) -> Iterator[tuple[str, dict]]:
+        """(key, {modality: bytes}) for each sample of shard `index`, reading all modality tars in step."""
+        opened = [(m, tarfile.open(self.shard_file(m, index), "r")) for m in self.modalities]
+        try:
+            iterators = [(m, iter(tar)) for m, tar in opened]
+            while True:
+                entries = [(m, next(it, None)) for m, it in iterators]
+                if all(e is None for _, e in entries):
+                    return
+                if any(e is None for _, e in entries):
+                    raise ValueError("modality shards hold different numbers of samples")
+                keys = {e.name.split(".", 1)[0] for _, e in entries}
+                if len(keys) != 1:
+                    raise ValueError(f"sample keys differ across modalities: {sorted(keys)}")
+                raw = {m: dict(opened)[m].extractfile(e).read() for m, e in entries}
+                yield keys.pop(), raw
+        finally:
+            for _, tar in opened:
+                tar.close()
+
+    def decode(self, key: str, raw: dict[str, bytes]) -> dict:
+        values = {m: self.coders[m].decode(data) for m, data in raw.items()}
+        sample = to_tensors(values)
+        sample["key"] = key
+        return sample
+
+
+def _corrupt(data: CollectedData, index: int, error: Exception, skip: bool) -> None:
+    message = f"{data.shard_file('camera', index).parent.parent}/*/shard-{index:06d}.tar: corrupt or truncated ({error})"
+    if not skip:
+        raise TSTError(message) from None
+    warnings.warn(f"skipping {message}", stacklevel=3)
+
+
+class ShardStream(IterableDataset):
+    """Streams a split shard by shard. Shards are divided across DDP ranks and DataLoader workers, so
+    every sample is seen once per epoch; `set_epoch` reshuffles the shard order (same on every rank)."""
+
+    def __init__(self, root: str | Path, split: str, modalities: list[str] | None = None, transform=None,
+                 shuffle: bool = False, seed: int = 0, skip_corrupt: bool = False):
+        self.data = CollectedData(root, split, modalities)
+        self.transform, self.shuffle, self.seed, self.skip_corrupt = transform, shuffle, seed, skip_corrupt
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _my_shards(self) -> list[int]:
+        indices = [s["index"] for s in self.data.shards]
+        if self.shuffle:
+            indices = list(np.random.default_rng([self.seed, self.epoch]).permutation(indices))
+        rank, world = 0, 1
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        return indices[rank * workers + worker::world * workers]
+
+    def __iter__(self):
+        for index in self._my_shards():
+            try:
+                samples = list(self.data.read_shard(index))
+            except (tarfile.TarError, OSError, EOFError, ValueError) as error:
+                _corrupt(self.data, index, error, self.skip_corrupt)
+                continue
+            for key, raw in samples:
+                sample = self.data.decode(key, raw)
+                yield self.transform(sample) if self.transform else sample
+
+
+class FrameDataset(Dataset):
+    """Random access to a split (for evaluation): indexes the shards once, then reads each sample's
+    members at their byte offsets."""
+
+    def __init__(self, root: str | Path, split: str, modalities: list[str] | None = None, transform=None,
+                 skip_corrupt: bool = False):
+        self.data = CollectedData(root, split, modalities)
+        self.transform = transform
+        self.index: list[tuple[str, dict[str, tuple[int, int, int]]]] = []  # key -> modality -> (shard, offset, size)
+        for shard in self.data.shards:
+            try:
+                self.index += self._index_shard(shard["index"])
+            except (tarfile.TarError, OSError, EOFError, ValueError) as error:
+                _corrupt(self.data, shard["index"], error, skip_corrupt)
+
+    def _index_shard(self, index: int) -> list:
+        members: dict[str, dict[str, tuple[int, int, int]]] = {}
+        for modality in self.data.modalities:
+            with tarfile.open(self.data.shard_file(modality, index), "r") as tar:
+                for info in tar:
+                    members.setdefault(info.name.split(".", 1)[0], {})[modality] = (index, info.offset_data, info.size)
+        incomplete = [k for k, v in members.items() if len(v) != len(self.data.modalities)]
+        if incomplete:
+            raise ValueError(f"samples missing from some modalities: {incomplete[:3]}")
+        return list(members.items())
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _raw(self, i: int) -> tuple[str, dict[str, bytes]]:
+        key, where = self.index[i]
+        raw = {}
+        for modality, (shard, offset, size) in where.items():
+            with open(self.data.shard_file(modality, shard), "rb") as handle:
+                handle.seek(offset)
+                raw[modality] = handle.read(size)
+        return key, raw
+
+    def values(self, i: int) -> dict:
+        """Sample `i` decoded to numpy / python values (the codecs' units), not tensors."""
+        _, raw = self._raw(i)
+        return {m: self.data.coders[m].decode(data) for m, data in raw.items()}
+
+    def __getitem__(self, i: int) -> dict:
+        sample = self.data.decode(*self._raw(i))
+        return self.transform(sample) if self.transform else sample

@@ -1,0 +1,45 @@
+"""Modalities derived from a rendered frame: Canny edges and per-instance boxes."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+from scipy import ndimage
+
+from tst.taxonomy import Taxonomy
+
+
+def canny_edges(rgb: np.ndarray, low: float, high: float) -> np.ndarray:
+    """(H, W) uint8 edge map, 255 on edges, from (H, W, 3) uint8 RGB (OpenCV Canny on grey)."""
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    return cv2.Canny(grey, float(low), float(high))
+
+
+def instance_boxes(semantic: np.ndarray, instance: np.ndarray, taxonomy: Taxonomy,
+                   min_pixels: int) -> list[tuple[int, int, int, int, int, int, int]]:
+    """One box per visible thing instance: (class_id, instance_id, x0, y0, x1, y1, visible_pixels).
+
+    Coordinates are pixels, x1/y1 exclusive (the box is mask[y0:y1, x0:x1]); the class is the one most
+    of the instance's pixels carry. Stuff classes (wall, floor, ...) and instances with fewer than
+    `min_pixels` visible pixels get no box. Sorted by instance id.
+    """
+    ids = instance.astype(np.int64).ravel()
+    counts = np.bincount(ids)
+    if len(counts) <= 1:
+        return []
+    slices = ndimage.find_objects(instance.astype(np.int64))  # slices[i - 1] bounds instance id i
+    # Majority class per instance: count (instance, class) pairs.
+    pair = ids * len(taxonomy) + semantic.astype(np.int64).ravel()
+    pair_counts = np.bincount(pair, minlength=len(counts) * len(taxonomy)).reshape(len(counts), len(taxonomy))
+    majority = pair_counts.argmax(axis=1)
+    things = np.zeros(len(taxonomy), bool)
+    things[taxonomy.thing_ids] = True
+    boxes = []
+    for instance_id in np.nonzero(counts >= max(1, min_pixels))[0]:
+        class_id = int(majority[instance_id])
+        if instance_id == 0 or not things[class_id]:
+            continue
+        rows, cols = slices[instance_id - 1]
+        boxes.append((class_id, int(instance_id), int(cols.start), int(rows.start), int(cols.stop), int(rows.stop),
+                      int(counts[instance_id])))
+    return boxes

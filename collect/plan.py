@@ -1,0 +1,135 @@
+"""The collection plan: every frame's space, camera, split, path and step, decided before rendering.
+
+Planning is deterministic for a seed and cheap (low-resolution probes only), and the plan is saved, so
+a resumed collection renders exactly the frames the interrupted one would have.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from omegaconf import DictConfig
+from scipy.spatial import cKDTree
+
+from tst.camera import Camera
+from tst.errors import TSTError
+from tst.envs.base import TestSpace
+
+from tst.collect.trajectories import NavGrid, WalkSettings, walk
+from tst.collect.views import ViewSettings, sample_views
+
+SPLITS = ("pretrain", "eval", "transfer")
+VIEW_PATH = -1  # path id of frames from independent views
+
+
+@dataclass
+class PlannedFrame:
+    key: str
+    split: str
+    space: int  # index into Plan.spaces
+    camera: Camera
+    path_id: int
+    step: int
+
+    def to_dict(self) -> dict:
+        return {"key": self.key, "split": self.split, "space": self.space, "camera": self.camera.to_dict(),
+                "path_id": self.path_id, "step": self.step}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> PlannedFrame:
+        return cls(d["key"], d["split"], d["space"], Camera.from_dict(d["camera"]), d["path_id"], d["step"])
+
+
+@dataclass
+class Plan:
+    """spaces: space configs (index 0 = the test space). frames: split -> planned frames.
+    eval_min_distance: the actual smallest distance (metres) between an eval and a pretrain camera."""
+
+    spaces: list[dict]
+    space_names: list[str]
+    frames: dict[str, list[PlannedFrame]]
+    eval_min_distance: float | None
+
+    def to_dict(self) -> dict:
+        return {"spaces": self.spaces, "space_names": self.space_names, "eval_min_distance": self.eval_min_distance,
+                "frames": {split: [f.to_dict() for f in frames] for split, frames in self.frames.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Plan:
+        frames = {split: [PlannedFrame.from_dict(f) for f in fs] for split, fs in d["frames"].items()}
+        return cls(d["spaces"], d["space_names"], frames, d["eval_min_distance"])
+
+
+def view_settings(cfg: DictConfig) -> ViewSettings:
+    v = cfg.views
+    return ViewSettings(tuple(v.height_range), v.min_clearance, v.spacing, tuple(v.pitch_deg), v.roll_deg,
+                        v.min_view_depth, cfg.hfov_deg)
+
+
+def walk_settings(cfg: DictConfig) -> WalkSettings:
+    w = cfg.walks
+    return WalkSettings(w.step_m, w.turn_deg, w.camera_height, w.radius, w.pitch_deg, w.frames_per_path,
+                        w.cell, cfg.hfov_deg)
+
+
+def frame_counts(cfg: DictConfig) -> dict[str, int]:
+    counts = {}
+    for split in SPLITS:
+        value = cfg.frames.get(split, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise TSTError(f"collect.frames.{split}: expected a non-negative integer, got {value!r}")
+        counts[split] = value
+    if sum(counts[s] for s in cfg.splits) == 0:
+        raise TSTError("collect.frames: every requested split has 0 frames; expected at least one frame")
+    return counts
+
+
+def _split_frames(space: TestSpace, space_index: int, split: str, n: int, cfg: DictConfig, rng: np.random.Generator,
+                  avoid: np.ndarray | None, first_path_id: int) -> list[tuple[Camera, int, int, int]]:
+    """(camera, space index, path id, step) for `n` frames of one split in one space, mixing views and walks."""
+    if n == 0:
+        return []
+    mix = cfg.mix[split]
+    n_views = int(round(n * float(mix.views) / max(float(mix.views) + float(mix.walks), 1e-9)))
+    distance = float(cfg.eval_min_distance) if avoid is not None else 0.0
+    frames = [(camera, space_index, VIEW_PATH, 0) for camera in
+              sample_views(space, n_views, cfg.size, rng, view_settings(cfg), avoid, distance)] if n_views else []
+    if n - n_views:
+        grid = NavGrid(space, walk_settings(cfg), avoid, distance)
+        frames += [(camera, space_index, path, step) for camera, path, step in
+                   walk(grid, n - n_views, cfg.size, rng, walk_settings(cfg), first_path_id)]
+    return frames
+
+
+def make_plan(cfg: DictConfig, test_space_cfg: dict, test_space: TestSpace, transfer_space_cfgs: list[dict],
+              build_space) -> Plan:
+    """Plan eval first, then pretrain at least `eval_min_distance` from every eval camera, then the
+    transfer split spread evenly over the transfer spaces. cfg: the `collect` config node;
+    `build_space(space cfg dict) -> TestSpace`."""
+    counts = frame_counts(cfg)
+    spaces = [test_space_cfg] + transfer_space_cfgs
+    names = [test_space.name]
+    planned: dict[str, list] = {}
+    rng = lambda split, index=0: np.random.default_rng([int(cfg.seed), SPLITS.index(split), index])  # noqa: E731
+    planned["eval"] = _split_frames(test_space, 0, "eval", counts["eval"], cfg, rng("eval"), None, 0)
+    eval_positions = np.array([c.position for c, *_ in planned["eval"]]) if planned["eval"] else None
+    planned["pretrain"] = _split_frames(test_space, 0, "pretrain", counts["pretrain"], cfg, rng("pretrain"),
+                                        eval_positions, 10_000)
+    planned["transfer"] = []
+    if counts["transfer"]:
+        if not transfer_space_cfgs:
+            raise TSTError("collect.transfer_spaces: empty, but collect.frames.transfer > 0; name other spaces")
+        shares = np.array_split(np.arange(counts["transfer"]), len(transfer_space_cfgs))
+        for index, (space_cfg, share) in enumerate(zip(transfer_space_cfgs, shares), start=1):
+            with build_space(space_cfg) as space:
+                names.append(space.name)
+                planned["transfer"] += _split_frames(space, index, "transfer", len(share), cfg, rng("transfer", index),
+                                                     None, 20_000 + 1000 * index)
+    minimum = None
+    if planned["eval"] and planned["pretrain"]:
+        pretrain_positions = np.array([c.position for c, *_ in planned["pretrain"]])
+        minimum = float(cKDTree(pretrain_positions).query(eval_positions)[0].min())
+    frames = {split: [PlannedFrame(f"{split}_{i:07d}", split, s, c, p, t) for i, (c, s, p, t) in enumerate(items)]
+              for split, items in planned.items()}
+    return Plan(spaces, names, frames, minimum)

@@ -1,0 +1,218 @@
+"""`tst collect`: plan, render in parallel, write shards, and describe the dataset."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from tst.camera import Camera
+from tst.errors import TSTError
+from tst.frame import Frame
+from tst.envs.floorplan import Track, floor_plan
+from tst.envs.mesh_space import MeshSpace
+from tst.envs.registry import make_space
+from tst.modalities import MODALITIES, get
+from tst.sheets import contact_sheet
+from tst.tracking import record_run
+from tst.workspace import atomic_write_bytes, atomic_write_json, fingerprint, write_manifest
+
+from tst.collect.dataset import FrameDataset
+from tst.collect.executors import make_executor
+from tst.collect.plan import SPLITS, Plan, frame_counts, make_plan
+from tst.collect.worker import Settings, Unit, shard_path, stored_modalities, unit_complete
+
+console = Console(stderr=True)
+PLAN = "plan.json"
+RUNTIME_KEYS = ("out", "splits", "workers", "executor", "ray_address", "overwrite", "sheet_samples")
+SPLIT_COLOURS = {"pretrain": (30, 90, 220), "eval": (235, 120, 0), "transfer": (20, 160, 60)}
+
+
+def _transfer_space_configs(cfg: DictConfig, test_space_cfg: dict) -> list[dict]:
+    configs = []
+    for entry in cfg.collect.transfer_spaces:
+        if isinstance(entry, int) and not isinstance(entry, bool):
+            if test_space_cfg.get("backend") != "procedural":
+                raise TSTError(f"collect.transfer_spaces: {entry} is a procedural seed, but the test space is "
+                               f"'{test_space_cfg.get('backend')}'; give full space configs instead")
+            if entry == test_space_cfg.get("seed"):
+                raise TSTError(f"collect.transfer_spaces: seed {entry} is the test space itself; "
+                               "transfer data must come from OTHER spaces")
+            configs.append(dict(test_space_cfg, seed=entry))
+        elif isinstance(entry, DictConfig):
+            configs.append(OmegaConf.to_container(entry, resolve=True))
+        else:
+            raise TSTError(f"collect.transfer_spaces: expected seeds or space configs, got {entry!r}")
+    return configs
+
+
+def _identity(cfg: DictConfig) -> str:
+    """What determines the dataset's content: the space and every collect key but the runtime ones."""
+    collect = {k: v for k, v in OmegaConf.to_container(cfg.collect, resolve=True).items() if k not in RUNTIME_KEYS}
+    space = {k: v for k, v in OmegaConf.to_container(cfg.space, resolve=True).items() if k != "nthreads"}
+    return hashlib.sha256(json.dumps({"space": space, "collect": collect}, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _validate(cfg: DictConfig) -> None:
+    c = cfg.collect
+    for name in c.modalities:
+        get(name)
+    missing = [m for m in ("rgb",) if m not in c.modalities]
+    if missing:
+        raise TSTError("collect.modalities: rgb is required (edges and captions are computed from it)")
+    unknown = [s for s in c.splits if s not in SPLITS]
+    if unknown:
+        raise TSTError(f"collect.splits: unknown split(s) {unknown}; expected a subset of {list(SPLITS)}")
+    for key in ("size", "shard_size"):
+        if isinstance(c[key], bool) or not isinstance(c[key], int) or c[key] <= 0:
+            raise TSTError(f"collect.{key}: expected a positive integer, got {c[key]!r}")
+    if isinstance(c.workers, bool) or not isinstance(c.workers, int) or c.workers < 0:
+        raise TSTError(f"collect.workers: expected 0 (one per core) or a positive integer, got {c.workers!r}")
+    frame_counts(c)
+
+
+def _output_dir(cfg: DictConfig, space_name: str) -> Path:
+    out = Path(str(cfg.collect.out)) if cfg.collect.out else Path(cfg.workspace_dir) / space_name / "data"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as error:
+        raise TSTError(f"collect.out: cannot write to {out} ({error.strerror or error})") from None
+    return out
+
+
+def _load_or_make_plan(cfg: DictConfig, out: Path, space, test_space_cfg: dict) -> Plan:
+    identity = _identity(cfg)
+    path = out / PLAN
+    if path.exists():
+        stored = json.loads(path.read_text())
+        if stored.get("identity") == identity:
+            console.print(f"resuming the collection in {out}")
+            return Plan.from_dict(stored["plan"])
+        if not cfg.collect.overwrite:
+            raise TSTError(f"collect.out: {out} holds a dataset collected with a different config; "
+                           "choose another collect.out or set collect.overwrite=true")
+        for entry in [out / PLAN, out / "manifest.json", *[out / s for s in SPLITS]]:
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink(missing_ok=True)
+    console.print(f"planning cameras for {space.name} ...")
+    plan = make_plan(cfg.collect, test_space_cfg, space, _transfer_space_configs(cfg, test_space_cfg),
+                     lambda c: make_space(OmegaConf.create(c)))
+    atomic_write_json(path, {"identity": identity, "plan": plan.to_dict()})
+    return plan
+
+
+def _units(plan: Plan, splits: list[str], shard_size: int) -> list[Unit]:
+    units = []
+    for split in splits:
+        frames = plan.frames[split]
+        for shard, start in enumerate(range(0, len(frames), shard_size)):
+            units.append(Unit(split, shard, frames[start:start + shard_size]))
+    return units
+
+
+def _render(units: list[Unit], settings: Settings, cfg: DictConfig) -> float:
+    """Render every unit not yet on disk; returns frames/s of this run (0 when nothing was left)."""
+    todo = [u for u in units if not unit_complete(settings, u.split, u.shard)]
+    total = sum(len(u.frames) for u in todo)
+    done = sum(len(u.frames) for u in units) - total
+    if done:
+        console.print(f"{done} frames already on disk, {total} to go")
+    if not todo:
+        return 0.0
+    workers = cfg.collect.workers or os.cpu_count() or 1
+    executor = make_executor(cfg.collect.executor, min(workers, len(todo)), cfg.collect.ray_address)
+    columns = [TextColumn("[bold]collect[/bold]"), BarColumn(), TextColumn("{task.completed}/{task.total} frames"),
+               TextColumn("{task.fields[fps]:.1f} frames/s"), TimeElapsedColumn(), TextColumn("ETA"),
+               TimeRemainingColumn()]
+    start = time.perf_counter()
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("collect", total=total, fps=0.0)
+        rendered = 0
+        for count in executor.run(todo, settings):
+            rendered += count
+            progress.update(task, advance=count, fps=rendered / (time.perf_counter() - start))
+    return total / (time.perf_counter() - start)
+
+
+def _sheets(out: Path, plan: Plan, splits: list[str], cfg: DictConfig, space, taxonomy) -> dict[str, str]:
+    """A contact sheet of random samples per split and the test space's floor plan with every camera."""
+    written = {}
+    image_modalities = [m for m in ("rgb", "depth", "normals", "edges", "semantic", "instance")
+                        if m in cfg.collect.modalities]
+    rng = np.random.default_rng(cfg.collect.seed)
+    for split in splits:
+        dataset = FrameDataset(out, split, image_modalities)
+        picks = sorted(rng.choice(len(dataset), min(cfg.collect.sheet_samples, len(dataset)), replace=False))
+        frames = []
+        for index in picks:
+            values = dataset.values(int(index))
+            frames.append(Frame(Camera.from_dict(values.pop("camera")), values))
+        sheet = contact_sheet(frames, image_modalities, taxonomy)
+        atomic_write_bytes(out / f"sheet-{split}.png", _png_bytes(sheet))
+        written[split] = f"sheet-{split}.png"
+    if isinstance(space, MeshSpace):
+        tracks = [Track([f.camera for f in plan.frames[s]], SPLIT_COLOURS[s], s, [f.path_id for f in plan.frames[s]])
+                  for s in ("pretrain", "eval") if plan.frames[s]]
+        atomic_write_bytes(out / "floorplan.png", _png_bytes(floor_plan(space, tracks)))
+        written["floorplan"] = "floorplan.png"
+    return written
+
+
+def _png_bytes(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def run(cfg: DictConfig) -> Path:
+    """Collect the configured splits; returns the dataset directory (with manifest.json)."""
+    _validate(cfg)
+    test_space_cfg = OmegaConf.to_container(cfg.space, resolve=True)
+    space = make_space(cfg.space)
+    out = _output_dir(cfg, space.name)
+    plan = _load_or_make_plan(cfg, out, space, test_space_cfg)
+    splits = [s for s in cfg.collect.splits if plan.frames[s]]
+    workers = cfg.collect.workers or os.cpu_count() or 1
+    settings = Settings(str(out), plan.spaces, list(cfg.collect.modalities), cfg.collect.rgb_format,
+                        (float(cfg.collect.edges.low), float(cfg.collect.edges.high)), int(cfg.collect.min_box_pixels),
+                        int(cfg.collect.seed), 1 if workers > 1 else 0)
+    units = _units(plan, splits, cfg.collect.shard_size)
+    fps = _render(units, settings, cfg)
+    outputs = {
+        "space": space.name, "taxonomy": space.taxonomy.to_dict(), "taxonomy_fingerprint": space.taxonomy.fingerprint(),
+        "modalities": stored_modalities(list(cfg.collect.modalities)), "rgb_format": cfg.collect.rgb_format,
+        "registry": {m: {k: getattr(MODALITIES[m], k) for k in ("kind", "dtype", "unit", "encoding", "tier")}
+                     for m in cfg.collect.modalities},
+        "camera_model": "pinhole, OpenCV axes (x right, y down, z forward), world z-up, metres",
+        "spaces": plan.space_names, "eval_min_distance": plan.eval_min_distance,
+        "splits": {s: {"frames": len(plan.frames[s]),
+                       "shards": [{"index": u.shard, "frames": len(u.frames),
+                                   "fingerprints": {m: fingerprint(shard_path(out, s, m, u.shard))
+                                                    for m in stored_modalities(settings.modalities)}}
+                                  for u in units if u.split == s]} for s in splits},
+    }
+    write_manifest(out, "collect", cfg, {}, outputs)  # the readers below need it
+    images = _sheets(out, plan, splits, cfg, space, space.taxonomy)
+    write_manifest(out, "collect", cfg, {}, outputs | {"images": images})
+    counts = {s: len(plan.frames[s]) for s in splits}
+    console.print(f"[green]dataset[/green] {out}  frames {counts}  eval-pretrain min distance "
+                  f"{plan.eval_min_distance if plan.eval_min_distance is None else round(plan.eval_min_distance, 3)} m")
+    metrics = {f"frames_{s}": float(n) for s, n in counts.items()} | ({"frames_per_second": fps} if fps else {})
+    if plan.eval_min_distance is not None:
+        metrics["eval_min_distance"] = plan.eval_min_distance
+    record_run(cfg, "collect", space.name, out, {}, {"dataset": str(out), **counts}, metrics,
+               images=[out / name for name in images.values()])
+    space.close()
+    return out
+

@@ -1,0 +1,129 @@
+"""Rendering one shard: render the planned frames, derive edges / boxes / captions, encode every
+modality and write one tar per modality, each under a temporary name renamed when complete."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from tst.errors import TSTError
+from tst.envs.base import TestSpace
+from tst.envs.registry import make_space
+from tst.frame import Frame
+from tst.modalities import RENDERED
+
+from tst.collect.captions import make_caption, visible_objects
+from tst.collect.codecs import codecs
+from tst.collect.derive import canny_edges, instance_boxes
+from tst.collect.plan import PlannedFrame
+
+_SPACES: dict[str, TestSpace] = {}  # per-process cache: space config (JSON) -> built space
+
+
+@dataclass
+class Unit:
+    """One shard's worth of work."""
+
+    split: str
+    shard: int
+    frames: list[PlannedFrame]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every worker needs to know besides the unit."""
+
+    out: str
+    spaces: list[dict]
+    modalities: list[str]
+    rgb_format: str
+    edges: tuple[float, float]
+    min_box_pixels: int
+    seed: int
+    render_threads: int
+
+
+def shard_path(out: str | Path, split: str, modality: str, shard: int, extension: str = "tar") -> Path:
+    return Path(out) / split / modality / f"shard-{shard:06d}.{extension}"
+
+
+def stored_modalities(modalities: list[str]) -> list[str]:
+    """Every collection also stores the camera of each frame."""
+    return list(modalities) + ["camera"]
+
+
+def unit_complete(settings: Settings, split: str, shard: int) -> bool:
+    """A shard is complete when every modality's tar exists under its final name."""
+    return all(shard_path(settings.out, split, m, shard).exists() for m in stored_modalities(settings.modalities))
+
+
+def _space(settings: Settings, index: int) -> TestSpace:
+    config = dict(settings.spaces[index], nthreads=settings.render_threads)
+    key = repr(sorted(config.items()))
+    if key not in _SPACES:
+        _SPACES[key] = make_space(OmegaConf.create(config))
+    return _SPACES[key]
+
+
+def derive(frame: Frame, space: TestSpace, planned: PlannedFrame, settings: Settings) -> dict:
+    """All requested modalities of one frame, as python/numpy values ready to encode."""
+    m = dict(frame.modalities)
+    if "edges" in settings.modalities:
+        m["edges"] = canny_edges(m["rgb"], *settings.edges)
+    boxes = instance_boxes(m["semantic"], m["instance"], space.taxonomy, settings.min_box_pixels)
+    m["boxes"] = [list(b) for b in boxes]
+    if "caption" in settings.modalities:
+        # A per-frame generator: the caption does not depend on which worker renders the frame.
+        rng = np.random.default_rng([settings.seed, zlib.crc32(planned.key.encode())])
+        objects = visible_objects(m["rgb"], m["depth"], boxes, space.taxonomy, m["instance"],
+                                  space.instance_materials())
+        m["caption"] = make_caption(objects, space.region_at(planned.camera.position), rng)
+    m["camera"] = {**planned.camera.to_dict(), "space": space.name, "split": planned.split,
+                   "path_id": planned.path_id, "step": planned.step}
+    return m
+
+
+def _write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
+    """Write a tar atomically: a temporary name in the same folder, then a rename. Fixed mtimes make
+    the bytes depend only on the content."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+            for name, data in members:
+                info = tarfile.TarInfo(name)
+                info.size, info.mtime, info.mode = len(data), 0, 0o444
+                tar.addfile(info, io.BytesIO(data))
+        os.replace(tmp, path)
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        raise TSTError(f"{path.parent}: cannot write shard ({error.strerror or error})") from None
+
+
+def render_unit(unit: Unit, settings: Settings) -> int:
+    """Render, derive, encode and write one shard; returns the number of frames written."""
+    coders = codecs(settings.rgb_format)
+    needed = tuple(m for m in RENDERED if m in settings.modalities or m in ("rgb", "semantic", "instance", "depth"))
+    members: dict[str, list[tuple[str, bytes]]] = {m: [] for m in stored_modalities(settings.modalities)}
+    for planned in unit.frames:
+        space = _space(settings, planned.space)
+        values = derive(space.render(planned.camera, needed), space, planned, settings)
+        for modality, items in members.items():
+            coder = coders[modality]
+            items.append((f"{planned.key}.{coder.extension}", coder.encode(values[modality])))
+    for modality, items in members.items():
+        _write_tar(shard_path(settings.out, unit.split, modality, unit.shard), items)
+    return len(unit.frames)
+
+
+def close_spaces() -> None:
+    for space in _SPACES.values():
+        space.close()
+    _SPACES.clear()
