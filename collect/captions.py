@@ -60,8 +60,8 @@ def material_word(material_name: str | None) -> str | None:
 
 @dataclass
 class VisibleObject:
-    """A visible thing instance: class name, pixel count, mean colour, box centre (x, in 0..1 of the
-    width), median depth (metres) and material name (or None)."""
+    """A visible thing instance: class name, pixel count, mean colour name, box centre (x, in 0..1 of
+    the width), mean depth (metres) and material name (or None)."""
 
     name: str
     pixels: int
@@ -73,15 +73,19 @@ class VisibleObject:
 
 def visible_objects(rgb: np.ndarray, depth: np.ndarray, boxes: list, taxonomy: Taxonomy,
                     instance: np.ndarray, materials: dict[int, str]) -> list[VisibleObject]:
-    """One entry per box (boxes are the visible thing instances), largest first."""
-    objects = []
+    """One entry per box (boxes are the visible thing instances), largest first. Per-instance mean
+    colour and depth come from one bincount pass over the image."""
+    if not boxes:
+        return []
+    ids = instance.ravel().astype(np.int64)
+    size = int(ids.max()) + 1
+    pixels = np.maximum(np.bincount(ids, minlength=size), 1)
+    colours = np.stack([np.bincount(ids, rgb[..., c].ravel(), size) for c in range(3)], 1) / pixels[:, None]
+    depths = np.bincount(ids, depth.ravel(), size) / pixels
     width = rgb.shape[1]
-    for class_id, instance_id, x0, y0, x1, y1, pixels in boxes:
-        mask = instance[y0:y1, x0:x1] == instance_id
-        colour = rgb[y0:y1, x0:x1][mask].mean(axis=0)
-        objects.append(VisibleObject(taxonomy.name(class_id), pixels, colour_name(colour),
-                                     (x0 + x1) / 2 / width, float(np.median(depth[y0:y1, x0:x1][mask])),
-                                     materials.get(instance_id)))
+    objects = [VisibleObject(taxonomy.name(class_id), count, colour_name(colours[instance_id]),
+                             (x0 + x1) / 2 / width, float(depths[instance_id]), materials.get(instance_id))
+               for class_id, instance_id, x0, y0, x1, y1, count in boxes]
     return sorted(objects, key=lambda o: -o.pixels)
 
 

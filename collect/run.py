@@ -112,7 +112,7 @@ def _load_or_make_plan(cfg: DictConfig, out: Path, space, test_space_cfg: dict) 
     return plan
 
 
-def _units(plan: Plan, splits: list[str], shard_size: int) -> list[Unit]:
+def make_units(plan: Plan, splits: list[str], shard_size: int) -> list[Unit]:
     units = []
     for split in splits:
         frames = plan.frames[split]
@@ -175,6 +175,30 @@ def _png_bytes(image) -> bytes:
     return buffer.getvalue()
 
 
+def worker_settings(collect: DictConfig, plan: Plan, out: Path, render_threads: int) -> Settings:
+    return Settings(str(out), plan.spaces, list(collect.modalities), collect.rgb_format,
+                    (float(collect.edges.low), float(collect.edges.high)), int(collect.min_box_pixels),
+                    int(collect.seed), render_threads)
+
+
+def dataset_outputs(out: Path, plan: Plan, units: list[Unit], settings: Settings, space) -> dict:
+    """The `outputs` section of a dataset manifest: what the readers need and what people look up."""
+    splits = sorted({u.split for u in units}, key=SPLITS.index)
+    return {
+        "space": space.name, "taxonomy": space.taxonomy.to_dict(), "taxonomy_fingerprint": space.taxonomy.fingerprint(),
+        "modalities": stored_modalities(settings.modalities), "rgb_format": settings.rgb_format,
+        "registry": {m: {k: getattr(MODALITIES[m], k) for k in ("kind", "dtype", "unit", "encoding", "tier")}
+                     for m in settings.modalities},
+        "camera_model": "pinhole, OpenCV axes (x right, y down, z forward), world z-up, metres",
+        "spaces": plan.space_names, "eval_min_distance": plan.eval_min_distance,
+        "splits": {s: {"frames": len(plan.frames[s]),
+                       "shards": [{"index": u.shard, "frames": len(u.frames),
+                                   "fingerprints": {m: fingerprint(shard_path(out, s, m, u.shard))
+                                                    for m in stored_modalities(settings.modalities)}}
+                                  for u in units if u.split == s]} for s in splits},
+    }
+
+
 def run(cfg: DictConfig) -> Path:
     """Collect the configured splits; returns the dataset directory (with manifest.json)."""
     _validate(cfg)
@@ -184,24 +208,10 @@ def run(cfg: DictConfig) -> Path:
     plan = _load_or_make_plan(cfg, out, space, test_space_cfg)
     splits = [s for s in cfg.collect.splits if plan.frames[s]]
     workers = cfg.collect.workers or os.cpu_count() or 1
-    settings = Settings(str(out), plan.spaces, list(cfg.collect.modalities), cfg.collect.rgb_format,
-                        (float(cfg.collect.edges.low), float(cfg.collect.edges.high)), int(cfg.collect.min_box_pixels),
-                        int(cfg.collect.seed), 1 if workers > 1 else 0)
-    units = _units(plan, splits, cfg.collect.shard_size)
+    settings = worker_settings(cfg.collect, plan, out, render_threads=1 if workers > 1 else 0)
+    units = make_units(plan, splits, cfg.collect.shard_size)
     fps = _render(units, settings, cfg)
-    outputs = {
-        "space": space.name, "taxonomy": space.taxonomy.to_dict(), "taxonomy_fingerprint": space.taxonomy.fingerprint(),
-        "modalities": stored_modalities(list(cfg.collect.modalities)), "rgb_format": cfg.collect.rgb_format,
-        "registry": {m: {k: getattr(MODALITIES[m], k) for k in ("kind", "dtype", "unit", "encoding", "tier")}
-                     for m in cfg.collect.modalities},
-        "camera_model": "pinhole, OpenCV axes (x right, y down, z forward), world z-up, metres",
-        "spaces": plan.space_names, "eval_min_distance": plan.eval_min_distance,
-        "splits": {s: {"frames": len(plan.frames[s]),
-                       "shards": [{"index": u.shard, "frames": len(u.frames),
-                                   "fingerprints": {m: fingerprint(shard_path(out, s, m, u.shard))
-                                                    for m in stored_modalities(settings.modalities)}}
-                                  for u in units if u.split == s]} for s in splits},
-    }
+    outputs = dataset_outputs(out, plan, units, settings, space)
     write_manifest(out, "collect", cfg, {}, outputs)  # the readers below need it
     images = _sheets(out, plan, splits, cfg, space, space.taxonomy)
     write_manifest(out, "collect", cfg, {}, outputs | {"images": images})

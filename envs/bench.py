@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import multiprocessing
 import time
-from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
@@ -14,8 +11,7 @@ from rich.console import Console
 from tst.camera import Camera, intrinsics_from_fov
 from tst.errors import TSTError
 from tst.modalities import RENDERED
-from tst.tracking import record_run
-from tst.workspace import artifact_dir, atomic_write_json, new_run_name, staged_directory, write_manifest
+from tst.benchmarks import parallel_seconds, save_report
 
 from tst.envs.mesh_space import MeshSpace
 from tst.envs.registry import make_space
@@ -46,35 +42,29 @@ def _interleaved_fps(steps: dict, cameras: list[Camera], repeats: int = 3) -> di
     return {name: 1.0 / float(np.median(values)) for name, values in seconds.items()}
 
 
-def _worker(space_cfg: dict, poses: list[list], size: int, hfov_deg: float, barrier, results) -> None:
-    """Build the space in this process (one ray-casting thread), wait for the others, render `poses`."""
-    cfg = OmegaConf.create(space_cfg)
-    cfg.nthreads = 1
-    space = make_space(cfg)
-    cameras = _resized([Camera(np.eye(3), 1, 1, np.array(p)) for p in poses], size, hfov_deg)
-    space.render(cameras[0])  # compile and warm caches before the clock starts
-    barrier.wait()
-    start = time.monotonic()
-    for camera in cameras:
+def _prepare_worker(context: tuple[dict, float]) -> tuple:
+    """In a benchmark process: build the space with one ray-casting thread and warm it up."""
+    space_cfg, hfov_deg = context
+    config = OmegaConf.create(space_cfg)
+    config.nthreads = 1
+    space = make_space(config)
+    space.render(Camera(intrinsics_from_fov(8, 8, hfov_deg), 8, 8, np.eye(4)))  # compile before the clock
+    return space, hfov_deg
+
+
+def _render_share(state: tuple, share: tuple[list, int]) -> None:
+    space, hfov_deg = state
+    poses, size = share
+    for camera in _resized([Camera(np.eye(3), 1, 1, np.array(p)) for p in poses], size, hfov_deg):
         space.render(camera, RENDERED)
-    results.put((start, time.monotonic()))
 
 
 def _parallel_fps(space_cfg: DictConfig, cameras: list[Camera], workers: int, size: int, hfov_deg: float) -> float:
-    """Frames/s of `workers` processes rendering `cameras` between them (spawned, so each builds its own scene)."""
-    context = multiprocessing.get_context("spawn")
-    barrier, results = context.Barrier(workers), context.Queue()
+    """Frames/s of `workers` processes rendering `cameras` between them, each with its own scene."""
     poses = [c.world_from_camera.tolist() for c in cameras]
-    shares = [poses[k::workers] for k in range(workers)]
-    config = OmegaConf.to_container(space_cfg, resolve=True)
-    processes = [context.Process(target=_worker, args=(config, share, size, hfov_deg, barrier, results))
-                 for share in shares]
-    for process in processes:
-        process.start()
-    spans = [results.get(timeout=900) for _ in processes]
-    for process in processes:
-        process.join()
-    return len(cameras) / (max(end for _, end in spans) - min(start for start, _ in spans))
+    shares = [(poses[k::workers], size) for k in range(workers)]
+    context = (OmegaConf.to_container(space_cfg, resolve=True), hfov_deg)
+    return len(cameras) / parallel_seconds(_prepare_worker, _render_share, context, shares)
 
 
 def bench_render(cfg: DictConfig) -> dict:
@@ -82,42 +72,35 @@ def bench_render(cfg: DictConfig) -> dict:
     space = make_space(cfg.space)
     if not isinstance(space, MeshSpace):
         raise TSTError(f"bench render: space '{space.name}' is not a mesh space")
-    if space.num_triangles < cfg.min_triangles:
+    if space.num_triangles < cfg.render.min_triangles:
         raise TSTError(f"bench render: {space.name} has {space.num_triangles} triangles, fewer than "
-                       f"min_triangles={cfg.min_triangles}; lower space.max_edge")
+                       f"render.min_triangles={cfg.render.min_triangles}; lower space.max_edge")
     hfov = 90.0
     console.print(f"[bold]bench render[/bold]: {space.name}, {space.num_triangles} triangles")
-    base = preview_cameras(space, max(cfg.frames, cfg.process_frames), 64, np.random.default_rng(0), hfov)
-    report: dict = {"space": space.name, "triangles": space.num_triangles, "frames": cfg.frames,
+    base = preview_cameras(space, max(cfg.render.frames, cfg.render.process_frames), 64, np.random.default_rng(0), hfov)
+    report: dict = {"space": space.name, "triangles": space.num_triangles, "frames": cfg.render.frames,
                     "nthreads": space.renderer.nthreads, "sizes": {}}
-    for size in cfg.sizes:
-        cameras = _resized(base[:cfg.frames], int(size), hfov)
+    for size in cfg.render.sizes:
+        cameras = _resized(base[:cfg.render.frames], int(size), hfov)
         fps = _interleaved_fps({"render": lambda c: space.render(c, RENDERED), "cast": space.renderer.cast}, cameras)
         render_fps, cast_fps = fps["render"], fps["cast"]
         report["sizes"][str(size)] = {"render_fps": round(render_fps, 2), "raycast_only_fps": round(cast_fps, 2),
                                       "render_over_raycast": round(cast_fps / render_fps, 3)}
         console.print(f"  {size}px: render {render_fps:.1f} fps, ray cast only {cast_fps:.1f} fps")
-    process_cameras = _resized(base[:cfg.process_frames], int(cfg.process_size), hfov)
+    process_cameras = _resized(base[:cfg.render.process_frames], int(cfg.render.process_size), hfov)
     workers = {}
-    for count in cfg.workers:
-        workers[str(count)] = round(_parallel_fps(cfg.space, process_cameras, int(count), int(cfg.process_size), hfov), 2)
-        console.print(f"  {count} process(es), 1 thread each, {cfg.process_size}px: {workers[str(count)]} fps")
-    report["processes"] = {"size": cfg.process_size, "frames": cfg.process_frames, "fps": workers}
+    for count in cfg.render.workers:
+        workers[str(count)] = round(_parallel_fps(cfg.space, process_cameras, int(count), int(cfg.render.process_size), hfov), 2)
+        console.print(f"  {count} process(es), 1 thread each, {cfg.render.process_size}px: {workers[str(count)]} fps")
+    report["processes"] = {"size": cfg.render.process_size, "frames": cfg.render.process_frames, "fps": workers}
     if len(workers) >= 2:
         counts = sorted(workers, key=int)
         report["processes"]["speedup"] = round(workers[counts[-1]] / workers[counts[0]], 3)
     worst = max(v["render_over_raycast"] for v in report["sizes"].values())
     report["targets"] = {"render_within_1.3x_raycast": worst <= 1.3,
                          "two_processes_1.8x_one": report["processes"].get("speedup", 0) >= 1.8}
-    print(json.dumps(report, indent=2))
-    final = artifact_dir(cfg.workspace_dir, space.name, "bench", cfg.run_name or new_run_name())
-    with staged_directory(final) as tmp:
-        atomic_write_json(tmp / "bench.json", report)
-        write_manifest(tmp, "bench.render", cfg, {}, {"report": "bench.json"})
-    if cfg.get("out"):
-        atomic_write_json(Path(str(cfg.out)), report)
     metrics = {f"render_fps_{s}": v["render_fps"] for s, v in report["sizes"].items()}
     metrics |= {f"raycast_fps_{s}": v["raycast_only_fps"] for s, v in report["sizes"].items()}
     metrics |= {f"process_fps_{k}": v for k, v in workers.items()}
-    record_run(cfg, "bench.render", space.name, final, {}, {"report": str(final / "bench.json")}, metrics)
+    save_report(cfg, "render", space.name, report, metrics)
     return report

@@ -32,7 +32,7 @@ def test_help_lists_config_groups_and_keys(capsys):
     for key in ("views:", "size:", "workspace_dir:", "seed:", "max_edge:"):
         assert key in out
     code, out, _ = run(["bench", "render", "--help"], capsys)
-    assert code == 0 and "sizes:" in out
+    assert code == 0 and "sizes:" in out and "reader_workers:" in out
 
 
 @pytest.mark.parametrize("stage", ["collect", "pretrain", "transfer", "deploy", "run", "report"])
@@ -101,8 +101,9 @@ def test_mesh_space_renders_from_the_cli(tmp_path, workspace, capsys):
 
 
 def test_bench_render_prints_json(tmp_path, workspace, capsys):
-    code, out, err = run(["bench", "render", "space.max_edge=0.3", "min_triangles=0", "sizes=[24]", "frames=3",
-                          "process_frames=4", "process_size=24", "workers=[1,2]", *workspace,
+    code, out, err = run(["bench", "render", "space.max_edge=0.3", "render.min_triangles=0", "render.sizes=[24]",
+                          "render.frames=3", "render.process_frames=4", "render.process_size=24",
+                          "render.workers=[1,2]", *workspace,
                           "tracking.enabled=false"], capsys)
     assert code == 0, err
     report = json.loads(out)

@@ -56,12 +56,14 @@ def _collect(args: list[str]) -> int:
 
 
 def _bench(args: list[str]) -> int:
+    from tst.collect.bench import bench_collect
     from tst.envs.bench import bench_render
 
+    benchmarks = {"render": bench_render, "collect": bench_collect}
     action, overrides = (args[0], args[1:]) if args else ("", [])
-    if action != "render":
-        raise TSTError(f"tst bench: unknown benchmark '{action}': expected one of: render")
-    bench_render(_load("bench", overrides))
+    if action not in benchmarks:
+        raise TSTError(f"tst bench: unknown benchmark '{action}': expected one of: {', '.join(benchmarks)}")
+    benchmarks[action](_load("bench", overrides))
     return 0
 
 
@@ -73,7 +75,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "deploy": Subcommand("run the specialist in the agent's perception loop", "", None),
     "run": Subcommand("the whole pipeline on the embedded default space", "", None),
     "report": Subcommand("the results table from tracked runs", "", None),
-    "bench": Subcommand("benchmarks with JSON output", "tst bench render [overrides]", _bench, "bench"),
+    "bench": Subcommand("benchmarks with JSON output", "tst bench render|collect [overrides]", _bench, "bench"),
     "spaces": Subcommand("list spaces and render previews", "tst spaces list | tst spaces render [overrides]",
                          _spaces, "spaces"),
 }
