@@ -18,6 +18,7 @@ from tst.envs.mesh import LabeledMesh
 from tst.envs.raycast import INVALID_ID, MeshRenderer
 
 FLOOR_CLASS = "floor"
+CEILING_CLASS = "ceiling"
 UP_FACING = 0.7  # cos of the steepest slope still counted as floor when a mesh has no floor labels
 
 
@@ -102,17 +103,20 @@ class MeshSpace(TestSpace):
 
     def _front_facing_hit(self, points: np.ndarray, direction: tuple[float, float, float],
                           miss_ok: bool) -> np.ndarray:
-        """(N,) bool: the first surface hit from each point along `direction` faces the point
-        (or nothing is hit, when `miss_ok`).
+        """(N,) bool: the first surface hit from each point along `direction` faces the point and
+        is not a ceiling (or nothing is hit, when `miss_ok`).
 
-        A point inside a closed object first hits the inside of that object (a back face).
+        A point inside a closed object first hits the inside of that object (a back face); a point
+        above the building looks down onto the outside of a ceiling.
         """
         directions = np.tile(np.asarray(direction, np.float32), (len(points), 1))
         hits = self._cast(points, directions)
         hit = hits["primitive_ids"] != INVALID_ID
         facing = ~hit if miss_ok else np.zeros(len(points), dtype=bool)
-        normals = self.renderer.face_normals[hits["primitive_ids"][hit]]
-        facing[hit] = (normals @ directions[0]) < 0
+        faces = hits["primitive_ids"][hit]
+        facing[hit] = (self.renderer.face_normals[faces] @ directions[0]) < 0
+        if direction[2] < 0 and CEILING_CLASS in self.taxonomy.names:
+            facing[hit] &= self.mesh.face_class[faces] != self.taxonomy.id(CEILING_CLASS)
         return facing
 
     def sample_positions(self, n: int, rng: np.random.Generator,
