@@ -87,18 +87,24 @@ def frame_counts(cfg: DictConfig) -> dict[str, int]:
 
 def _split_frames(space: TestSpace, space_index: int, split: str, n: int, cfg: DictConfig, rng: np.random.Generator,
                   avoid: np.ndarray | None, first_path_id: int) -> list[tuple[Camera, int, int, int]]:
-    """(camera, space index, path id, step) for `n` frames of one split in one space, mixing views and walks."""
+    """(camera, space index, path id, step) for `n` frames of one split in one space, mixing agent walks
+    and views. The views stay within `views.near_walks` metres of the split's walks when it has walks,
+    so a held-out split occupies a few corridors of the space rather than all of it."""
     if n == 0:
         return []
     mix = cfg.mix[split]
     n_views = int(round(n * float(mix.views) / max(float(mix.views) + float(mix.walks), 1e-9)))
     distance = float(cfg.eval_min_distance) if avoid is not None else 0.0
-    frames = [(camera, space_index, VIEW_PATH, 0) for camera in
-              sample_views(space, n_views, cfg.size, rng, view_settings(cfg), avoid, distance)] if n_views else []
+    frames = []
     if n - n_views:
         grid = NavGrid(space, walk_settings(cfg), avoid, distance)
         frames += [(camera, space_index, path, step) for camera, path, step in
                    walk(grid, n - n_views, cfg.size, rng, walk_settings(cfg), first_path_id)]
+    near = np.array([c.position for c, *_ in frames]) if frames and split == "eval" else None
+    if n_views:
+        frames = [(camera, space_index, VIEW_PATH, 0) for camera in
+                  sample_views(space, n_views, cfg.size, rng, view_settings(cfg), avoid, distance, near,
+                               float(cfg.views.near_walks))] + frames
     return frames
 
 

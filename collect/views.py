@@ -33,10 +33,13 @@ class ViewSettings:
 
 
 def poisson_positions(space: TestSpace, n: int, rng: np.random.Generator, settings: ViewSettings,
-                      avoid: np.ndarray | None = None, avoid_distance: float = 0.0) -> np.ndarray:
+                      avoid: np.ndarray | None = None, avoid_distance: float = 0.0,
+                      near: np.ndarray | None = None, near_distance: float = 0.0) -> np.ndarray:
     """(n, 3) free positions at least `spacing` apart (dart throwing; the spacing shrinks by 20 % when
-    darts stop landing) and at least `avoid_distance` from every point of `avoid` (M, 3)."""
+    darts stop landing), at least `avoid_distance` from every point of `avoid` (M, 3) and, when `near`
+    (K, 3) is given, within `near_distance` (horizontally) of one of its points."""
     avoid_tree = cKDTree(avoid) if avoid is not None and len(avoid) else None
+    near_tree = cKDTree(near[:, :2]) if near is not None and len(near) else None
     accepted: list[np.ndarray] = []
     spacing = settings.spacing
     misses = 0
@@ -44,6 +47,8 @@ def poisson_positions(space: TestSpace, n: int, rng: np.random.Generator, settin
         candidates = space.sample_positions(max(32, n), rng, settings.height_range, settings.min_clearance)
         if avoid_tree is not None:
             candidates = candidates[avoid_tree.query(candidates)[0] >= avoid_distance]
+        if near_tree is not None:
+            candidates = candidates[near_tree.query(candidates[:, :2])[0] <= near_distance]
         landed = 0
         for point in candidates:
             if accepted and np.min(np.linalg.norm(np.asarray(accepted) - point, axis=1)) < spacing:
@@ -92,13 +97,16 @@ def aim(space: TestSpace, position: np.ndarray, rng: np.random.Generator, settin
 
 
 def sample_views(space: TestSpace, n: int, size: int, rng: np.random.Generator, settings: ViewSettings,
-                 avoid: np.ndarray | None = None, avoid_distance: float = 0.0) -> list[Camera]:
-    """`n` cameras of `size` x `size` pixels (see the module docstring)."""
+                 avoid: np.ndarray | None = None, avoid_distance: float = 0.0,
+                 near: np.ndarray | None = None, near_distance: float = 0.0) -> list[Camera]:
+    """`n` cameras of `size` x `size` pixels (see the module docstring; `avoid` and `near` as in
+    poisson_positions)."""
     K = intrinsics_from_fov(size, size, settings.hfov_deg)
     thing_ids = np.asarray(space.taxonomy.thing_ids)
     cameras: list[Camera] = []
     for _ in range(20):
-        positions = poisson_positions(space, n - len(cameras), rng, settings, avoid, avoid_distance)
+        positions = poisson_positions(space, n - len(cameras), rng, settings, avoid, avoid_distance, near,
+                                      near_distance)
         for position in positions:
             angles = aim(space, position, rng, settings, thing_ids)
             if angles is not None:

@@ -97,6 +97,7 @@ def render_space(cfg: DictConfig) -> Path:
                images=written)
     console.print(f"[green]contact sheet[/green] {out or final / 'sheet.png'}")
     if plan is not None:
-        console.print(f"[green]floor plan[/green]    {out.with_name(out.stem + '-floorplan.png') if out else final / 'floorplan.png'}")
+        plan_path = out.with_name(out.stem + "-floorplan.png") if out else final / "floorplan.png"
+        console.print(f"[green]floor plan[/green]    {plan_path}")
     console.print(f"[green]artifacts[/green]     {final}")
     return final

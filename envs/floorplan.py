@@ -31,7 +31,8 @@ def _first_visible_hits(space: MeshSpace, rays: np.ndarray) -> tuple[np.ndarray,
     faces = hits["primitive_ids"].numpy().astype(np.int64)
     dark = np.zeros(rays.shape[0] * rays.shape[1], bool)
     dark[ray_ids[np.isin(space.mesh.face_class[faces], _class_ids(space, DARK_CLASSES))]] = True
-    keep = ~np.isin(space.mesh.face_class[faces], _class_ids(space, HIDDEN_CLASSES)) & (space.renderer.face_normals[faces, 2] > 0)
+    keep = ~np.isin(space.mesh.face_class[faces], _class_ids(space, HIDDEN_CLASSES))
+    keep &= space.renderer.face_normals[faces, 2] > 0
     ray_ids, t_hit, faces = ray_ids[keep], t_hit[keep], faces[keep]
     order = np.lexsort((t_hit, ray_ids))
     first = order[np.unique(ray_ids[order], return_index=True)[1]]

@@ -58,9 +58,9 @@ def _bilinear(atlas, texture, xa, ya, xb, yb, fx, fy, channel):
 
 
 @numba.njit(cache=True, fastmath=True, parallel=True)
-def _shade_hits(prim, bary, t_hit, dirs, camera_from_world, hit_normals, faces, face_records, face_uvs, vertex_colors, material_texture,
-                material_color, material_uses_vertex_colors, atlas, light_dirs, light_strengths,
-                ambient, background, depth, normals, semantic, instance, rgb):
+def _shade_hits(prim, bary, t_hit, dirs, camera_from_world, hit_normals, faces, face_records, face_uvs,
+                vertex_colors, material_texture, material_color, material_uses_vertex_colors, atlas, light_dirs,
+                light_strengths, ambient, background, depth, normals, semantic, instance, rgb):
     """Fill the per-pixel outputs (all flat over N pixels) from the cast's per-pixel hits."""
     for i in numba.prange(prim.shape[0]):
         face = prim[i]
@@ -79,9 +79,9 @@ def _shade_hits(prim, bary, t_hit, dirs, camera_from_world, hit_normals, faces, 
 
 
 @numba.njit(cache=True, fastmath=True, inline="always")
-def _shade_hit(i, face, bary, t_hit, dirs, camera_from_world, hit_normals, faces, face_records, face_uvs, vertex_colors, material_texture,
-               material_color, material_uses_vertex_colors, atlas, light_dirs, light_strengths,
-               ambient, depth, normals, semantic, instance, rgb):
+def _shade_hit(i, face, bary, t_hit, dirs, camera_from_world, hit_normals, faces, face_records, face_uvs,
+               vertex_colors, material_texture, material_color, material_uses_vertex_colors, atlas, light_dirs,
+               light_strengths, ambient, depth, normals, semantic, instance, rgb):
     """Outputs of pixel i, whose ray hit triangle `face`."""
     texture_size = atlas.shape[1]
     depth[i] = t_hit[i]
@@ -218,7 +218,8 @@ class MeshRenderer:
         rays = np.empty((len(camera_rays), 6), dtype=np.float32)
         _world_rays(camera_rays, camera.rotation.astype(np.float32), camera.position.astype(np.float32), rays)
         hits = self.scene.cast_rays(o3d.core.Tensor(rays), nthreads=self.nthreads)
-        return {name: hits[name].numpy() for name in ("t_hit", "primitive_ids", "primitive_uvs", "primitive_normals")}, rays[:, 3:]
+        names = ("t_hit", "primitive_ids", "primitive_uvs", "primitive_normals")
+        return {name: hits[name].numpy() for name in names}, rays[:, 3:]
 
     def render(self, camera: Camera, modalities: tuple[str, ...] = RENDERED) -> dict[str, np.ndarray]:
         """Render `modalities` (a subset of rgb, depth, normals, semantic, instance) for `camera`.

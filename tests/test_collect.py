@@ -267,3 +267,11 @@ def test_ray_executor_matches_local(tmp_path, dataset):
     assert collect(tmp_path, "collect.executor=ray", "collect.workers=2", "collect.splits=[eval]") == 0
     ours = _shards(tmp_path / "procedural-0" / "data")
     assert ours == {k: v for k, v in _shards(dataset).items() if k.startswith("eval")}
+
+
+def test_shards_are_webdataset_shards(dataset):
+    webdataset = pytest.importorskip("webdataset")
+    shard = dataset / "eval" / "depth" / "shard-000000.tar"
+    samples = list(webdataset.WebDataset(str(shard), shardshuffle=False))
+    assert [s["__key__"] for s in samples] == [f"eval_{i:07d}" for i in range(8)]
+    assert np.abs(decode_depth(samples[0]["png"]) - FrameDataset(dataset, "eval", ["depth"])[0]["depth"][0].numpy()).max() == 0

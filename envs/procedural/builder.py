@@ -139,7 +139,8 @@ class MeshBuilder:
             vertices = np.concatenate([vertices, [[0, 0, z]]])
             uvs = np.concatenate([uvs, [[0, 0]]])
             a = ring * width + np.arange(segments)
-            fan = np.stack([np.full(segments, centre), a, a + 1], 1) if up else np.stack([np.full(segments, centre), a + 1, a], 1)
+            hub = np.full(segments, centre)
+            fan = np.stack([hub, a, a + 1], 1) if up else np.stack([hub, a + 1, a], 1)
             faces.append(fan)
         self._add(vertices, np.concatenate(faces), uvs, transform, class_name, instance, material)
 
