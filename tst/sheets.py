@@ -49,3 +49,21 @@ def contact_sheet(frames: list[Frame], modalities: list[str], taxonomy: Taxonomy
             draw.rectangle([x, y, x + SWATCH, y + SWATCH], fill=tuple(int(c) for c in palette[class_id]))
             draw.text((x + SWATCH + 4, y), taxonomy.name(class_id), fill="black", font=font)
     return sheet
+
+
+def grid_image(rows: list[list[np.ndarray]], column_titles: list[str], row_titles: list[str]) -> Image.Image:
+    """A table of equally sized (H, W, 3) uint8 images with column titles on top and row titles left."""
+    height, width = rows[0][0].shape[:2]
+    label_w = 70
+    sheet = Image.new("RGB", (label_w + len(column_titles) * (width + PAD) + PAD,
+                              HEADER + len(rows) * (height + PAD) + PAD), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = _font()
+    for column, title in enumerate(column_titles):
+        draw.text((label_w + PAD + column * (width + PAD), 3), title, fill="black", font=font)
+    for row, (title, images) in enumerate(zip(row_titles, rows)):
+        y = HEADER + row * (height + PAD)
+        draw.text((3, y + height // 2 - 5), title, fill="black", font=font)
+        for column, image in enumerate(images):
+            sheet.paste(Image.fromarray(image), (label_w + PAD + column * (width + PAD), y))
+    return sheet

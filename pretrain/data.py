@@ -1,0 +1,75 @@
+"""Training data for pretraining: the test space's `pretrain` split, with a resumable sample order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from tst.errors import TSTError
+
+from tst.collect.dataset import FrameDataset, RandomResizedCropFlip, collate
+
+
+class ResumableSampler(Sampler[int]):
+    """An endless sample order: epoch e is permutation(seed, e) of the dataset; rank r of w takes every
+    w-th index. Starting at `start` samples (per rank) skips exactly what a resumed run already saw.
+    Yields epoch * size + index, so the dataset can draw a different crop every epoch."""
+
+    def __init__(self, size: int, seed: int, start: int = 0, rank: int = 0, world: int = 1):
+        self.size, self.seed, self.start, self.rank, self.world = size, seed, start, rank, world
+
+    def __iter__(self) -> Iterator[int]:
+        per_epoch = self.size // self.world
+        epoch, offset = divmod(self.start, per_epoch)
+        while True:
+            order = np.random.default_rng([self.seed, epoch]).permutation(self.size)[self.rank::self.world][:per_epoch]
+            yield from (epoch * self.size + int(i) for i in order[offset:])
+            epoch, offset = epoch + 1, 0
+
+    def __len__(self) -> int:  # endless; training length is set by max_steps
+        return 2**62
+
+
+class EpochCrops(torch.utils.data.Dataset):
+    """Sample `epoch * size + index` of a ResumableSampler: frame `index` with a crop drawn from
+    (seed, epoch, index), so every epoch differs and a resumed run repeats exactly."""
+
+    def __init__(self, frames: FrameDataset, transform: RandomResizedCropFlip, modalities: list[str], seed: int):
+        self.frames, self.transform, self.modalities, self.seed = frames, transform, modalities, seed
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, position: int) -> dict:
+        epoch, index = divmod(position, len(self.frames))
+        generator = torch.Generator().manual_seed(int(np.random.default_rng([self.seed, epoch, index]).integers(2**62)))
+        out = self.transform(self.frames[index], generator)
+        return {name: out[name] for name in self.modalities} | {"key": out["key"]}
+
+
+class PretrainData(L.LightningDataModule):
+    """Random resized crops of the pretrain split at the model's size, with only the trained modalities."""
+
+    def __init__(self, root: Path, modalities: list[str], size: int, batch_size: int, num_workers: int,
+                 crop_scale: tuple[float, float], seed: int, skip_corrupt: bool):
+        super().__init__()
+        self.root, self.modalities, self.size = root, modalities, size
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.train = EpochCrops(FrameDataset(root, "pretrain", modalities, skip_corrupt=skip_corrupt),
+                                RandomResizedCropFlip(size, scale=tuple(crop_scale)), modalities, seed)
+        if len(self.train.frames) == 0:
+            raise TSTError(f"{root}: the pretrain split is empty; collect it first (tst collect)")
+        self.start_step = 0
+
+    def train_dataloader(self) -> DataLoader:
+        rank = self.trainer.global_rank if self.trainer else 0
+        world = self.trainer.world_size if self.trainer else 1
+        start = (self.trainer.global_step if self.trainer else self.start_step) * self.batch_size
+        sampler = ResumableSampler(len(self.train.frames), self.seed, start, rank, world)
+        return DataLoader(self.train, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                          collate_fn=collate, persistent_workers=self.num_workers > 0, drop_last=True)

@@ -1,0 +1,208 @@
+"""The 4M-style multimodal encoder-decoder.
+
+Every modality becomes N = (image_size / patch)² tokens: pixel modalities through a linear patch
+embedding, discrete ones (tokenizer codes) through an embedding table. Each token gets a learned
+modality embedding and a fixed 2D sin-cos position. The encoder sees only the selected input tokens; the
+decoder gets one query per target token (mask token + modality + position), attends to the other
+queries of its modality and cross-attends to the encoder, and each modality's output adapter turns its
+queries into predictions (pixels of the patch, or code logits).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tst.pretrain.masking import TokenSelection
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """dim: token width. encoder_depth / decoder_depth: blocks. heads: attention heads. patch: pixels
+    per token side. image_size: pixels (square). mlp_ratio: MLP width / dim."""
+
+    dim: int = 128
+    encoder_depth: int = 4
+    decoder_depth: int = 2
+    heads: int = 4
+    patch: int = 8
+    image_size: int = 64
+    mlp_ratio: float = 4.0
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch
+
+    @property
+    def tokens_per_modality(self) -> int:
+        return self.grid ** 2
+
+
+@dataclass(frozen=True)
+class ModalityIO:
+    """How a modality enters and leaves the model.
+
+    kind: "pixels" (patch values in, patch values out) or "tokens" (code ids in, code logits out).
+    in_channels: channels per pixel on input; out_channels: predicted values per pixel (pixels kind,
+    e.g. class count for label maps); vocab: code count (tokens kind)."""
+
+    name: str
+    kind: str
+    in_channels: int = 0
+    out_channels: int = 0
+    vocab: int = 0
+
+
+def sincos_2d(grid: int, dim: int) -> torch.Tensor:
+    """(grid², dim) fixed 2D sin-cos position embedding (half the channels for x, half for y)."""
+    quarter = dim // 4
+    omega = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter))
+    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64),
+                            indexing="ij")
+    parts = []
+    for coordinate in (xs.reshape(-1), ys.reshape(-1)):
+        angles = coordinate[:, None] * omega[None]
+        parts += [torch.sin(angles), torch.cos(angles)]
+    embedding = torch.cat(parts, dim=1)
+    return F.pad(embedding, (0, dim - embedding.shape[1])).float()
+
+
+def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, N, patch*patch*C), patches in row-major order."""
+    B, C, H, W = images.shape
+    x = images.reshape(B, C, H // patch, patch, W // patch, patch)
+    return x.permute(0, 2, 4, 3, 5, 1).reshape(B, (H // patch) * (W // patch), patch * patch * C)
+
+
+def unpatchify(patches: torch.Tensor, patch: int, channels: int) -> torch.Tensor:
+    """(B, N, patch*patch*C) -> (B, C, H, W) for a square grid."""
+    B, N, _ = patches.shape
+    grid = int(math.isqrt(N))
+    x = patches.reshape(B, grid, grid, patch, patch, channels)
+    return x.permute(0, 5, 1, 3, 2, 4).reshape(B, channels, grid * patch, grid * patch)
+
+
+class Attention(nn.Module):
+    """Multi-head attention on scaled_dot_product_attention; keys/values from `context` (cross) or x."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, L, D), context (B, S, D), mask (B, L, S) bool (True = may attend) -> (B, L, D)."""
+        context = x if context is None else context
+        B, L, D = x.shape
+        q = self.q(x).reshape(B, L, self.heads, D // self.heads).transpose(1, 2)
+        k, v = self.kv(context).reshape(B, context.shape[1], 2, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask[:, None])
+        return self.out(attended.transpose(1, 2).reshape(B, L, D))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: self-attention, optional cross-attention, MLP."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, cross: bool = False):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads)
+        self.cross = cross
+        if cross:
+            self.norm_cross, self.cross_attn, self.norm_memory = nn.LayerNorm(dim), Attention(dim, heads), nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, int(dim * mlp_ratio)), nn.GELU(), nn.Linear(int(dim * mlp_ratio), dim))
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor | None = None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), mask=mask)
+        if self.cross:
+            x = x + self.cross_attn(self.norm_cross(x), self.norm_memory(memory))
+        return x + self.mlp(self.norm2(x))
+
+
+class MultimodalMaskedModel(nn.Module):
+    """Encoder-decoder over the tokens of several modalities (see the module docstring)."""
+
+    def __init__(self, config: ModelConfig, modalities: list[ModalityIO]):
+        super().__init__()
+        self.config, self.modalities = config, list(modalities)
+        self.names = [m.name for m in modalities]
+        p2, dim = config.patch ** 2, config.dim
+        self.input_adapters = nn.ModuleDict({
+            m.name: nn.Linear(p2 * m.in_channels, dim) if m.kind == "pixels" else nn.Embedding(m.vocab, dim)
+            for m in modalities})
+        self.output_adapters = nn.ModuleDict({
+            m.name: nn.Linear(dim, p2 * m.out_channels if m.kind == "pixels" else m.vocab) for m in modalities})
+        self.modality_embedding = nn.Parameter(torch.randn(len(modalities), dim) * 0.02)
+        self.register_buffer("position", sincos_2d(config.grid, dim), persistent=False)
+        self.mask_token = nn.Parameter(torch.zeros(dim))
+        self.encoder = nn.ModuleList(Block(dim, config.heads, config.mlp_ratio) for _ in range(config.encoder_depth))
+        self.encoder_norm = nn.LayerNorm(dim)
+        self.decoder = nn.ModuleList(Block(dim, config.heads, config.mlp_ratio, cross=True)
+                                     for _ in range(config.decoder_depth))
+        self.decoder_norm = nn.LayerNorm(dim)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.xavier_uniform_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.02)
+
+    def embed(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """inputs: name -> (B, N, patch*patch*C) patches or (B, N) code ids (modalities that are only
+        predicted may be left out) -> (B, M*N, D) tokens with modality and position embeddings."""
+        tokens = []
+        reference = next(iter(inputs.values()))
+        for index, name in enumerate(self.names):
+            if name in inputs:
+                content = self.input_adapters[name](inputs[name])
+            else:  # a target-only modality: its tokens are never selected as inputs
+                content = reference.new_zeros(reference.shape[0], self.config.tokens_per_modality, self.config.dim,
+                                              dtype=self.mask_token.dtype)
+            tokens.append(content + self.modality_embedding[index] + self.position)
+        return torch.cat(tokens, dim=1)
+
+    def encode(self, tokens: torch.Tensor, selection: TokenSelection) -> torch.Tensor:
+        """tokens (B, M*N, D), selection.inputs (B, I) -> encoder output (B, I, D)."""
+        x = torch.gather(tokens, 1, selection.inputs[..., None].expand(-1, -1, tokens.shape[-1]))
+        for block in self.encoder:
+            x = block(x)
+        return self.encoder_norm(x)
+
+    def decode(self, memory: torch.Tensor, selection: TokenSelection) -> torch.Tensor:
+        """memory (B, I, D) -> (B, T, D) one vector per target token; self-attention within a modality."""
+        N = self.config.tokens_per_modality
+        positions = self.position[selection.targets % N]
+        queries = self.mask_token + self.modality_embedding[selection.target_modality] + positions
+        same_modality = selection.target_modality[:, :, None] == selection.target_modality[:, None, :]
+        x = queries
+        for block in self.decoder:
+            x = block(x, memory, same_modality)
+        return self.decoder_norm(x)
+
+    def predict(self, hidden: torch.Tensor, selection: TokenSelection) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Per target modality: (predictions (K, out), (K, 2) [batch row, token index within the modality])."""
+        N = self.config.tokens_per_modality
+        outputs = {}
+        for index, name in enumerate(self.names):
+            where = selection.target_modality == index
+            if not where.any():
+                continue
+            rows = where.nonzero()[:, 0]
+            outputs[name] = (self.output_adapters[name](hidden[where]),
+                             torch.stack([rows, selection.targets[where] - index * N], dim=1))
+        return outputs
+
+    def forward(self, inputs: dict[str, torch.Tensor], selection: TokenSelection):
+        tokens = self.embed(inputs)
+        return self.predict(self.decode(self.encode(tokens, selection), selection), selection)

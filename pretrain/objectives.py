@@ -1,0 +1,116 @@
+"""Pretraining objectives: what the model reads and predicts, and the loss per modality.
+
+- `multimae`: pixel patches in and out; MSE on per-patch normalized RGB, L1 on depth and normals,
+  BCE on edges, CE on label maps (only in label ablations).
+- `mae`: the same on RGB alone (the unimodal baseline).
+- `fourm`: tokenizer codes in and out, cross-entropy on the target codes.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from tst.errors import TSTError
+
+from tst.pretrain.model import ModalityIO, patchify, unpatchify
+from tst.pretrain.normalize import CHANNELS, from_network, to_network
+from tst.pretrain.tokenizer import Tokenizer
+
+LABEL_MODALITIES = ("semantic", "instance")
+
+
+class PixelObjective:
+    """multimae / mae: the model regresses the masked patches of each modality."""
+
+    def __init__(self, modalities: list[str], patch: int, num_classes: int = 0):
+        self.names, self.patch, self.num_classes = list(modalities), patch, num_classes
+
+    def io(self) -> list[ModalityIO]:
+        ios = []
+        for name in self.names:
+            if name in LABEL_MODALITIES:
+                ios.append(ModalityIO(name, "pixels", self.num_classes, self.num_classes))
+            else:
+                ios.append(ModalityIO(name, "pixels", CHANNELS[name], CHANNELS[name]))
+        return ios
+
+    def _pixels(self, name: str, batch: dict) -> torch.Tensor:
+        x = batch[name]
+        if name in LABEL_MODALITIES:
+            return F.one_hot(x.clamp(max=self.num_classes - 1), self.num_classes).permute(0, 3, 1, 2).float()
+        return to_network(name, x)
+
+    def inputs(self, batch: dict) -> dict[str, torch.Tensor]:
+        return {name: patchify(self._pixels(name, batch), self.patch) for name in self.names if name in batch}
+
+    def losses(self, outputs: dict, batch: dict) -> dict[str, torch.Tensor]:
+        losses = {}
+        for name, (prediction, where) in outputs.items():
+            rows, tokens = where[:, 0], where[:, 1]
+            if name in LABEL_MODALITIES:
+                target = patchify(batch[name][:, None].float(), self.patch)[rows, tokens].long()
+                logits = prediction.reshape(-1, self.patch * self.patch, self.num_classes)
+                losses[name] = F.cross_entropy(logits.reshape(-1, self.num_classes), target.reshape(-1))
+                continue
+            target = patchify(self._pixels(name, batch), self.patch)[rows, tokens]
+            if name == "rgb":  # MAE's normalized-pixel target
+                mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
+                losses[name] = F.mse_loss(prediction, (target - mean) / (var + 1e-6).sqrt())
+            elif name == "edges":
+                losses[name] = F.binary_cross_entropy_with_logits(prediction, (target > 0).float())
+            else:
+                losses[name] = F.l1_loss(prediction, target)
+        return losses
+
+    def images(self, name: str, prediction: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Full-grid predictions (B, N, out) -> (B, C, H, W) in reader units (RGB patches un-normalized
+        with the statistics of the true patches, as MAE does for display)."""
+        if name in LABEL_MODALITIES:
+            logits = unpatchify(prediction, self.patch, self.num_classes)
+            return logits.argmax(1)
+        if name == "rgb":
+            truth = patchify(self._pixels(name, batch), self.patch)
+            prediction = prediction * (truth.var(-1, keepdim=True) + 1e-6).sqrt() + truth.mean(-1, keepdim=True)
+        return from_network(name, unpatchify(prediction, self.patch, CHANNELS[name]))
+
+
+class TokenObjective:
+    """fourm: every modality is a grid of tokenizer codes; the model classifies the masked codes."""
+
+    def __init__(self, tokenizers: dict[str, Tokenizer]):
+        self.tokenizers = tokenizers
+        self.names = list(tokenizers)
+
+    def io(self) -> list[ModalityIO]:
+        return [ModalityIO(name, "tokens", vocab=t.config.vocab) for name, t in self.tokenizers.items()]
+
+    def inputs(self, batch: dict) -> dict[str, torch.Tensor]:
+        if "_codes" not in batch:  # tokenize once per batch
+            batch["_codes"] = {name: t.encode(batch[name]) for name, t in self.tokenizers.items() if name in batch}
+        return batch["_codes"]
+
+    def losses(self, outputs: dict, batch: dict) -> dict[str, torch.Tensor]:
+        codes = self.inputs(batch)
+        return {name: F.cross_entropy(prediction, codes[name][where[:, 0], where[:, 1]])
+                for name, (prediction, where) in outputs.items()}
+
+    def images(self, name: str, prediction: torch.Tensor, batch: dict) -> torch.Tensor:
+        return from_network(name, self.tokenizers[name].decode(prediction.argmax(-1)))
+
+
+def check_modalities(objective: str, modalities: list[str], allow_labels: bool) -> list[str]:
+    """The modalities an objective trains on; label-tier ones only as a declared ablation."""
+    if objective == "mae":
+        return ["rgb"]
+    labels = [m for m in modalities if m in LABEL_MODALITIES or m in ("boxes", "caption")]
+    if labels and not allow_labels:
+        raise TSTError(f"pretrain.modalities: {labels} are labels, which the test space does not have; "
+                       "set pretrain.label_ablation=true to use them anyway (recorded as an ablation)")
+    unsupported = [m for m in modalities if m in ("boxes", "caption") or (objective == "fourm" and m in LABEL_MODALITIES)]
+    if unsupported:
+        raise TSTError(f"pretrain.modalities: {unsupported} cannot be used with objective '{objective}'")
+    unknown = [m for m in modalities if m not in CHANNELS and m not in LABEL_MODALITIES]
+    if unknown:
+        raise TSTError(f"pretrain.modalities: unknown {unknown}; expected among {list(CHANNELS)}")
+    return list(modalities)

@@ -1,0 +1,367 @@
+"""`tst pretrain`, `tst pretrain tokenizers`, `tst pretrain predict`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from safetensors.torch import load_file, save_file
+
+from tst.errors import TSTError
+from tst.sheets import grid_image
+from tst.tracking import record_run, tracking_uri
+from tst.workspace import atomic_write_json, fingerprint, new_run_name, read_manifest, write_manifest
+
+from tst.collect.dataset import FrameDataset, RandomResizedCropFlip, collate
+from tst.pretrain.data import PretrainData
+from tst.pretrain.masking import fixed_selection
+from tst.pretrain.module import PretrainModule
+from tst.pretrain.normalize import from_network
+from tst.pretrain.objectives import check_modalities
+from tst.pretrain.tokenizer import Tokenizer, TokenizerConfig
+from tst.pretrain.visualize import prediction_sheet, to_uint8
+
+console = Console(stderr=True)
+# Keys a resumed run must share with the run it continues.
+STRUCTURAL = ("model", "pretrain.objective", "pretrain.modalities", "pretrain.input_budget", "pretrain.target_budget",
+              "pretrain.mixture", "pretrain.mae_mask_ratio", "pretrain.seed", "data_dir", "data.batch_size",
+              "data.crop_scale")
+
+
+def _space_name(cfg: DictConfig) -> str:
+    backend = cfg.space.backend
+    return f"procedural-{cfg.space.seed}" if backend == "procedural" else str(cfg.space.get("name") or
+                                                                          Path(str(cfg.space.path)).stem)
+
+
+def dataset_dir(cfg: DictConfig) -> Path:
+    root = Path(str(cfg.data_dir)) if cfg.get("data_dir") else Path(cfg.workspace_dir) / _space_name(cfg) / "data"
+    manifest = read_manifest(root)
+    missing = [m for m in _modalities(cfg) if m not in manifest["outputs"]["modalities"]]
+    if missing:
+        raise TSTError(f"{root}: the dataset lacks {missing}; it holds {manifest['outputs']['modalities']}")
+    return root
+
+
+def _modalities(cfg: DictConfig) -> list[str]:
+    return check_modalities(cfg.pretrain.objective, list(cfg.pretrain.modalities), cfg.pretrain.label_ablation)
+
+
+def _tokenizer_dir(cfg: DictConfig) -> Path:
+    if cfg.pretrain.get("tokenizers"):
+        return Path(str(cfg.pretrain.tokenizers))
+    return Path(cfg.workspace_dir) / _space_name(cfg) / "pretrain" / "tokenizers"
+
+
+def load_tokenizers(directory: Path, data: Path, modalities: list[str], patch: int) -> dict[str, Tokenizer]:
+    """Tokenizers trained by `tst pretrain tokenizers` on this dataset, at this patch size."""
+    manifest = read_manifest(directory)
+    outputs = manifest["outputs"]
+    if outputs["dataset_fingerprint"] != fingerprint(data):
+        raise TSTError(f"{directory}: tokenizers were trained on another dataset ({outputs['dataset']}); "
+                       f"train them on {data} with tst pretrain tokenizers")
+    if outputs["patch"] != patch:
+        raise TSTError(f"{directory}: tokenizers use patch {outputs['patch']}, the model patch {patch}")
+    tokenizers = {}
+    for name in modalities:
+        if name not in outputs["modalities"]:
+            raise TSTError(f"{directory}: no tokenizer for '{name}'; it has {list(outputs['modalities'])}")
+        tokenizer = Tokenizer(name, TokenizerConfig(tuple(outputs["levels"]), patch, outputs["hidden"]))
+        tokenizer.load_state_dict(load_file(directory / f"{name}.safetensors"))
+        tokenizers[name] = tokenizer.eval()
+    return tokenizers
+
+
+def _eval_batch(data: Path, modalities: list[str], size: int, count: int) -> dict:
+    """The first `count` eval frames, centre-cropped square and resized to the model's size."""
+    frames = FrameDataset(data, "eval", modalities, transform=RandomResizedCropFlip(size, (1.0, 1.0), (1.0, 1.0), 0.0))
+    if len(frames) == 0:
+        raise TSTError(f"{data}: the eval split is empty")
+    return collate([frames[i] for i in range(min(count, len(frames)))])
+
+
+class PredictionImages(Callback):
+    """Every `every` steps and at the end: a PNG of held-out eval predictions, saved and sent to MLflow."""
+
+    def __init__(self, batch: dict, directory: Path, every: int):
+        self.batch, self.directory, self.every = batch, directory, every
+
+    def _save(self, trainer: L.Trainer, module: PretrainModule) -> None:
+        if trainer.global_rank != 0:
+            return
+        module.eval()
+        batch = {k: v.to(module.device) if isinstance(v, torch.Tensor) else v for k, v in self.batch.items()}
+        image = prediction_sheet(module, batch, module.selection(len(batch["key"]), step=0))
+        module.train()
+        path = self.directory / f"step-{trainer.global_step:06d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        image.save(path)
+        for logger in trainer.loggers:
+            if isinstance(logger, L.pytorch.loggers.MLFlowLogger):
+                logger.experiment.log_artifact(logger.run_id, str(path), "predictions")
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_index):
+        if trainer.global_step % self.every == 0:
+            self._save(trainer, module)
+
+    def on_train_end(self, trainer, module):
+        self._save(trainer, module)
+
+
+def _differences(a: dict, b: dict, keys: tuple[str, ...]) -> list[str]:
+    def pick(config: dict, key: str):
+        for part in key.split("."):
+            config = config.get(part) if isinstance(config, dict) else None
+        return config
+    return [k for k in keys if pick(a, k) != pick(b, k)]
+
+
+def _run_config(cfg: DictConfig, overrides: list[str]) -> tuple[dict, Path, str | None]:
+    """(config dict, run directory, checkpoint to resume from). On resume the stored config is used;
+    structural keys the command line overrides must equal the stored ones."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    if not cfg.get("resume"):
+        name = cfg.run_name or f"{cfg.pretrain.objective}-{new_run_name()}"
+        run_dir = Path(cfg.workspace_dir) / _space_name(cfg) / "pretrain" / name
+        if run_dir.exists():
+            raise TSTError(f"{run_dir}: already exists; resume it with resume={run_dir} or choose another run_name")
+        return config, run_dir, None
+    run_dir = Path(str(cfg.resume))
+    stored_path = run_dir / "config.json"
+    if not stored_path.is_file():
+        raise TSTError(f"resume: {run_dir} is not a pretraining run (no config.json)")
+    stored = json.loads(stored_path.read_text())
+    explicit = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+    differ = [k for k in _differences(stored, config, STRUCTURAL) if any(k == e or k.startswith(e + ".") or
+                                                                          e.startswith(k + ".") for e in explicit)]
+    if differ:
+        raise TSTError(f"resume: this config differs from {run_dir} in {', '.join(differ)}; those must match")
+    stored["pretrain"]["steps"] = config["pretrain"]["steps"] if "pretrain.steps" in explicit else stored["pretrain"]["steps"]
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    if not checkpoint.is_file():
+        raise TSTError(f"resume: {checkpoint} does not exist")
+    return stored, run_dir, str(checkpoint)
+
+
+def _trainer(config: dict, run_dir: Path, callbacks: list, loggers: list, max_steps: int) -> L.Trainer:
+    t = config["trainer"]
+    p = config["pretrain"]
+    return L.Trainer(accelerator=t["accelerator"], devices=t["devices"], num_nodes=t["num_nodes"],
+                     strategy=t["strategy"], precision=t["precision"], max_steps=max_steps,
+                     gradient_clip_val=float(p["grad_clip"]), log_every_n_steps=int(p["log_every"]),
+                     callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir),
+                     enable_model_summary=False, use_distributed_sampler=False,
+                     enable_progress_bar=True, num_sanity_val_steps=0)
+
+
+def build_module(config: dict, data: Path) -> PretrainModule:
+    modalities = check_modalities(config["pretrain"]["objective"], config["pretrain"]["modalities"],
+                                  config["pretrain"]["label_ablation"])
+    num_classes = len(read_manifest(data)["outputs"]["taxonomy"]["classes"])
+    tokenizers = None
+    if config["pretrain"]["objective"] == "fourm":
+        tokenizers = load_tokenizers(_tokenizer_dir(OmegaConf.create(config)), data, modalities,
+                                     config["model"]["patch"])
+    return PretrainModule(config, modalities, num_classes, tokenizers)
+
+
+def run(cfg: DictConfig, overrides: list[str] = ()) -> Path:
+    """Pretrain on the test space's pretrain split; returns the run directory. `overrides`: the
+    command-line overrides (checked against the stored config on resume)."""
+    config, run_dir, checkpoint = _run_config(cfg, list(overrides))
+    data = dataset_dir(OmegaConf.create(config))
+    module = build_module(config, data)
+    L.seed_everything(int(config["pretrain"]["seed"]), workers=True, verbose=False)
+    p, d = config["pretrain"], config["data"]
+    datamodule = PretrainData(data, module.modalities, config["model"]["image_size"], int(d["batch_size"]),
+                              int(d["num_workers"]), tuple(d["crop_scale"]), int(p["seed"]), bool(d["skip_corrupt"]))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(run_dir / "config.json", config)
+    callbacks = [ModelCheckpoint(dirpath=run_dir / "checkpoints", every_n_train_steps=int(p["checkpoint_every"]),
+                                 save_last=True, save_top_k=-1, filename="step-{step:06d}",
+                                 auto_insert_metric_name=False),
+                 PredictionImages(_eval_batch(data, module.modalities, config["model"]["image_size"], 4),
+                                  run_dir / "images", int(p["image_every"]))]
+    loggers = []
+    if config["tracking"]["enabled"]:
+        Path(config["workspace_dir"]).mkdir(parents=True, exist_ok=True)
+        loggers.append(L.pytorch.loggers.MLFlowLogger(experiment_name=config["tracking"]["experiment"],
+                                                      tracking_uri=tracking_uri(OmegaConf.create(config)),
+                                                      run_name=f"pretrain/{p['objective']}/{run_dir.name}",
+                                                      tags={"stage": "pretrain", "objective": p["objective"],
+                                                            "label_ablation": str(p["label_ablation"])}))
+        loggers[0].log_hyperparams({k: v for k, v in _flat(config).items()})
+    trainer = _trainer(config, run_dir, callbacks, loggers, int(p["steps"]))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
+    if trainer.global_rank == 0:
+        _export(module, run_dir, config, data)
+        console.print(f"[green]pretrained[/green] {run_dir}")
+    return run_dir
+
+
+def _flat(data, prefix: str = "") -> dict[str, str]:
+    if isinstance(data, dict):
+        out = {}
+        for key, value in data.items():
+            out.update(_flat(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): str(data)[:500]}
+
+
+def _export(module: PretrainModule, run_dir: Path, config: dict, data: Path) -> None:
+    """model.safetensors (everything), encoder.safetensors (the backbone for transfer), manifest."""
+    state = {k: v.contiguous() for k, v in module.model.state_dict().items()}
+    save_file(state, str(run_dir / "model.safetensors"))
+    encoder = {k: v for k, v in state.items() if not k.startswith(("decoder", "output_adapters", "mask_token"))}
+    save_file(encoder, str(run_dir / "encoder.safetensors"))
+    inputs = {"dataset": data}
+    if config["pretrain"]["objective"] == "fourm":
+        inputs["tokenizers"] = _tokenizer_dir(OmegaConf.create(config))
+    write_manifest(run_dir, "pretrain", config, inputs,
+                   {"model": "model.safetensors", "encoder": "encoder.safetensors", "config": "config.json",
+                    "checkpoints": "checkpoints/", "modalities": module.modalities,
+                    "objective": config["pretrain"]["objective"], "label_ablation": config["pretrain"]["label_ablation"]})
+
+
+def load_run(run_dir: Path) -> tuple[PretrainModule, dict, Path]:
+    """A finished (or checkpointed) pretraining run as an eval-mode module, its config and dataset."""
+    run_dir = Path(run_dir)
+    if run_dir.is_file():  # a checkpoint inside <run>/checkpoints/
+        run_dir = run_dir.parent.parent
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise TSTError(f"ckpt: {run_dir} is not a pretraining run (no config.json)")
+    config = json.loads(config_path.read_text())
+    data = dataset_dir(OmegaConf.create(config))
+    module = build_module(config, data)
+    weights = run_dir / "model.safetensors"
+    if weights.is_file():
+        module.model.load_state_dict(load_file(str(weights)))
+    else:
+        state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+        module.load_state_dict(state)
+    return module.eval(), config, data
+
+
+def train_tokenizers(cfg: DictConfig) -> Path:
+    """One FSQ tokenizer per modality on the pretrain split; writes weights, reconstruction PNGs and
+    per-modality reconstruction error to <space>/pretrain/tokenizers (or pretrain.tokenizers)."""
+    data = dataset_dir(cfg)
+    modalities = [m for m in _modalities(cfg) if m in ("rgb", "depth", "normals", "edges")]
+    t = cfg.pretrain.tokenizer
+    config = TokenizerConfig(tuple(int(v) for v in t.levels), int(cfg.model.patch), int(t.hidden))
+    out = _tokenizer_dir(cfg)
+    size = int(cfg.model.image_size)
+    frames = FrameDataset(data, "pretrain", modalities, transform=RandomResizedCropFlip(size, tuple(cfg.data.crop_scale)))
+    held_out = _eval_batch(data, modalities, size, 4)
+    torch.manual_seed(int(cfg.pretrain.seed))
+    errors, rows = {}, []
+    loader = torch.utils.data.DataLoader(frames, batch_size=int(cfg.data.batch_size), shuffle=True,
+                                         num_workers=int(cfg.data.num_workers), collate_fn=collate, drop_last=True)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in modalities:
+        tokenizer = Tokenizer(name, config)
+        optimizer = torch.optim.AdamW(tokenizer.parameters(), lr=float(t.lr))
+        step = 0
+        with console.status(f"training the {name} tokenizer") as status:
+            while step < int(t.steps):
+                for batch in loader:
+                    reconstruction, _ = tokenizer(batch[name])
+                    loss = tokenizer.loss(batch[name], reconstruction)
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                    step += 1
+                    if step % 20 == 0:
+                        status.update(f"training the {name} tokenizer: step {step}/{t.steps}, loss {loss.item():.4f}")
+                    if step >= int(t.steps):
+                        break
+        tokenizer.eval()
+        with torch.no_grad():
+            truth = held_out[name]
+            decoded = from_network(name, tokenizer.decode(tokenizer.encode(truth)))
+            errors[name] = float((decoded - truth).abs().mean())
+            codes_used = int(torch.unique(tokenizer.encode(truth)).numel())
+        save_file({k: v.contiguous() for k, v in tokenizer.state_dict().items()}, str(out / f"{name}.safetensors"))
+        for b in range(len(truth)):
+            rows.append([to_uint8(name, truth[b]), to_uint8(name, decoded[b])])
+        console.print(f"  {name}: mean abs reconstruction error {errors[name]:.4f} (reader units), "
+                      f"{codes_used} codes used on 4 held-out frames")
+    image = grid_image(rows, ["eval frame", "tokenized + decoded"], [f"{m} #{b}" for m in modalities for b in range(4)])
+    image.save(out / "reconstructions.png")
+    write_manifest(out, "pretrain.tokenizers", cfg, {"dataset": data},
+                   {"dataset": str(data), "dataset_fingerprint": fingerprint(data), "modalities": modalities,
+                    "levels": list(config.levels), "patch": config.patch, "hidden": config.hidden,
+                    "vocab": config.vocab, "reconstruction_mae": errors, "image_size": size})
+    record_run(cfg, "pretrain.tokenizers", _space_name(cfg), out, {"dataset": str(data)},
+               {"tokenizers": str(out)}, {f"reconstruction_mae_{m}": e for m, e in errors.items()},
+               images=[out / "reconstructions.png"])
+    console.print(f"[green]tokenizers[/green] {out}")
+    return out
+
+
+def modality_errors(name: str, predicted: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+    """Errors in reader units: depth abs-rel and mean abs (m), normals mean angle (degrees), edges F1
+    and rgb mean abs error / PSNR."""
+    if name == "depth":
+        valid = truth > 0
+        return {"abs_rel": float(((predicted - truth).abs()[valid] / truth[valid]).mean()),
+                "mae_m": float((predicted - truth).abs()[valid].mean())}
+    if name == "normals":
+        valid = truth.norm(dim=1) > 0.5
+        cosine = (torch.nn.functional.normalize(predicted, dim=1) * truth).sum(1).clamp(-1, 1)
+        return {"mean_angle_deg": float(torch.rad2deg(torch.acos(cosine))[valid].mean())}
+    if name == "edges":
+        p, t = predicted > 0.5, truth > 0.5
+        tp = float((p & t).sum())
+        precision, recall = tp / max(1.0, float(p.sum())), tp / max(1.0, float(t.sum()))
+        return {"f1": 2 * precision * recall / max(1e-9, precision + recall)}
+    mse = float(((predicted - truth) ** 2).mean())
+    return {"mae": float((predicted - truth).abs().mean()), "psnr": float(10 * np.log10(1.0 / max(mse, 1e-10)))}
+
+
+def predict(cfg: DictConfig) -> dict:
+    """Predict cfg.to from cfg.from on eval frames; PNGs next to the truth and per-modality errors."""
+    if not cfg.get("ckpt"):
+        raise TSTError("ckpt: missing; expected a pretraining run folder (ckpt=<workspace>/<space>/pretrain/<run>)")
+    module, config, data = load_run(Path(str(cfg.ckpt)))
+    sources, targets = list(cfg["from"]), list(cfg["to"])
+    for name in sources + targets:
+        if name not in module.modalities:
+            raise TSTError(f"from/to: '{name}' is not a modality of this model ({', '.join(module.modalities)})")
+    if set(sources) & set(targets):
+        raise TSTError(f"from/to: {sorted(set(sources) & set(targets))} are on both sides")
+    batch = _eval_batch(data, module.modalities, config["model"]["image_size"], int(cfg.predict_frames))
+    B = len(batch["key"])
+    selection = fixed_selection(B, module.modalities, module.model.config.tokens_per_modality, sources, targets)
+    with torch.no_grad():
+        outputs = module.model(module.objective.inputs(batch), selection)
+    run_dir = Path(str(cfg.ckpt))
+    run_dir = run_dir.parent.parent if run_dir.is_file() else run_dir
+    out = run_dir / "predict" / f"{'+'.join(sources)}-to-{'+'.join(targets)}"
+    out.mkdir(parents=True, exist_ok=True)
+    metrics, rows = {}, []
+    N = module.model.config.tokens_per_modality
+    images = {}
+    for name in targets:
+        prediction, where = outputs[name]
+        grid = prediction.reshape(B, N, -1)
+        images[name] = module.objective.images(name, grid, batch)
+        metrics[name] = modality_errors(name, images[name].float(), batch[name].float())
+    for b in range(B):
+        row = [to_uint8(s, batch[s][b]) for s in sources]
+        for name in targets:
+            row += [to_uint8(name, images[name][b]), to_uint8(name, batch[name][b])]
+        rows.append(row)
+    titles = [f"input {s}" for s in sources] + [t for name in targets for t in (f"predicted {name}", f"true {name}")]
+    grid_image(rows, titles, batch["key"]).save(out / "predictions.png")
+    atomic_write_json(out / "metrics.json", metrics)
+    print(json.dumps(metrics, indent=2))
+    console.print(f"[green]predictions[/green] {out / 'predictions.png'}")
+    return metrics

@@ -1,0 +1,67 @@
+"""PNGs of what the model does: masked inputs, predictions and targets per modality."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+
+from tst.modalities import get
+from tst.sheets import grid_image
+
+from tst.pretrain.masking import TokenSelection
+from tst.pretrain.model import unpatchify
+
+GREY = 0.5
+
+
+def to_uint8(name: str, image: torch.Tensor) -> np.ndarray:
+    """One (C, H, W) image in reader units -> (H, W, 3) uint8 via the modality registry."""
+    x = image.detach().cpu().float()
+    if name == "rgb":
+        return (x.permute(1, 2, 0).clamp(0, 1).numpy() * 255).astype(np.uint8)
+    if name == "depth":
+        return get("depth").visualize(x[0].numpy())
+    if name == "normals":
+        return get("normals").visualize(x.permute(1, 2, 0).numpy())
+    if name == "edges":
+        return get("edges").visualize((x[0].clamp(0, 1).numpy() * 255).astype(np.uint8))
+    return get(name).visualize(x.numpy().astype(np.int64))
+
+
+def token_mask(positions: torch.Tensor, rows: torch.Tensor, batch_size: int, tokens: int, patch: int) -> torch.Tensor:
+    """(B, 1, H, W) bool: True on the patches listed as (rows, positions)."""
+    mask = torch.zeros(batch_size, tokens, device=positions.device)
+    mask[rows, positions] = 1.0
+    return unpatchify(mask[..., None].expand(-1, -1, patch * patch), patch, 1) > 0.5
+
+
+@torch.no_grad()
+def prediction_sheet(module, batch: dict, selection: TokenSelection, samples: int = 4) -> Image.Image:
+    """Rows: modality x sample; columns: masked input, prediction, target."""
+    model, objective = module.model, module.objective
+    N, patch = model.config.tokens_per_modality, model.config.patch
+    outputs = model(objective.inputs(batch), selection)
+    B = len(batch["key"])
+    rows = []
+    for index, name in enumerate(model.names):
+        truth = batch[name] if batch[name].dim() == 4 else batch[name][:, None]
+        in_where = selection.input_modality == index
+        in_rows = in_where.nonzero()[:, 0]
+        in_mask = token_mask(selection.inputs[in_where] - index * N, in_rows, B, N, patch)
+        if name in outputs:
+            prediction, where = outputs[name]
+            grid = prediction.new_zeros(B, N, prediction.shape[-1])
+            grid[where[:, 0], where[:, 1]] = prediction
+            predicted = objective.images(name, grid, batch)
+            predicted = predicted if predicted.dim() == 4 else predicted[:, None]
+            out_mask = token_mask(where[:, 1], where[:, 0], B, N, patch)
+        else:
+            predicted, out_mask = torch.zeros_like(truth.float()), torch.zeros_like(in_mask)
+        for b in range(min(samples, B)):
+            grey = torch.full_like(truth[b].float(), GREY if name != "depth" else 0.0)
+            masked = torch.where(in_mask[b], truth[b].float(), grey)
+            shown = torch.where(out_mask[b], predicted[b].float(), grey)
+            rows.append([to_uint8(name, masked), to_uint8(name, shown), to_uint8(name, truth[b])])
+    return grid_image(rows, ["masked input", "prediction", "target"],
+                      [f"{name} #{b}" for name in model.names for b in range(min(samples, B))])
