@@ -63,6 +63,13 @@ class PretrainModule(L.LightningModule):
         if self.input_budget + self.target_budget > N * len(modalities):
             raise TSTError(f"pretrain budgets: {self.input_budget} + {self.target_budget} tokens exceed the "
                            f"{N * len(modalities)} tokens of {len(modalities)} modalities at {N} each")
+        for index, component in enumerate(self.mixture):
+            for side, alphas, budget in (("inputs", component.input_alphas, self.input_budget),
+                                         ("targets", component.target_alphas, self.target_budget)):
+                available = N * sum(1 for a in alphas.values() if a > 0)
+                if budget > available:
+                    raise TSTError(f"pretrain.mixture[{index}].{side}: a budget of {budget} tokens exceeds the "
+                                   f"{available} tokens of its modalities ({N} each)")
         self._last_time: float | None = None
 
     def selection(self, batch_size: int, step: int):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import lightning as L
@@ -28,6 +29,7 @@ from tst.pretrain.tokenizer import Tokenizer, TokenizerConfig
 from tst.pretrain.visualize import prediction_sheet, to_uint8
 
 console = Console(stderr=True)
+RUN_DIR_VARIABLE = "TST_PRETRAIN_RUN_DIR"  # tells DDP worker processes which run they belong to
 # Keys a resumed run must share with the run it continues.
 STRUCTURAL = ("model", "pretrain.objective", "pretrain.modalities", "pretrain.input_budget", "pretrain.target_budget",
               "pretrain.mixture", "pretrain.mae_mask_ratio", "pretrain.seed", "data_dir", "data.batch_size",
@@ -127,6 +129,8 @@ def _run_config(cfg: DictConfig, overrides: list[str]) -> tuple[dict, Path, str 
     structural keys the command line overrides must equal the stored ones."""
     config = OmegaConf.to_container(cfg, resolve=True)
     if not cfg.get("resume"):
+        if RUN_DIR_VARIABLE in os.environ:  # a DDP worker started by the primary process: same run
+            return config, Path(os.environ[RUN_DIR_VARIABLE]), None
         name = cfg.run_name or f"{cfg.pretrain.objective}-{new_run_name()}"
         run_dir = Path(cfg.workspace_dir) / _space_name(cfg) / "pretrain" / name
         if run_dir.exists():
@@ -183,6 +187,7 @@ def run(cfg: DictConfig, overrides: list[str] = ()) -> Path:
                               int(d["num_workers"]), tuple(d["crop_scale"]), int(p["seed"]), bool(d["skip_corrupt"]))
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "config.json", config)
+    os.environ[RUN_DIR_VARIABLE] = str(run_dir)  # inherited by the worker processes Lightning starts
     callbacks = [ModelCheckpoint(dirpath=run_dir / "checkpoints", every_n_train_steps=int(p["checkpoint_every"]),
                                  save_last=True, save_top_k=-1, filename="step-{step:06d}",
                                  auto_insert_metric_name=False),
@@ -198,7 +203,10 @@ def run(cfg: DictConfig, overrides: list[str] = ()) -> Path:
                                                             "label_ablation": str(p["label_ablation"])}))
         loggers[0].log_hyperparams({k: v for k, v in _flat(config).items()})
     trainer = _trainer(config, run_dir, callbacks, loggers, int(p["steps"]))
-    trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
+    finally:
+        os.environ.pop(RUN_DIR_VARIABLE, None)
     if trainer.global_rank == 0:
         _export(module, run_dir, config, data)
         console.print(f"[green]pretrained[/green] {run_dir}")

@@ -1,0 +1,216 @@
+"""The pretrain stage: budgets, objectives, tokenizers, checkpoints, resume, predict, DDP, bad input."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tst.cli import main
+from tst.errors import TSTError
+from tst.pretrain.masking import MixtureComponent, fixed_selection, select_tokens
+from tst.pretrain.model import ModelConfig, MultimodalMaskedModel
+from tst.pretrain.objectives import PixelObjective, TokenObjective
+from tst.pretrain.run import load_run
+from tst.pretrain.tokenizer import Tokenizer, TokenizerConfig
+
+SENSORS = ["rgb", "depth", "normals", "edges"]
+TINY = ["model.dim=64", "model.encoder_depth=2", "model.decoder_depth=1", "model.heads=2", "data.batch_size=8",
+        "data.num_workers=0", "tracking.enabled=false", "pretrain.input_budget=32", "pretrain.target_budget=32"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A small collected dataset (64 px) in a fresh workspace."""
+    tmp = tmp_path_factory.mktemp("pretrain")
+    assert main(["collect", f"workspace_dir={tmp}", "collect.frames.pretrain=48", "collect.frames.eval=8",
+                 "collect.frames.transfer=0", "collect.size=64", "collect.workers=1", "collect.shard_size=16",
+                 "tracking.enabled=false", "collect.sheet_samples=1"]) == 0
+    return tmp
+
+
+def pretrain(workspace: Path, *extra: str) -> int:
+    return main(["pretrain", f"workspace_dir={workspace}", *TINY, *extra])
+
+
+def test_budgets_sum_exactly_and_inputs_and_targets_are_disjoint():
+    mixture = [MixtureComponent(0.5, {"rgb": 1.0}, {m: 0.5 for m in SENSORS}),
+               MixtureComponent(0.5, {m: 0.2 for m in SENSORS}, {"depth": 1.0, "normals": 1.0})]
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        s = select_tokens(16, SENSORS, 16, 12, 16, mixture, generator)
+        assert s.inputs.shape == (16, 12) and s.targets.shape == (16, 16)
+        for row in range(16):
+            inputs, targets = set(s.inputs[row].tolist()), set(s.targets[row].tolist())
+            assert len(inputs) == 12 and len(targets) == 16 and not inputs & targets
+        assert (s.target_modality == s.targets // 16).all()
+
+
+def test_budget_larger_than_the_tokens_is_refused():
+    with pytest.raises(TSTError, match="exceeds"):
+        select_tokens(1, ["rgb"], 16, 20, 4, [MixtureComponent(1.0, {"rgb": 1.0}, {"rgb": 1.0})],
+                      torch.Generator().manual_seed(0))
+
+
+def overfit(objective, batch: dict, modalities: list[str], steps: int = 120) -> tuple[float, float]:
+    torch.manual_seed(0)
+    config = ModelConfig(dim=64, encoder_depth=2, decoder_depth=1, heads=2, patch=8, image_size=32)
+    model = MultimodalMaskedModel(config, objective.io())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    mixture = [MixtureComponent(1.0, {m: 1.0 for m in modalities}, {m: 1.0 for m in modalities})]
+    selection = select_tokens(16, modalities, 16, 6 * len(modalities), 8 * len(modalities), mixture,
+                              torch.Generator().manual_seed(1))
+    losses = []
+    for _ in range(steps):
+        loss = sum(objective.losses(model(objective.inputs(batch), selection), batch).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses[0], min(losses[-5:])
+
+
+def synthetic_batch() -> dict:
+    """16 frames of simple scenes at 32 px: two-colour halves, a depth ramp, axis normals, an edge line."""
+    g = torch.Generator().manual_seed(0)
+    rgb = torch.rand(16, 3, 1, 1, generator=g).expand(16, 3, 32, 32).clone()
+    rgb[:, :, :, 16:] = torch.rand(16, 3, 1, 1, generator=g)
+    depth = torch.linspace(1, 4, 32).view(1, 1, 32, 1).expand(16, 1, 32, 32) * torch.rand(16, 1, 1, 1, generator=g)
+    normals = torch.zeros(16, 3, 32, 32)
+    normals[:, 2] = -1
+    edges = torch.zeros(16, 1, 32, 32)
+    edges[:, :, :, 16] = 1
+    return {"rgb": rgb, "depth": depth, "normals": normals, "edges": edges, "key": [str(i) for i in range(16)]}
+
+
+@pytest.mark.parametrize("objective", ["multimae", "mae", "fourm"])
+def test_each_objective_overfits_a_batch(objective):
+    batch = synthetic_batch()
+    if objective == "fourm":
+        tokenizers = {m: Tokenizer(m, TokenizerConfig((8, 5, 5, 5), 8, 32)).eval() for m in SENSORS}
+        first, last = overfit(TokenObjective(tokenizers), batch, SENSORS)
+    else:
+        modalities = ["rgb"] if objective == "mae" else SENSORS
+        first, last = overfit(PixelObjective(modalities, 8), batch, modalities)
+    assert last <= first / 2, (first, last)
+
+
+def test_tokenizer_round_trip_on_simple_images():
+    torch.manual_seed(0)
+    batch = synthetic_batch()
+    tokenizer = Tokenizer("rgb", TokenizerConfig((8, 5, 5, 5), 8, 32))
+    optimizer = torch.optim.AdamW(tokenizer.parameters(), lr=3e-3)
+    for _ in range(250):
+        reconstruction, _ = tokenizer(batch["rgb"])
+        loss = tokenizer.loss(batch["rgb"], reconstruction)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    from tst.pretrain.normalize import from_network
+
+    codes = tokenizer.encode(batch["rgb"])
+    assert codes.shape == (16, 16) and codes.max() < 1000
+    decoded = from_network("rgb", tokenizer.decode(codes))
+    assert (decoded - batch["rgb"]).abs().mean() < 0.08
+
+
+def test_pretrain_run_checkpoints_predict_and_resume(workspace, capsys):
+    assert pretrain(workspace, "run_name=straight", "pretrain.steps=6", "pretrain.checkpoint_every=3",
+                    "pretrain.image_every=3", "pretrain.warmup_steps=2") == 0
+    run = workspace / "procedural-0" / "pretrain" / "straight"
+    assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "images" / "step-000006.png").is_file()
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["outputs"]["objective"] == "multimae" and manifest["outputs"]["modalities"] == SENSORS
+    encoder = load_file(run / "encoder.safetensors")
+    assert any(k.startswith("encoder.") for k in encoder) and not any(k.startswith("decoder.") for k in encoder)
+
+    # Save -> load gives identical outputs (exported weights and the last checkpoint agree).
+    module, config, data = load_run(run)
+    batch = {m: torch.rand(2, 3 if m in ("rgb", "normals") else 1, 64, 64) for m in SENSORS} | {"key": ["a", "b"]}
+    selection = fixed_selection(2, SENSORS, 64, ["rgb"], ["depth"])
+    first = module.model(module.objective.inputs(batch), selection)["depth"][0]
+    again, _, _ = load_run(run / "checkpoints" / "last.ckpt")
+    state = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    again.load_state_dict(state)
+    assert torch.equal(first, again.model(again.objective.inputs(batch), selection)["depth"][0])
+
+    # A run stopped after step 3 (its step-3 checkpoint is the last) and resumed reaches the same
+    # weights, step and learning rate as the 6 straight steps.
+    halves = workspace / "procedural-0" / "pretrain" / "halves"
+    (halves / "checkpoints").mkdir(parents=True)
+    (halves / "config.json").write_bytes((run / "config.json").read_bytes())
+    (halves / "checkpoints" / "last.ckpt").write_bytes((run / "checkpoints" / "step-000003.ckpt").read_bytes())
+    assert main(["pretrain", f"resume={halves}", f"workspace_dir={workspace}"]) == 0
+    a, b = load_file(run / "model.safetensors"), load_file(halves / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    ckpt_a = torch.load(run / "checkpoints" / "step-000006.ckpt", map_location="cpu", weights_only=False)
+    ckpt_b = torch.load(halves / "checkpoints" / "step-000006.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt_a["global_step"] == ckpt_b["global_step"] == 6
+    assert ckpt_a["lr_schedulers"][0]["_last_lr"] == ckpt_b["lr_schedulers"][0]["_last_lr"]
+
+    # Any-to-any predictions with errors per modality.
+    capsys.readouterr()
+    assert main(["pretrain", "predict", f"ckpt={run}", "from=[rgb]", "to=[depth,normals,edges]", "predict_frames=4",
+                 f"workspace_dir={workspace}"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert set(metrics) == {"depth", "normals", "edges"} and "abs_rel" in metrics["depth"]
+    assert (run / "predict" / "rgb-to-depth+normals+edges" / "predictions.png").is_file()
+
+    # Resume with a different model is refused, naming the key.
+    capsys.readouterr()
+    assert main(["pretrain", f"resume={halves}", "model.dim=32", f"workspace_dir={workspace}"]) != 0
+    assert "model" in capsys.readouterr().err
+
+
+def test_fourm_with_tokenizers(workspace, capsys):
+    assert main(["pretrain", "tokenizers", f"workspace_dir={workspace}", *TINY, "pretrain.tokenizer.steps=10",
+                 "pretrain.tokenizer.hidden=16"]) == 0
+    tokenizers = workspace / "procedural-0" / "pretrain" / "tokenizers"
+    manifest = json.loads((tokenizers / "manifest.json").read_text())
+    assert set(manifest["outputs"]["reconstruction_mae"]) == set(SENSORS)
+    assert (tokenizers / "reconstructions.png").is_file()
+    assert pretrain(workspace, "pretrain.objective=fourm", "run_name=fourm", "pretrain.steps=3",
+                    "pretrain.tokenizer.hidden=16") == 0
+    assert main(["pretrain", "predict", f"ckpt={workspace / 'procedural-0' / 'pretrain' / 'fourm'}",
+                 "from=[rgb,depth]", "to=[normals]", "predict_frames=2", f"workspace_dir={workspace}"]) == 0
+
+
+def test_two_process_cpu_ddp(workspace):
+    command = [sys.executable, "-m", "tst.cli", "pretrain", f"workspace_dir={workspace}", *TINY, "trainer=ddp",
+               "trainer.accelerator=cpu", "trainer.devices=2", "pretrain.steps=3", "run_name=ddp",
+               "pretrain.image_every=100"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    checkpoint = torch.load(workspace / "procedural-0" / "pretrain" / "ddp" / "checkpoints" / "last.ckpt",
+                            map_location="cpu", weights_only=False)
+    assert checkpoint["global_step"] == 3
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["pretrain.modalities=[rgb,semantic]"], "labels"),
+    (["pretrain.modalities=[rgb,heat]"], "unknown"),
+    (["data_dir=/nonexistent/data"], "manifest.json: missing"),
+    (["pretrain.input_budget=200", "pretrain.target_budget=200"], "exceed"),
+])
+def test_bad_input(workspace, extra, message, capsys):
+    assert pretrain(workspace, "pretrain.steps=1", *extra) != 0
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and message in errors[0], errors
+
+
+def test_dataset_lacking_a_modality_and_foreign_tokenizers(workspace, tmp_path, capsys):
+    assert main(["collect", f"workspace_dir={tmp_path}", "collect.frames.pretrain=8", "collect.frames.eval=4",
+                 "collect.frames.transfer=0", "collect.size=32", "collect.workers=1", "tracking.enabled=false",
+                 "collect.modalities=[rgb,depth]", "collect.sheet_samples=1"]) == 0
+    capsys.readouterr()
+    assert pretrain(tmp_path, "pretrain.steps=1") != 0
+    assert "lacks ['normals', 'edges']" in capsys.readouterr().err
+    tokenizers = workspace / "procedural-0" / "pretrain" / "tokenizers"
+    if not tokenizers.exists():
+        pytest.skip("needs the tokenizers of test_fourm_with_tokenizers")
+    assert pretrain(tmp_path, "pretrain.steps=1", "pretrain.objective=fourm", "pretrain.modalities=[rgb,depth]",
+                    f"pretrain.tokenizers={tokenizers}") != 0
+    assert "trained on another dataset" in capsys.readouterr().err
