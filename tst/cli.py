@@ -74,8 +74,9 @@ def _pretrain(args: list[str]) -> int:
 def _bench(args: list[str]) -> int:
     from tst.collect.bench import bench_collect
     from tst.envs.bench import bench_render
+    from tst.pretrain.bench import bench_pretrain
 
-    benchmarks = {"render": bench_render, "collect": bench_collect}
+    benchmarks = {"render": bench_render, "collect": bench_collect, "pretrain": bench_pretrain}
     action, overrides = (args[0], args[1:]) if args else ("", [])
     if action not in benchmarks:
         raise TSTError(f"tst bench: unknown benchmark '{action}': expected one of: {', '.join(benchmarks)}")
@@ -92,7 +93,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "deploy": Subcommand("run the specialist in the agent's perception loop", "", None),
     "run": Subcommand("the whole pipeline on the embedded default space", "", None),
     "report": Subcommand("the results table from tracked runs", "", None),
-    "bench": Subcommand("benchmarks with JSON output", "tst bench render|collect [overrides]", _bench, "bench"),
+    "bench": Subcommand("benchmarks with JSON output", "tst bench render|collect|pretrain [overrides]", _bench, "bench"),
     "spaces": Subcommand("list spaces and render previews", "tst spaces list | tst spaces render [overrides]",
                          _spaces, "spaces"),
 }
