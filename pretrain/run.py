@@ -44,6 +44,9 @@ def _space_name(cfg: DictConfig) -> str:
 
 def dataset_dir(cfg: DictConfig) -> Path:
     root = Path(str(cfg.data_dir)) if cfg.get("data_dir") else Path(cfg.workspace_dir) / _space_name(cfg) / "data"
+    if not (root / "manifest.json").is_file():
+        raise TSTError(f"{root}: no collected dataset there (no manifest.json); run tst collect for this space "
+                       "first or point data_dir at one")
     manifest = read_manifest(root)
     missing = [m for m in _modalities(cfg) if m not in manifest["outputs"]["modalities"]]
     if missing:

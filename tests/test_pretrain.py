@@ -192,7 +192,7 @@ def test_two_process_cpu_ddp(workspace):
 @pytest.mark.parametrize("extra, message", [
     (["pretrain.modalities=[rgb,semantic]"], "labels"),
     (["pretrain.modalities=[rgb,heat]"], "unknown"),
-    (["data_dir=/nonexistent/data"], "manifest.json: missing"),
+    (["data_dir=/nonexistent/data"], "no collected dataset there"),
     (["pretrain.input_budget=200", "pretrain.target_budget=200"], "exceed"),
 ])
 def test_bad_input(workspace, extra, message, capsys):
@@ -214,3 +214,29 @@ def test_dataset_lacking_a_modality_and_foreign_tokenizers(workspace, tmp_path, 
     assert pretrain(tmp_path, "pretrain.steps=1", "pretrain.objective=fourm", "pretrain.modalities=[rgb,depth]",
                     f"pretrain.tokenizers={tokenizers}") != 0
     assert "trained on another dataset" in capsys.readouterr().err
+
+
+def test_non_finite_loss_names_the_step_and_modality():
+    from omegaconf import OmegaConf
+
+    from tst.config import config_root
+    from tst.pretrain.module import PretrainModule
+
+    config = {"model": {"dim": 32, "encoder_depth": 1, "decoder_depth": 1, "heads": 2, "patch": 8, "image_size": 32,
+                        "mlp_ratio": 2.0},
+              "pretrain": OmegaConf.to_container(OmegaConf.load(config_root() / "pretrain" / "default.yaml"))
+              | {"input_budget": 16, "target_budget": 16}}
+    module = PretrainModule(config, SENSORS)
+    batch = synthetic_batch()
+    batch["depth"][:] = float("nan")
+    with pytest.raises(TSTError, match=r"non-finite loss at step 0 in .*depth"):  # NaN inputs spread to all
+        module.training_step(batch, 0)
+
+
+def test_empty_pretrain_split_is_refused(tmp_path, capsys):
+    assert main(["collect", f"workspace_dir={tmp_path}", "collect.frames.pretrain=0", "collect.frames.eval=4",
+                 "collect.frames.transfer=0", "collect.size=32", "collect.workers=1", "tracking.enabled=false",
+                 "collect.sheet_samples=1"]) == 0
+    capsys.readouterr()
+    assert pretrain(tmp_path, "pretrain.steps=1") != 0
+    assert "no split 'pretrain'" in capsys.readouterr().err
