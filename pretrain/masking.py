@@ -80,6 +80,7 @@ def fixed_selection(batch_size: int, modalities: list[str], tokens_per_modality:
     """Every token of `sources` as input, every token of `destinations` as target (any-to-any prediction)."""
     N = tokens_per_modality
     ins = torch.cat([torch.arange(N) + modalities.index(m) * N for m in sources])
-    outs = torch.cat([torch.arange(N) + modalities.index(m) * N for m in destinations])
+    outs = torch.cat([torch.arange(N) + modalities.index(m) * N for m in destinations]
+                     or [torch.zeros(0, dtype=torch.long)])
     inputs, targets = ins.expand(batch_size, -1), outs.expand(batch_size, -1)
     return TokenSelection(inputs, targets, targets // N, inputs // N)

@@ -137,6 +137,14 @@ def test_pretrain_run_checkpoints_predict_and_resume(workspace, capsys):
     again.load_state_dict(state)
     assert torch.equal(first, again.model(again.objective.inputs(batch), selection)["depth"][0])
 
+    # The encoder alone, as a plain backbone on RGB (and RGB + depth).
+    from tst.pretrain.backbone import load_backbone
+
+    features = load_backbone(run)({"rgb": batch["rgb"]})
+    assert features.shape == (2, 64, 64)
+    both = load_backbone(run, ("rgb", "depth"))({"rgb": batch["rgb"], "depth": batch["depth"]})
+    assert both.shape == (2, 128, 64) and torch.isfinite(both).all()
+
     # A run stopped after step 3 (its step-3 checkpoint is the last) and resumed reaches the same
     # weights, step and learning rate as the 6 straight steps.
     halves = workspace / "procedural-0" / "pretrain" / "halves"
