@@ -368,7 +368,8 @@ def predict(cfg: DictConfig) -> dict:
     for b in range(B):
         row = [to_uint8(s, batch[s][b]) for s in sources]
         for name in targets:
-            row += [to_uint8(name, images[name][b]), to_uint8(name, batch[name][b])]
+            top = float(batch[name][b].max()) if name == "depth" else None
+            row += [to_uint8(name, images[name][b], top), to_uint8(name, batch[name][b], top)]
         rows.append(row)
     titles = [f"input {s}" for s in sources] + [t for name in targets for t in (f"predicted {name}", f"true {name}")]
     grid_image(rows, titles, batch["key"]).save(out / "predictions.png")

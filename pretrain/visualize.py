@@ -15,13 +15,14 @@ from tst.pretrain.model import unpatchify
 GREY = 0.5
 
 
-def to_uint8(name: str, image: torch.Tensor) -> np.ndarray:
-    """One (C, H, W) image in reader units -> (H, W, 3) uint8 via the modality registry."""
+def to_uint8(name: str, image: torch.Tensor, max_depth: float | None = None) -> np.ndarray:
+    """One (C, H, W) image in reader units -> (H, W, 3) uint8 via the modality registry. max_depth:
+    metres at the top of the depth colormap (pass the truth's so prediction and truth compare)."""
     x = image.detach().cpu().float()
     if name == "rgb":
         return (x.permute(1, 2, 0).clamp(0, 1).numpy() * 255).astype(np.uint8)
     if name == "depth":
-        return get("depth").visualize(x[0].numpy())
+        return get("depth").visualize(x[0].numpy(), max_depth)
     if name == "normals":
         return get("normals").visualize(x.permute(1, 2, 0).numpy())
     if name == "edges":
@@ -62,6 +63,7 @@ def prediction_sheet(module, batch: dict, selection: TokenSelection, samples: in
             grey = torch.full_like(truth[b].float(), GREY if name != "depth" else 0.0)
             masked = torch.where(in_mask[b], truth[b].float(), grey)
             shown = torch.where(out_mask[b], predicted[b].float(), grey)
-            rows.append([to_uint8(name, masked), to_uint8(name, shown), to_uint8(name, truth[b])])
+            top = float(truth[b].max()) if name == "depth" else None
+            rows.append([to_uint8(name, masked, top), to_uint8(name, shown, top), to_uint8(name, truth[b], top)])
     return grid_image(rows, ["masked input", "prediction", "target"],
                       [f"{name} #{b}" for name in model.names for b in range(min(samples, B))])
