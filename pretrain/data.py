@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader, Sampler
 from tst.errors import TSTError
 
 from tst.collect.dataset import FrameDataset, RandomResizedCropFlip, collate
+from tst.pretrain.tokens import whole_frame
 
 
 class ResumableSampler(Sampler[int]):
@@ -39,8 +40,10 @@ class EpochCrops(torch.utils.data.Dataset):
     """Sample `epoch * size + index` of a ResumableSampler: frame `index` with a crop drawn from
     (seed, epoch, index), so every epoch differs and a resumed run repeats exactly."""
 
-    def __init__(self, frames: FrameDataset, transform: RandomResizedCropFlip, modalities: list[str], seed: int):
+    def __init__(self, frames: FrameDataset, transform: RandomResizedCropFlip, modalities: list[str], seed: int,
+                 codes: dict[str, dict[str, torch.Tensor]] | None = None):
         self.frames, self.transform, self.modalities, self.seed = frames, transform, modalities, seed
+        self.codes = codes  # precomputed tokenizer codes by frame key (then the transform is fixed)
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -49,19 +52,25 @@ class EpochCrops(torch.utils.data.Dataset):
         epoch, index = divmod(position, len(self.frames))
         generator = torch.Generator().manual_seed(int(np.random.default_rng([self.seed, epoch, index]).integers(2**62)))
         out = self.transform(self.frames[index], generator)
-        return {name: out[name] for name in self.modalities} | {"key": out["key"]}
+        sample = {name: out[name] for name in self.modalities} | {"key": out["key"]}
+        if self.codes is not None:
+            sample |= {f"codes/{name}": codes for name, codes in self.codes[out["key"]].items()}
+        return sample
 
 
 class PretrainData(L.LightningDataModule):
-    """Random resized crops of the pretrain split at the model's size, with only the trained modalities."""
+    """Random resized crops of the pretrain split at the model's size, with only the trained modalities
+    (whole frames plus their precomputed codes when `codes` is given)."""
 
     def __init__(self, root: Path, modalities: list[str], size: int, batch_size: int, num_workers: int,
-                 crop_scale: tuple[float, float], seed: int, skip_corrupt: bool):
+                 crop_scale: tuple[float, float], seed: int, skip_corrupt: bool,
+                 codes: dict[str, dict[str, torch.Tensor]] | None = None):
         super().__init__()
         self.root, self.modalities, self.size = root, modalities, size
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        transform = whole_frame(size) if codes is not None else RandomResizedCropFlip(size, scale=tuple(crop_scale))
         self.train = EpochCrops(FrameDataset(root, "pretrain", modalities, skip_corrupt=skip_corrupt),
-                                RandomResizedCropFlip(size, scale=tuple(crop_scale)), modalities, seed)
+                                transform, modalities, seed, codes)
         if len(self.train.frames) == 0:
             raise TSTError(f"{root}: the pretrain split is empty; collect it first (tst collect)")
         self.start_step = 0

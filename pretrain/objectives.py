@@ -86,8 +86,9 @@ class TokenObjective:
         return [ModalityIO(name, "tokens", vocab=t.config.vocab) for name, t in self.tokenizers.items()]
 
     def inputs(self, batch: dict) -> dict[str, torch.Tensor]:
-        if "_codes" not in batch:  # tokenize once per batch
-            batch["_codes"] = {name: t.encode(batch[name]) for name, t in self.tokenizers.items() if name in batch}
+        if "_codes" not in batch:  # precomputed codes, else tokenize once per batch
+            batch["_codes"] = {name: batch[f"codes/{name}"] if f"codes/{name}" in batch else t.encode(batch[name])
+                               for name, t in self.tokenizers.items() if name in batch or f"codes/{name}" in batch}
         return batch["_codes"]
 
     def losses(self, outputs: dict, batch: dict) -> dict[str, torch.Tensor]:

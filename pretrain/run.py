@@ -26,6 +26,7 @@ from tst.pretrain.module import PretrainModule
 from tst.pretrain.normalize import from_network
 from tst.pretrain.objectives import check_modalities
 from tst.pretrain.tokenizer import Tokenizer, TokenizerConfig
+from tst.pretrain.tokens import load_tokens, precompute_tokens
 from tst.pretrain.visualize import prediction_sheet, to_uint8
 
 console = Console(stderr=True)
@@ -186,8 +187,12 @@ def run(cfg: DictConfig, overrides: list[str] = ()) -> Path:
     module = build_module(config, data)
     L.seed_everything(int(config["pretrain"]["seed"]), workers=True, verbose=False)
     p, d = config["pretrain"], config["data"]
+    codes = None
+    if p["objective"] == "fourm" and p.get("precomputed_tokens"):
+        codes = load_tokens(_tokenizer_dir(OmegaConf.create(config)), data, config["model"]["image_size"])
     datamodule = PretrainData(data, module.modalities, config["model"]["image_size"], int(d["batch_size"]),
-                              int(d["num_workers"]), tuple(d["crop_scale"]), int(p["seed"]), bool(d["skip_corrupt"]))
+                              int(d["num_workers"]), tuple(d["crop_scale"]), int(p["seed"]), bool(d["skip_corrupt"]),
+                              codes)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "config.json", config)
     os.environ[RUN_DIR_VARIABLE] = str(run_dir)  # inherited by the worker processes Lightning starts
@@ -377,3 +382,12 @@ def predict(cfg: DictConfig) -> dict:
     print(json.dumps(metrics, indent=2))
     console.print(f"[green]predictions[/green] {out / 'predictions.png'}")
     return metrics
+
+
+def tokens(cfg: DictConfig) -> Path:
+    """`tst pretrain tokens`: precompute the pretrain split's codes with the trained tokenizers."""
+    data = dataset_dir(cfg)
+    directory = _tokenizer_dir(cfg)
+    modalities = [m for m in _modalities(cfg) if m in ("rgb", "depth", "normals", "edges")]
+    tokenizers = load_tokenizers(directory, data, modalities, int(cfg.model.patch))
+    return precompute_tokens(directory, data, tokenizers, int(cfg.model.image_size))

@@ -184,6 +184,19 @@ def test_fourm_with_tokenizers(workspace, capsys):
                     "pretrain.tokenizer.hidden=16") == 0
     assert main(["pretrain", "predict", f"ckpt={workspace / 'procedural-0' / 'pretrain' / 'fourm'}",
                  "from=[rgb,depth]", "to=[normals]", "predict_frames=2", f"workspace_dir={workspace}"]) == 0
+    # Precomputed tokens equal what the tokenizers give on the fly for the same whole frames.
+    assert main(["pretrain", "tokens", f"workspace_dir={workspace}", *TINY, "pretrain.tokenizer.hidden=16"]) == 0
+    from tst.collect.dataset import FrameDataset
+    from tst.pretrain.run import load_tokenizers
+    from tst.pretrain.tokens import load_tokens, whole_frame
+
+    data = workspace / "procedural-0" / "data"
+    stored = load_tokens(tokenizers, data, 64)
+    frame = FrameDataset(data, "pretrain", ["depth"], transform=whole_frame(64))[5]
+    depth_tokenizer = load_tokenizers(tokenizers, data, ["depth"], 8)["depth"]
+    assert torch.equal(stored[frame["key"]]["depth"], depth_tokenizer.encode(frame["depth"][None])[0])
+    assert pretrain(workspace, "pretrain.objective=fourm", "run_name=fourm-tokens", "pretrain.steps=2",
+                    "pretrain.precomputed_tokens=true", "pretrain.tokenizer.hidden=16") == 0
 
 
 def test_two_process_cpu_ddp(workspace):

@@ -56,15 +56,15 @@ def _collect(args: list[str]) -> int:
 
 
 def _pretrain(args: list[str]) -> int:
-    from tst.pretrain.run import predict, run, train_tokenizers
+    from tst.pretrain.run import predict, run, tokens, train_tokenizers
 
-    actions = {"tokenizers": train_tokenizers, "predict": predict}
+    actions = {"tokenizers": train_tokenizers, "tokens": tokens, "predict": predict}
     if args and args[0] in actions:
         for cfg in _sweep("pretrain", args[1:]):
             actions[args[0]](cfg)
         return 0
     if args and "=" not in args[0] and not args[0].startswith("-"):
-        raise TSTError(f"tst pretrain: unknown action '{args[0]}': expected tokenizers, predict or overrides")
+        raise TSTError(f"tst pretrain: unknown action '{args[0]}': expected tokenizers, tokens, predict or overrides")
     overrides = [a for a in args if a not in ("-m", "--multirun")]
     for cfg in _sweep("pretrain", args):
         run(cfg, overrides)
@@ -88,7 +88,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "collect": Subcommand("render a TST dataset (pretrain / eval / transfer splits) from a space",
                           "tst collect [-m] [overrides]", _collect, "collect"),
     "pretrain": Subcommand("multimodal masked pretraining on the test space",
-                           "tst pretrain [tokenizers | predict] [overrides]", _pretrain, "pretrain"),
+                           "tst pretrain [tokenizers | tokens | predict] [overrides]", _pretrain, "pretrain"),
     "transfer": Subcommand("train segmentation / detection / captioning heads and score them", "", None),
     "deploy": Subcommand("run the specialist in the agent's perception loop", "", None),
     "run": Subcommand("the whole pipeline on the embedded default space", "", None),
