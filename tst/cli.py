@@ -71,6 +71,14 @@ def _pretrain(args: list[str]) -> int:
     return 0
 
 
+def _transfer(args: list[str]) -> int:
+    from tst.transfer.run import run
+
+    for cfg in _sweep("transfer", args):
+        run(cfg)
+    return 0
+
+
 def _bench(args: list[str]) -> int:
     from tst.collect.bench import bench_collect
     from tst.envs.bench import bench_render
@@ -89,7 +97,8 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                           "tst collect [-m] [overrides]", _collect, "collect"),
     "pretrain": Subcommand("multimodal masked pretraining on the test space",
                            "tst pretrain [tokenizers | tokens | predict] [overrides]", _pretrain, "pretrain"),
-    "transfer": Subcommand("train segmentation / detection / captioning heads and score them", "", None),
+    "transfer": Subcommand("train a segmentation head on the transfer split and score it on eval",
+                           "tst transfer [-m] [overrides]", _transfer, "transfer"),
     "deploy": Subcommand("run the specialist in the agent's perception loop", "", None),
     "run": Subcommand("the whole pipeline on the embedded default space", "", None),
     "report": Subcommand("the results table from tracked runs", "", None),

@@ -1,0 +1,74 @@
+"""Backbones for transfer: a `tst pretrain` run's encoder, or the same architecture from scratch.
+
+Every backbone maps RGB (B, 3, H, W) in [0, 1] to a feature map (B, dim, H/patch, W/patch).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tst.errors import TSTError
+
+from tst.pretrain.masking import fixed_selection
+from tst.pretrain.model import ModalityIO, ModelConfig, MultimodalMaskedModel, patchify
+from tst.pretrain.normalize import to_network
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    """What a results table needs to know: a name, where it comes from, its pretraining objective."""
+
+    name: str
+    source: str
+    objective: str
+
+
+class ViTFeatures(nn.Module):
+    """A pretrain backbone (tst.pretrain.backbone.Backbone) as a feature map over RGB."""
+
+    def __init__(self, backbone):
+        super().__init__()
+        self.backbone = backbone
+        self.dim, self.grid = backbone.dim, backbone.grid
+
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+        tokens = self.backbone({"rgb": rgb})  # (B, N, D)
+        return tokens.transpose(1, 2).reshape(rgb.shape[0], self.dim, self.grid, self.grid)
+
+
+class ScratchViT(nn.Module):
+    """The pretraining encoder architecture (RGB input only), randomly initialized."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.model = MultimodalMaskedModel(config, [ModalityIO("rgb", "pixels", 3, 3)])
+        self.dim, self.grid, self.patch = config.dim, config.grid, config.patch
+
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+        B = rgb.shape[0]
+        selection = fixed_selection(B, ["rgb"], self.grid ** 2, ["rgb"], [])
+        selection = type(selection)(*(t.to(rgb.device) for t in (selection.inputs, selection.targets,
+                                                                  selection.target_modality, selection.input_modality)))
+        tokens = self.model.encode(self.model.embed({"rgb": patchify(to_network("rgb", rgb), self.patch)}), selection)
+        return tokens.transpose(1, 2).reshape(B, self.dim, self.grid, self.grid)
+
+
+def make_backbone(spec: str, model_config: dict) -> tuple[nn.Module, BackboneInfo, int]:
+    """(feature extractor, info, input image size) for `transfer.backbone=spec`."""
+    if spec == "scratch":
+        config = ModelConfig(**model_config)
+        return ScratchViT(config), BackboneInfo("scratch", "random init", "none"), config.image_size
+    path = Path(spec)
+    if (path / "config.json").is_file():
+        from tst.pretrain.backbone import load_backbone
+        import json
+
+        pretrained = json.loads((path / "config.json").read_text())
+        backbone = load_backbone(path, ("rgb",))
+        objective = pretrained["pretrain"]["objective"]
+        return ViTFeatures(backbone), BackboneInfo(objective, str(path), objective), pretrained["model"]["image_size"]
+    raise TSTError(f"transfer.backbone: '{spec}' is neither 'scratch' nor a tst pretrain run folder")
