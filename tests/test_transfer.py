@@ -1,0 +1,96 @@
+"""The transfer stage (segmentation slice): metric, head, a run end to end, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tst.cli import main
+from tst.transfer.backbones import ScratchViT
+from tst.pretrain.model import ModelConfig
+from tst.transfer.metrics import SegmentationScore
+from tst.transfer.module import SegmentationModule
+
+
+def test_miou_matches_a_hand_computed_confusion_matrix():
+    truth = torch.tensor([[[0, 1, 1, 2], [2, 2, 3, 3]]])
+    predicted = torch.tensor([[[2, 1, 2, 2], [2, 1, 3, 1]]])
+    score = SegmentationScore(5)
+    score.update(predicted, truth)
+    result = score.compute()
+    # Pixels with truth 0 are ignored. Class 1: TP 1, FP 2, FN 1 -> 1/4. Class 2: TP 2, FP 1, FN 1 -> 2/4.
+    # Class 3: TP 1, FP 0, FN 1 -> 1/2. Class 4 never occurs in the truth: not averaged.
+    assert result["per_class"] == pytest.approx({1: 0.25, 2: 0.5, 3: 0.5})
+    assert result["miou"] == pytest.approx((0.25 + 0.5 + 0.5) / 3)
+
+
+def test_segmentation_head_overfits_eight_frames():
+    torch.manual_seed(0)
+    rgb = torch.rand(8, 3, 32, 32)
+    semantic = torch.zeros(8, 32, 32, dtype=torch.long)
+    for i in range(8):  # a bright square of class 2 on a background of class 1
+        semantic[i] = 1
+        y, x = 4 * (i % 4), 4 * (i // 2)
+        rgb[i, :, y:y + 12, x:x + 12] = 1.0
+        semantic[i, y:y + 12, x:x + 12] = 2
+    backbone = ScratchViT(ModelConfig(dim=48, encoder_depth=2, decoder_depth=1, heads=2, patch=8, image_size=32))
+    module = SegmentationModule(backbone, 3, {"mode": "full", "lr": 2e-3, "backbone_lr_scale": 1.0,
+                                              "weight_decay": 0.0, "warmup_steps": 1, "steps": 150})
+    optimizer = module.configure_optimizers()["optimizer"]
+    module.train()
+    for _ in range(150):
+        loss = torch.nn.functional.cross_entropy(module(rgb), semantic, ignore_index=0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    module.eval()
+    score = SegmentationScore(3)
+    score.update(module(rgb).argmax(1), semantic)
+    assert score.compute()["miou"] >= 0.9
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("transfer")
+    assert main(["collect", f"workspace_dir={tmp}", "collect.frames.pretrain=8", "collect.frames.eval=8",
+                 "collect.frames.transfer=8", "collect.transfer_spaces=[1]", "collect.size=64", "collect.workers=1",
+                 "tracking.enabled=false", "collect.sheet_samples=1"]) == 0
+    return tmp
+
+
+def test_transfer_run_end_to_end(workspace, capsys):
+    assert main(["transfer", f"workspace_dir={workspace}", "transfer.steps=4", "data.num_workers=0",
+                 "data.batch_size=4", "model.dim=32", "model.encoder_depth=1", "model.heads=2", "run_name=seg",
+                 "transfer.fraction=0.5"]) == 0
+    out = workspace / "procedural-0" / "transfer" / "seg"
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["backbone"] == "scratch" and metrics["train_frames"] == 4 and metrics["eval_frames"] == 8
+    assert 0.0 <= metrics["seg_miou"] <= 1.0 and (out / "predictions.png").is_file()
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{workspace / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["tst"], output_format="list")
+    assert runs[0].data.params["transfer.fraction"] == "0.5" and "seg_miou" in runs[0].data.metrics
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["transfer.task=det"], "not built yet"),
+    (["transfer.task=dance"], "transfer.task: 'dance'"),
+    (["transfer.backbone=/no/such/run"], "neither 'scratch' nor"),
+    (["transfer.fraction=0"], "transfer.fraction"),
+])
+def test_bad_input(workspace, extra, message, capsys):
+    assert main(["transfer", f"workspace_dir={workspace}", "transfer.steps=1", "tracking.enabled=false", *extra]) != 0
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and message in errors[0], errors
+
+
+def test_empty_eval_split(tmp_path, capsys):
+    assert main(["collect", f"workspace_dir={tmp_path}", "collect.frames.pretrain=4", "collect.frames.eval=0",
+                 "collect.frames.transfer=4", "collect.transfer_spaces=[1]", "collect.size=32", "collect.workers=1",
+                 "tracking.enabled=false", "collect.sheet_samples=1"]) == 0
+    capsys.readouterr()
+    assert main(["transfer", f"workspace_dir={tmp_path}", "transfer.steps=1", "tracking.enabled=false"]) != 0
+    assert "the eval split is empty" in capsys.readouterr().err
