@@ -35,7 +35,7 @@ def test_help_lists_config_groups_and_keys(capsys):
     assert code == 0 and "sizes:" in out and "reader_workers:" in out
 
 
-@pytest.mark.parametrize("stage", ["transfer", "deploy", "run", "report"])
+@pytest.mark.parametrize("stage", ["deploy", "run", "report"])
 def test_stages_not_built_yet_say_so_in_one_line(stage, capsys):
     code, out, err = run([stage, "space.seed=1"], capsys)
     assert code != 0 and out == ""
@@ -163,7 +163,7 @@ def test_label_map_with_unknown_class_from_the_cli(tmp_path, workspace, capsys):
 
 
 def test_console_script_is_installed():
-    result = subprocess.run([sys.executable, "-m", "tst.cli", "transfer"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "tst.cli", "deploy"], capture_output=True, text=True)
     assert result.returncode != 0 and "not built yet" in result.stderr
     result = subprocess.run(["tst", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "spaces" in result.stdout
