@@ -78,7 +78,7 @@ def test_transfer_run_end_to_end(workspace, capsys):
 @pytest.mark.parametrize("extra, message", [
     (["transfer.task=det"], "not built yet"),
     (["transfer.task=dance"], "transfer.task: 'dance'"),
-    (["transfer.backbone=/no/such/run"], "neither 'scratch' nor"),
+    (["transfer.backbone=/no/such/run"], "neither 'scratch'"),
     (["transfer.fraction=0"], "transfer.fraction"),
 ])
 def test_bad_input(workspace, extra, message, capsys):
@@ -94,3 +94,28 @@ def test_empty_eval_split(tmp_path, capsys):
     capsys.readouterr()
     assert main(["transfer", f"workspace_dir={tmp_path}", "transfer.steps=1", "tracking.enabled=false"]) != 0
     assert "the eval split is empty" in capsys.readouterr().err
+
+
+def test_generalist_loads_the_shipped_weights_and_sees_a_cat():
+    skimage = pytest.importorskip("skimage.data")
+    from tst.transfer.generalist import EfficientNetLite0, shipped_weights
+
+    state = torch.load(shipped_weights(), map_location="cpu", weights_only=True)
+    missing, unexpected = EfficientNetLite0().load_state_dict(state, strict=False)
+    assert missing == [] and unexpected == []
+    from tst.transfer.generalist import load_generalist
+
+    image = torch.tensor(skimage.chelsea()).permute(2, 0, 1)[None].float() / 255
+    image = torch.nn.functional.interpolate(image, size=(224, 224), mode="bilinear", antialias=True)
+    with torch.no_grad():
+        top = int(load_generalist()(image).argmax())
+    assert 281 <= top <= 285  # ImageNet's domestic cat classes (tabby ... Egyptian cat)
+
+
+def test_generalist_backbone_feature_map():
+    from tst.transfer.backbones import make_backbone
+
+    backbone, info, size = make_backbone("generalist", {})
+    assert info.objective == "imagenet-supervised" and size == 224
+    with torch.no_grad():
+        assert backbone(torch.rand(1, 3, 224, 224)).shape == (1, 320, 7, 7)

@@ -57,8 +57,30 @@ class ScratchViT(nn.Module):
         return tokens.transpose(1, 2).reshape(B, self.dim, self.grid, self.grid)
 
 
+class GeneralistFeatures(nn.Module):
+    """EfficientNet-Lite0 (ImageNet-supervised) features: (B, 3, H, W) -> (B, 320, H/32, W/32)."""
+
+    def __init__(self):
+        super().__init__()
+        from tst.transfer.generalist import load_generalist
+
+        self.network = load_generalist()
+        self.dim = 320
+
+    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+        return self.network.features(rgb)
+
+
+GENERALIST_SIZE = 224  # the input size EfficientNet-Lite0 was trained at
+
+
 def make_backbone(spec: str, model_config: dict) -> tuple[nn.Module, BackboneInfo, int]:
-    """(feature extractor, info, input image size) for `transfer.backbone=spec`."""
+    """(feature extractor, info, input image size) for `transfer.backbone=spec`: scratch, generalist,
+    or a `tst pretrain` run folder."""
+    if spec == "generalist":
+        return (GeneralistFeatures(),
+                BackboneInfo("generalist", "EfficientNet-Lite0, ImageNet-supervised (offline stand-in for an "
+                             "internet-pretrained generalist)", "imagenet-supervised"), GENERALIST_SIZE)
     if spec == "scratch":
         config = ModelConfig(**model_config)
         return ScratchViT(config), BackboneInfo("scratch", "random init", "none"), config.image_size
@@ -71,4 +93,4 @@ def make_backbone(spec: str, model_config: dict) -> tuple[nn.Module, BackboneInf
         backbone = load_backbone(path, ("rgb",))
         objective = pretrained["pretrain"]["objective"]
         return ViTFeatures(backbone), BackboneInfo(objective, str(path), objective), pretrained["model"]["image_size"]
-    raise TSTError(f"transfer.backbone: '{spec}' is neither 'scratch' nor a tst pretrain run folder")
+    raise TSTError(f"transfer.backbone: '{spec}' is neither 'scratch', 'generalist' nor a tst pretrain run folder")
