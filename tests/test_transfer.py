@@ -67,6 +67,7 @@ def test_transfer_run_end_to_end(workspace, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["backbone"] == "scratch" and metrics["train_frames"] == 4 and metrics["eval_frames"] == 8
     assert 0.0 <= metrics["seg_miou"] <= 1.0 and (out / "predictions.png").is_file()
+    assert json.loads((out / "manifest.json").read_text())["stage"] == "transfer"
 
     import mlflow
 

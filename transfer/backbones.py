@@ -20,11 +20,13 @@ from tst.pretrain.normalize import to_network
 
 @dataclass(frozen=True)
 class BackboneInfo:
-    """What a results table needs to know: a name, where it comes from, its pretraining objective."""
+    """What a results table needs to know: a name, where it comes from, its pretraining objective, and
+    the run folder it was loaded from (None for scratch and the generalist)."""
 
     name: str
     source: str
     objective: str
+    path: Path | None = None
 
 
 class ViTFeatures(nn.Module):
@@ -92,5 +94,6 @@ def make_backbone(spec: str, model_config: dict) -> tuple[nn.Module, BackboneInf
         pretrained = json.loads((path / "config.json").read_text())
         backbone = load_backbone(path, ("rgb",))
         objective = pretrained["pretrain"]["objective"]
-        return ViTFeatures(backbone), BackboneInfo(objective, str(path), objective), pretrained["model"]["image_size"]
+        info = BackboneInfo(objective, str(path), objective, path)
+        return ViTFeatures(backbone), info, pretrained["model"]["image_size"]
     raise TSTError(f"transfer.backbone: '{spec}' is neither 'scratch', 'generalist' nor a tst pretrain run folder")

@@ -17,7 +17,7 @@ from tst.errors import TSTError
 from tst.sheets import grid_image
 from tst.taxonomy import Taxonomy
 from tst.tracking import record_run
-from tst.workspace import atomic_write_json, new_run_name, read_manifest, write_manifest
+from tst.workspace import atomic_write_json, new_run_name, read_manifest, staged_directory, write_manifest
 
 from tst.collect.dataset import FrameDataset, RandomResizedCropFlip, collate
 from tst.pretrain.visualize import to_uint8
@@ -82,6 +82,10 @@ def run(cfg: DictConfig) -> Path:
     root = _dataset(cfg)
     taxonomy = _check_splits(root)
     backbone, info, size = make_backbone(str(t.backbone), OmegaConf.to_container(cfg.model, resolve=True))
+    name = cfg.run_name or f"{t.task}-{info.name}-f{t.fraction}-s{t.seed}-{new_run_name()}"
+    run_dir = Path(cfg.workspace_dir) / root.parent.name / "transfer" / name
+    if run_dir.exists():
+        raise TSTError(f"{run_dir}: already exists; choose another run_name")
     view = RandomResizedCropFlip(size, (1.0, 1.0), (1.0, 1.0), 0.0)
     train = _training_subset(FrameDataset(root, "transfer", ["rgb", "semantic"],
                                           transform=RandomResizedCropFlip(size, tuple(cfg.data.crop_scale))),
@@ -97,24 +101,21 @@ def run(cfg: DictConfig) -> Path:
                         gradient_clip_val=1.0)
     trainer.fit(module, loader)
     scores, examples = _evaluate(module, eval_frames, len(taxonomy), int(t.eval_batch_size))
-    name = cfg.run_name or f"{t.task}-{info.name}-f{t.fraction}-s{t.seed}-{new_run_name()}"
-    run_dir = Path(cfg.workspace_dir) / root.parent.name / "transfer" / name
-    run_dir.mkdir(parents=True, exist_ok=False)
-    rows = [[to_uint8("rgb", rgb), to_uint8("semantic", truth), to_uint8("semantic", predicted)]
-            for rgb, truth, predicted in examples]
-    grid_image(rows, ["eval rgb", "truth", f"{info.name} prediction"], [f"#{i}" for i in range(len(rows))]).save(
-        run_dir / "predictions.png")
     per_class = {taxonomy.name(c): v for c, v in scores["per_class"].items()}
     metrics = {"task": t.task, "backbone": info.name, "backbone_source": info.source, "objective": info.objective,
                "fraction": float(t.fraction), "seed": int(t.seed), "mode": t.mode, "train_frames": len(train),
                "eval_frames": len(eval_frames), "seg_miou": scores["miou"], "seg_per_class_iou": per_class}
-    atomic_write_json(run_dir / "metrics.json", metrics)
-    torch.save(module.state_dict(), run_dir / "model.pt")
-    write_manifest(run_dir, "transfer", cfg, {"dataset": root} | ({"backbone": Path(info.source)}
-                                                                   if info.source != "random init" else {}),
-                   {"metrics": "metrics.json", "model": "model.pt", "predictions": "predictions.png"})
-    cfg_for_tracking = OmegaConf.merge(cfg, {"tracking": {"experiment": cfg.tracking.experiment}})
-    record_run(cfg_for_tracking, "transfer", root.parent.name, run_dir, {"dataset": str(root)},
+    rows = [[to_uint8("rgb", rgb), to_uint8("semantic", truth), to_uint8("semantic", predicted)]
+            for rgb, truth, predicted in examples]
+    inputs = {"dataset": root} | ({"backbone": info.path} if info.path else {})
+    with staged_directory(run_dir) as tmp:
+        grid_image(rows, ["eval rgb", "truth", f"{info.name} prediction"],
+                   [f"#{i}" for i in range(len(rows))]).save(tmp / "predictions.png")
+        atomic_write_json(tmp / "metrics.json", metrics)
+        torch.save(module.state_dict(), tmp / "model.pt")
+        write_manifest(tmp, "transfer", cfg, inputs,
+                       {"metrics": "metrics.json", "model": "model.pt", "predictions": "predictions.png"})
+    record_run(cfg, "transfer", root.parent.name, run_dir, {"dataset": str(root)},
                {"metrics": str(run_dir / "metrics.json")},
                {"seg_miou": scores["miou"]} | {f"iou/{k}": v for k, v in per_class.items()},
                images=[run_dir / "predictions.png"])
