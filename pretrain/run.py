@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
@@ -15,19 +14,16 @@ from rich.console import Console
 from safetensors.torch import load_file, save_file
 
 from tst.errors import TSTError
-from tst.sheets import grid_image
-from tst.tracking import record_run, tracking_uri
+from tst.tracking import tracking_uri
 from tst.workspace import atomic_write_json, fingerprint, new_run_name, read_manifest, write_manifest
 
 from tst.collect.dataset import FrameDataset, RandomResizedCropFlip, collate
 from tst.pretrain.data import PretrainData
-from tst.pretrain.masking import fixed_selection
 from tst.pretrain.module import PretrainModule
-from tst.pretrain.normalize import from_network
 from tst.pretrain.objectives import check_modalities
 from tst.pretrain.tokenizer import Tokenizer, TokenizerConfig
-from tst.pretrain.tokens import load_tokens, precompute_tokens
-from tst.pretrain.visualize import prediction_sheet, to_uint8
+from tst.pretrain.tokens import load_tokens
+from tst.pretrain.visualize import prediction_sheet
 
 console = Console(stderr=True)
 RUN_DIR_VARIABLE = "TST_PRETRAIN_RUN_DIR"  # tells DDP worker processes which run they belong to
@@ -263,131 +259,3 @@ def load_run(run_dir: Path) -> tuple[PretrainModule, dict, Path]:
         state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
         module.load_state_dict(state)
     return module.eval(), config, data
-
-
-def train_tokenizers(cfg: DictConfig) -> Path:
-    """One FSQ tokenizer per modality on the pretrain split; writes weights, reconstruction PNGs and
-    per-modality reconstruction error to <space>/pretrain/tokenizers (or pretrain.tokenizers)."""
-    data = dataset_dir(cfg)
-    modalities = [m for m in _modalities(cfg) if m in ("rgb", "depth", "normals", "edges")]
-    t = cfg.pretrain.tokenizer
-    config = TokenizerConfig(tuple(int(v) for v in t.levels), int(cfg.model.patch), int(t.hidden))
-    out = _tokenizer_dir(cfg)
-    size = int(cfg.model.image_size)
-    frames = FrameDataset(data, "pretrain", modalities, transform=RandomResizedCropFlip(size, tuple(cfg.data.crop_scale)))
-    held_out = _eval_batch(data, modalities, size, 4)
-    torch.manual_seed(int(cfg.pretrain.seed))
-    errors, rows = {}, []
-    loader = torch.utils.data.DataLoader(frames, batch_size=int(cfg.data.batch_size), shuffle=True,
-                                         num_workers=int(cfg.data.num_workers), collate_fn=collate, drop_last=True)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in modalities:
-        tokenizer = Tokenizer(name, config)
-        optimizer = torch.optim.AdamW(tokenizer.parameters(), lr=float(t.lr))
-        step = 0
-        with console.status(f"training the {name} tokenizer") as status:
-            while step < int(t.steps):
-                for batch in loader:
-                    reconstruction, _ = tokenizer(batch[name])
-                    loss = tokenizer.loss(batch[name], reconstruction)
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-                    step += 1
-                    if step % 20 == 0:
-                        status.update(f"training the {name} tokenizer: step {step}/{t.steps}, loss {loss.item():.4f}")
-                    if step >= int(t.steps):
-                        break
-        tokenizer.eval()
-        with torch.no_grad():
-            truth = held_out[name]
-            decoded = from_network(name, tokenizer.decode(tokenizer.encode(truth)))
-            errors[name] = float((decoded - truth).abs().mean())
-            codes_used = int(torch.unique(tokenizer.encode(truth)).numel())
-        save_file({k: v.contiguous() for k, v in tokenizer.state_dict().items()}, str(out / f"{name}.safetensors"))
-        for b in range(len(truth)):
-            rows.append([to_uint8(name, truth[b]), to_uint8(name, decoded[b])])
-        console.print(f"  {name}: mean abs reconstruction error {errors[name]:.4f} (reader units), "
-                      f"{codes_used} codes used on 4 held-out frames")
-    image = grid_image(rows, ["eval frame", "tokenized + decoded"], [f"{m} #{b}" for m in modalities for b in range(4)])
-    image.save(out / "reconstructions.png")
-    write_manifest(out, "pretrain.tokenizers", cfg, {"dataset": data},
-                   {"dataset": str(data), "dataset_fingerprint": fingerprint(data), "modalities": modalities,
-                    "levels": list(config.levels), "patch": config.patch, "hidden": config.hidden,
-                    "vocab": config.vocab, "reconstruction_mae": errors, "image_size": size})
-    record_run(cfg, "pretrain.tokenizers", _space_name(cfg), out, {"dataset": str(data)},
-               {"tokenizers": str(out)}, {f"reconstruction_mae_{m}": e for m, e in errors.items()},
-               images=[out / "reconstructions.png"])
-    console.print(f"[green]tokenizers[/green] {out}")
-    return out
-
-
-def modality_errors(name: str, predicted: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
-    """Errors in reader units: depth abs-rel and mean abs (m), normals mean angle (degrees), edges F1
-    and rgb mean abs error / PSNR."""
-    if name == "depth":
-        valid = truth > 0
-        return {"abs_rel": float(((predicted - truth).abs()[valid] / truth[valid]).mean()),
-                "mae_m": float((predicted - truth).abs()[valid].mean())}
-    if name == "normals":
-        valid = truth.norm(dim=1) > 0.5
-        cosine = (torch.nn.functional.normalize(predicted, dim=1) * truth).sum(1).clamp(-1, 1)
-        return {"mean_angle_deg": float(torch.rad2deg(torch.acos(cosine))[valid].mean())}
-    if name == "edges":
-        p, t = predicted > 0.5, truth > 0.5
-        tp = float((p & t).sum())
-        precision, recall = tp / max(1.0, float(p.sum())), tp / max(1.0, float(t.sum()))
-        return {"f1": 2 * precision * recall / max(1e-9, precision + recall)}
-    mse = float(((predicted - truth) ** 2).mean())
-    return {"mae": float((predicted - truth).abs().mean()), "psnr": float(10 * np.log10(1.0 / max(mse, 1e-10)))}
-
-
-def predict(cfg: DictConfig) -> dict:
-    """Predict cfg.to from cfg.from on eval frames; PNGs next to the truth and per-modality errors."""
-    if not cfg.get("ckpt"):
-        raise TSTError("ckpt: missing; expected a pretraining run folder (ckpt=<workspace>/<space>/pretrain/<run>)")
-    module, config, data = load_run(Path(str(cfg.ckpt)))
-    sources, targets = list(cfg["from"]), list(cfg["to"])
-    for name in sources + targets:
-        if name not in module.modalities:
-            raise TSTError(f"from/to: '{name}' is not a modality of this model ({', '.join(module.modalities)})")
-    if set(sources) & set(targets):
-        raise TSTError(f"from/to: {sorted(set(sources) & set(targets))} are on both sides")
-    batch = _eval_batch(data, module.modalities, config["model"]["image_size"], int(cfg.predict_frames))
-    B = len(batch["key"])
-    selection = fixed_selection(B, module.modalities, module.model.config.tokens_per_modality, sources, targets)
-    with torch.no_grad():
-        outputs = module.model(module.objective.inputs(batch), selection)
-    run_dir = Path(str(cfg.ckpt))
-    run_dir = run_dir.parent.parent if run_dir.is_file() else run_dir
-    out = run_dir / "predict" / f"{'+'.join(sources)}-to-{'+'.join(targets)}"
-    out.mkdir(parents=True, exist_ok=True)
-    metrics, rows = {}, []
-    N = module.model.config.tokens_per_modality
-    images = {}
-    for name in targets:
-        prediction, where = outputs[name]
-        grid = prediction.reshape(B, N, -1)
-        images[name] = module.objective.images(name, grid, batch)
-        metrics[name] = modality_errors(name, images[name].float(), batch[name].float())
-    for b in range(B):
-        row = [to_uint8(s, batch[s][b]) for s in sources]
-        for name in targets:
-            top = float(batch[name][b].max()) if name == "depth" else None
-            row += [to_uint8(name, images[name][b], top), to_uint8(name, batch[name][b], top)]
-        rows.append(row)
-    titles = [f"input {s}" for s in sources] + [t for name in targets for t in (f"predicted {name}", f"true {name}")]
-    grid_image(rows, titles, batch["key"]).save(out / "predictions.png")
-    atomic_write_json(out / "metrics.json", metrics)
-    print(json.dumps(metrics, indent=2))
-    console.print(f"[green]predictions[/green] {out / 'predictions.png'}")
-    return metrics
-
-
-def tokens(cfg: DictConfig) -> Path:
-    """`tst pretrain tokens`: precompute the pretrain split's codes with the trained tokenizers."""
-    data = dataset_dir(cfg)
-    directory = _tokenizer_dir(cfg)
-    modalities = [m for m in _modalities(cfg) if m in ("rgb", "depth", "normals", "edges")]
-    tokenizers = load_tokenizers(directory, data, modalities, int(cfg.model.patch))
-    return precompute_tokens(directory, data, tokenizers, int(cfg.model.image_size))

@@ -11,12 +11,11 @@ import json
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
 from rich.console import Console
 from safetensors.torch import load_file, save_file
 
 from tst.errors import TSTError
-from tst.workspace import atomic_write_json, fingerprint, write_manifest
+from tst.workspace import atomic_write_json, fingerprint
 
 from tst.collect.dataset import FrameDataset, RandomResizedCropFlip, collate
 

@@ -1,7 +1,6 @@
 """Config loading, the modality registry, taxonomies, manifests and atomic writes."""
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest

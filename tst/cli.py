@@ -56,7 +56,9 @@ def _collect(args: list[str]) -> int:
 
 
 def _pretrain(args: list[str]) -> int:
-    from tst.pretrain.run import predict, run, tokens, train_tokenizers
+    from tst.pretrain.predict import predict
+    from tst.pretrain.run import run
+    from tst.pretrain.tokenizer_training import tokens, train_tokenizers
 
     actions = {"tokenizers": train_tokenizers, "tokens": tokens, "predict": predict}
     if args and args[0] in actions:

@@ -95,7 +95,7 @@ def expand_sweeps(overrides: list[str]) -> list[list[str]]:
 def describe(stage: str) -> str:
     """Help text: the config groups with their options and the default config's keys."""
     cfg = load(stage)
-    lines = [f"Config groups (pick with group=option):"]
+    lines = ["Config groups (pick with group=option):"]
     for group, options in groups().items():
         if group in cfg:
             lines.append(f"  {group}: {', '.join(options)}")
