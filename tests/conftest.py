@@ -31,3 +31,13 @@ def camera_looking_up(width: int = 64, height: int = 48, hfov: float = 60.0, pos
 def workspace(tmp_path):
     """Overrides that send artifacts and tracking into a fresh temporary workspace."""
     return [f"workspace_dir={tmp_path / 'ws'}"]
+
+
+def collect_small(workspace, pretrain: int, eval: int, transfer: int, size: int, *extra: str) -> None:
+    """Collect a tiny dataset into `workspace` (one worker, no tracking); transfer frames from seed 1."""
+    from tst.cli import main
+
+    assert main(["collect", f"workspace_dir={workspace}", f"collect.frames.pretrain={pretrain}",
+                 f"collect.frames.eval={eval}", f"collect.frames.transfer={transfer}", "collect.transfer_spaces=[1]",
+                 f"collect.size={size}", "collect.workers=1", "tracking.enabled=false", "collect.sheet_samples=1",
+                 *extra]) == 0

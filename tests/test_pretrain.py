@@ -17,6 +17,8 @@ from tst.pretrain.objectives import PixelObjective, TokenObjective
 from tst.pretrain.run import load_run
 from tst.pretrain.tokenizer import Tokenizer, TokenizerConfig
 
+from conftest import collect_small
+
 SENSORS = ["rgb", "depth", "normals", "edges"]
 TINY = ["model.dim=64", "model.encoder_depth=2", "model.decoder_depth=1", "model.heads=2", "data.batch_size=8",
         "data.num_workers=0", "tracking.enabled=false", "pretrain.input_budget=32", "pretrain.target_budget=32"]
@@ -26,9 +28,7 @@ TINY = ["model.dim=64", "model.encoder_depth=2", "model.decoder_depth=1", "model
 def workspace(tmp_path_factory):
     """A small collected dataset (64 px) in a fresh workspace."""
     tmp = tmp_path_factory.mktemp("pretrain")
-    assert main(["collect", f"workspace_dir={tmp}", "collect.frames.pretrain=48", "collect.frames.eval=8",
-                 "collect.frames.transfer=0", "collect.size=64", "collect.workers=1", "collect.shard_size=16",
-                 "tracking.enabled=false", "collect.sheet_samples=1"]) == 0
+    collect_small(tmp, 48, 8, 0, 64, "collect.shard_size=16")
     return tmp
 
 
@@ -223,9 +223,7 @@ def test_bad_input(workspace, extra, message, capsys):
 
 
 def test_dataset_lacking_a_modality_and_foreign_tokenizers(workspace, tmp_path, capsys):
-    assert main(["collect", f"workspace_dir={tmp_path}", "collect.frames.pretrain=8", "collect.frames.eval=4",
-                 "collect.frames.transfer=0", "collect.size=32", "collect.workers=1", "tracking.enabled=false",
-                 "collect.modalities=[rgb,depth]", "collect.sheet_samples=1"]) == 0
+    collect_small(tmp_path, 8, 4, 0, 32, "collect.modalities=[rgb,depth]")
     capsys.readouterr()
     assert pretrain(tmp_path, "pretrain.steps=1") != 0
     assert "lacks ['normals', 'edges']" in capsys.readouterr().err
@@ -255,9 +253,7 @@ def test_non_finite_loss_names_the_step_and_modality():
 
 
 def test_empty_pretrain_split_is_refused(tmp_path, capsys):
-    assert main(["collect", f"workspace_dir={tmp_path}", "collect.frames.pretrain=0", "collect.frames.eval=4",
-                 "collect.frames.transfer=0", "collect.size=32", "collect.workers=1", "tracking.enabled=false",
-                 "collect.sheet_samples=1"]) == 0
+    collect_small(tmp_path, 0, 4, 0, 32)
     capsys.readouterr()
     assert pretrain(tmp_path, "pretrain.steps=1") != 0
     assert "no split 'pretrain'" in capsys.readouterr().err

@@ -11,6 +11,8 @@ from tst.pretrain.model import ModelConfig
 from tst.transfer.metrics import SegmentationScore
 from tst.transfer.module import SegmentationModule
 
+from conftest import collect_small
+
 
 def test_miou_matches_a_hand_computed_confusion_matrix():
     truth = torch.tensor([[[0, 1, 1, 2], [2, 2, 3, 3]]])
@@ -52,9 +54,7 @@ def test_segmentation_head_overfits_eight_frames():
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("transfer")
-    assert main(["collect", f"workspace_dir={tmp}", "collect.frames.pretrain=8", "collect.frames.eval=8",
-                 "collect.frames.transfer=8", "collect.transfer_spaces=[1]", "collect.size=64", "collect.workers=1",
-                 "tracking.enabled=false", "collect.sheet_samples=1"]) == 0
+    collect_small(tmp, 8, 8, 8, 64)
     return tmp
 
 
@@ -88,9 +88,7 @@ def test_bad_input(workspace, extra, message, capsys):
 
 
 def test_empty_eval_split(tmp_path, capsys):
-    assert main(["collect", f"workspace_dir={tmp_path}", "collect.frames.pretrain=4", "collect.frames.eval=0",
-                 "collect.frames.transfer=4", "collect.transfer_spaces=[1]", "collect.size=32", "collect.workers=1",
-                 "tracking.enabled=false", "collect.sheet_samples=1"]) == 0
+    collect_small(tmp_path, 4, 0, 4, 32)
     capsys.readouterr()
     assert main(["transfer", f"workspace_dir={tmp_path}", "transfer.steps=1", "tracking.enabled=false"]) != 0
     assert "the eval split is empty" in capsys.readouterr().err

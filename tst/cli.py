@@ -47,12 +47,28 @@ def _spaces(args: list[str]) -> int:
     return 0
 
 
-def _collect(args: list[str]) -> int:
+def _each_config(stage: str, load_runner: Callable[[], Callable]) -> Callable[[list[str]], int]:
+    """A subcommand that runs its stage once per (swept) config; the runner is imported on use."""
+
+    def command(args: list[str]) -> int:
+        run = load_runner()
+        for cfg in _sweep(stage, args):
+            run(cfg)
+        return 0
+
+    return command
+
+
+def _collect_runner() -> Callable:
     from tst.collect.run import run
 
-    for cfg in _sweep("collect", args):
-        run(cfg)
-    return 0
+    return run
+
+
+def _transfer_runner() -> Callable:
+    from tst.transfer.run import run
+
+    return run
 
 
 def _pretrain(args: list[str]) -> int:
@@ -73,14 +89,6 @@ def _pretrain(args: list[str]) -> int:
     return 0
 
 
-def _transfer(args: list[str]) -> int:
-    from tst.transfer.run import run
-
-    for cfg in _sweep("transfer", args):
-        run(cfg)
-    return 0
-
-
 def _bench(args: list[str]) -> int:
     from tst.collect.bench import bench_collect
     from tst.envs.bench import bench_render
@@ -96,11 +104,12 @@ def _bench(args: list[str]) -> int:
 
 SUBCOMMANDS: dict[str, Subcommand] = {
     "collect": Subcommand("render a TST dataset (pretrain / eval / transfer splits) from a space",
-                          "tst collect [-m] [overrides]", _collect, "collect"),
+                          "tst collect [-m] [overrides]", _each_config("collect", _collect_runner), "collect"),
     "pretrain": Subcommand("multimodal masked pretraining on the test space",
                            "tst pretrain [tokenizers | tokens | predict] [overrides]", _pretrain, "pretrain"),
     "transfer": Subcommand("train a segmentation head on the transfer split and score it on eval",
-                           "tst transfer [-m] [overrides]", _transfer, "transfer"),
+                           "tst transfer [-m] [overrides]", _each_config("transfer", _transfer_runner),
+                           "transfer"),
     "deploy": Subcommand("run the specialist in the agent's perception loop", "", None),
     "run": Subcommand("the whole pipeline on the embedded default space", "", None),
     "report": Subcommand("the results table from tracked runs", "", None),
