@@ -254,8 +254,24 @@ def load_run(run_dir: Path) -> tuple[PretrainModule, dict, Path]:
     module = build_module(config, data)
     weights = run_dir / "model.safetensors"
     if weights.is_file():
-        module.model.load_state_dict(load_file(str(weights)))
+        load_checked(module.model, load_file(str(weights)), weights, config["model"])
     else:
-        state = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
-        module.load_state_dict(state)
+        checkpoint = run_dir / "checkpoints" / "last.ckpt"
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+        load_checked(module, state, checkpoint, config["model"])
     return module.eval(), config, data
+
+
+def load_checked(module: torch.nn.Module, state: dict, source: Path, model_config: dict) -> None:
+    """Strict load; a tensor of another shape (a checkpoint of another model size) is a one-line error
+    naming the tensor and both shapes."""
+    expected = module.state_dict()
+    for key, value in state.items():
+        if key in expected and expected[key].shape != value.shape:
+            raise TSTError(f"{source}: tensor '{key}' has shape {tuple(value.shape)} but the run's model config "
+                           f"({model_config}) expects {tuple(expected[key].shape)}; is it a checkpoint of another "
+                           "model size?")
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise TSTError(f"{source}: checkpoint does not match the model (missing {missing[:3]}, "
+                       f"unexpected {unexpected[:3]})")

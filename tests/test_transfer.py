@@ -9,7 +9,9 @@ from tst.cli import main
 from tst.transfer.backbones import ScratchViT
 from tst.pretrain.model import ModelConfig
 from tst.transfer.metrics import SegmentationScore
-from tst.transfer.module import SegmentationModule
+from tst.taxonomy import SemanticClass, Taxonomy
+from tst.transfer.module import TransferModule
+from tst.transfer.tasks import SegmentationTask
 
 from conftest import collect_small
 
@@ -36,18 +38,20 @@ def test_segmentation_head_overfits_eight_frames():
         rgb[i, :, y:y + 12, x:x + 12] = 1.0
         semantic[i, y:y + 12, x:x + 12] = 2
     backbone = ScratchViT(ModelConfig(dim=48, encoder_depth=2, decoder_depth=1, heads=2, patch=8, image_size=32))
-    module = SegmentationModule(backbone, 3, {"mode": "full", "lr": 2e-3, "backbone_lr_scale": 1.0,
-                                              "weight_decay": 0.0, "warmup_steps": 1, "steps": 150})
+    task = SegmentationTask(Taxonomy([SemanticClass("background", False), SemanticClass("square", True)]))
+    module = TransferModule(backbone, [task], {"mode": "full", "lr": 2e-3, "backbone_lr_scale": 1.0,
+                                               "weight_decay": 0.0, "warmup_steps": 1, "steps": 150})
+    head = module.heads["seg"]
     optimizer = module.configure_optimizers()["optimizer"]
     module.train()
     for _ in range(150):
-        loss = torch.nn.functional.cross_entropy(module(rgb), semantic, ignore_index=0)
+        loss = task.loss(head, module.features(rgb), {"rgb": rgb, "semantic": semantic})
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     module.eval()
     score = SegmentationScore(3)
-    score.update(module(rgb).argmax(1), semantic)
+    score.update(module(rgb)["seg"], semantic)
     assert score.compute()["miou"] >= 0.9
 
 
@@ -76,8 +80,10 @@ def test_transfer_run_end_to_end(workspace, capsys):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["transfer.task=det"], "not built yet"),
     (["transfer.task=dance"], "transfer.task: 'dance'"),
+    (["transfer.task=[seg,dance]"], "transfer.task: 'dance'"),
+    (["transfer.mode=half"], "transfer.mode"),
+    (["transfer.transfer_data=/no/such/data"], "transfer.transfer_data"),
     (["transfer.backbone=/no/such/run"], "neither 'scratch'"),
     (["transfer.fraction=0"], "transfer.fraction"),
 ])
@@ -117,3 +123,63 @@ def test_generalist_backbone_feature_map():
     assert info.objective == "imagenet-supervised" and size == 224
     with torch.no_grad():
         assert backbone(torch.rand(1, 3, 224, 224)).shape == (1, 320, 7, 7)
+
+
+def _relabelled_copy(workspace, tmp_path):
+    """The workspace's dataset with one class renamed in its manifest: another space's taxonomy."""
+    import shutil
+
+    copy = tmp_path / "other-data"
+    shutil.copytree(workspace / "procedural-0" / "data", copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    names = [c["name"] for c in manifest["outputs"]["taxonomy"]["classes"]]
+    manifest["outputs"]["taxonomy"]["classes"][names.index("bed")]["name"] = "cot"
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def test_taxonomy_mismatch_is_refused_or_mapped_by_name(workspace, tmp_path, capsys):
+    other = _relabelled_copy(workspace, tmp_path)
+    common = ["transfer", f"workspace_dir={workspace}", "transfer.steps=1", "tracking.enabled=false",
+              "data.num_workers=0", "model.dim=32", "model.encoder_depth=1", "model.heads=2",
+              f"transfer.transfer_data={other}"]
+    assert main(common) != 0
+    error = capsys.readouterr().err
+    assert "taxonomies differ" in error and "only in transfer: cot" in error and "only in eval: bed" in error
+    assert main(common + ["transfer.map_by_name=true", "run_name=mapped"]) == 0
+    manifest = json.loads((workspace / "procedural-0" / "transfer" / "mapped" / "manifest.json").read_text())
+    assert "transfer_data" in manifest["inputs"]
+
+
+def test_class_mapping_by_name_drops_unknown_classes():
+    from tst.transfer.data import Relabel, class_mapping
+
+    source = Taxonomy([SemanticClass("wall", False), SemanticClass("cot", True), SemanticClass("chair", True)])
+    target = Taxonomy([SemanticClass("chair", True), SemanticClass("wall", False)])
+    lookup = class_mapping(source, target, True, "test")
+    assert lookup.tolist() == [0, 2, 0, 1]
+    sample = {"semantic": torch.tensor([[1, 2, 3]]), "boxes": torch.ones(2, 4),
+              "box_classes": torch.tensor([2, 3]), "box_instances": torch.tensor([5, 6])}
+    out = Relabel(lambda s: s, lookup)(sample)
+    assert out["semantic"].tolist() == [[2, 0, 1]] and out["box_classes"].tolist() == [1]
+    assert out["box_instances"].tolist() == [6]
+
+
+def test_a_checkpoint_of_another_model_size_is_named():
+    from tst.errors import TSTError
+    from tst.pretrain.run import load_checked
+
+    small = ScratchViT(ModelConfig(dim=32, encoder_depth=1, heads=2, patch=8, image_size=32))
+    larger = ScratchViT(ModelConfig(dim=48, encoder_depth=1, heads=2, patch=8, image_size=32))
+    with pytest.raises(TSTError, match="has shape .* another model size"):
+        load_checked(small, larger.state_dict(), "run/model.safetensors", {"dim": 32})
+
+
+def test_layer_decay_scales_blocks_geometrically():
+    from tst.transfer.module import layer_groups
+
+    backbone = ScratchViT(ModelConfig(dim=32, encoder_depth=3, decoder_depth=1, heads=2, patch=8, image_size=32))
+    groups = layer_groups(backbone, 1.0, 0.5)
+    rates = sorted({g["lr"] for g in groups})
+    assert rates == [0.125, 0.25, 0.5, 1.0]  # embeddings, blocks 0..2 (the last at the full rate)
+    assert sum(len(g["params"]) for g in groups) == len(list(backbone.parameters()))

@@ -1,45 +1,84 @@
-"""The fine-tuning LightningModule: a backbone, a task head, the task loss and optimizer."""
+"""The fine-tuning LightningModule: one backbone, one head per task, summed task losses."""
 
 from __future__ import annotations
 
 import math
+import re
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from tst.transfer.heads import SegmentationHead
+from tst.transfer.tasks import Task
+
+# Block indices in parameter names: our ViT (`encoder.3.`), DINOv2-style (`blocks.3.`), CLIP
+# (`resblocks.3.`), EfficientNet (`_blocks.3.`).
+BLOCK_INDEX = re.compile(r"(?:^|\.)(?:encoder|blocks|resblocks|_blocks)\.(\d+)\.")
 
 
-class SegmentationModule(L.LightningModule):
-    """Per-pixel cross-entropy (unlabeled class 0 ignored). mode: "full" (backbone trained at
-    lr x backbone_lr_scale) or "probe" (backbone frozen)."""
+def layer_groups(backbone: nn.Module, lr: float, decay: float) -> list[dict]:
+    """AdamW parameter groups with layer-wise LR decay: the last block trains at `lr`, each block below
+    at `decay` times the one above, embeddings (before the first block) at the lowest rate and layers
+    after the last block (final norms) at `lr`. decay=1 gives one group at `lr`."""
+    named = [(n, p) for n, p in backbone.named_parameters() if p.requires_grad]
+    if decay == 1.0:
+        return [{"params": [p for _, p in named], "lr": lr}] if named else []
+    blocks = [int(m.group(1)) for n, _ in named if (m := BLOCK_INDEX.search(n))]
+    depth = max(blocks) + 1 if blocks else 0
+    groups: dict[int, list] = {}
+    seen_block = False
+    for name, parameter in named:
+        match = BLOCK_INDEX.search(name)
+        if match:
+            seen_block, layer = True, int(match.group(1)) + 1
+        else:
+            layer = depth + 1 if seen_block else 0
+        groups.setdefault(layer, []).append(parameter)
+    return [{"params": params, "lr": lr if layer > depth else lr * decay ** (depth - layer)}
+            for layer, params in sorted(groups.items())]
 
-    def __init__(self, backbone: nn.Module, classes: int, settings: dict):
+
+class TransferModule(L.LightningModule):
+    """settings: mode "full" (backbone trained at lr x backbone_lr_scale, layer_decay per block) or
+    "probe" (backbone frozen, in eval mode); lr, weight_decay, warmup_steps, steps."""
+
+    def __init__(self, backbone: nn.Module, tasks: list[Task], settings: dict):
         super().__init__()
         self.backbone, self.settings = backbone, settings
-        self.head = SegmentationHead(backbone.dim, classes)
+        self.tasks = {task.name: task for task in tasks}
+        self.heads = nn.ModuleDict({task.name: task.build_head(backbone.dim) for task in tasks})
         if settings["mode"] == "probe":
             self.backbone.requires_grad_(False)
 
-    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H, W) in [0, 1] -> (B, classes, H, W) logits."""
+    def features(self, rgb: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) in [0, 1] -> (B, dim, g, g)."""
         if self.settings["mode"] == "probe":
             self.backbone.eval()
-        return self.head(self.backbone(rgb), rgb.shape[-2:])
+        return self.backbone(rgb)
+
+    def forward(self, rgb: torch.Tensor) -> dict:
+        """One backbone pass, every head: task name -> that task's per-image predictions."""
+        features = self.features(rgb)
+        return {name: task.predict(self.heads[name], features, tuple(rgb.shape[-2:]))
+                for name, task in self.tasks.items()}
 
     def training_step(self, batch: dict, batch_index: int) -> torch.Tensor:
-        loss = F.cross_entropy(self(batch["rgb"]), batch["semantic"], ignore_index=0)
-        self.log("loss/seg", loss, prog_bar=True, batch_size=len(batch["key"]))
-        self.log("lr", self.optimizers().param_groups[0]["lr"], batch_size=len(batch["key"]))
-        return loss
+        features = self.features(batch["rgb"])
+        size = len(batch["key"])
+        total = 0.0
+        for name, task in self.tasks.items():
+            loss = task.loss(self.heads[name], features, batch)
+            self.log(f"loss/{name}", loss, prog_bar=True, batch_size=size)
+            total = total + loss
+        self.log("lr", self.optimizers().param_groups[0]["lr"], batch_size=size)
+        return total
 
     def configure_optimizers(self):
         s = self.settings
-        groups = [{"params": list(self.head.parameters()), "lr": float(s["lr"])}]
+        lr = float(s["lr"])
+        groups = [{"params": list(self.heads.parameters()), "lr": lr}]
         if s["mode"] == "full":
-            groups.append({"params": list(self.backbone.parameters()), "lr": float(s["lr"]) * float(s["backbone_lr_scale"])})
+            groups += layer_groups(self.backbone, lr * float(s["backbone_lr_scale"]), float(s.get("layer_decay", 1.0)))
         optimizer = torch.optim.AdamW(groups, weight_decay=float(s["weight_decay"]))
         warmup, total = int(s["warmup_steps"]), int(s["steps"])
 

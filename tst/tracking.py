@@ -41,8 +41,9 @@ def _experiment_id(mlflow: Any, cfg: DictConfig) -> str:
 
 def record_run(cfg: DictConfig, stage: str, space: str, artifact_dir: Path, inputs: dict[str, str],
                outputs: dict[str, Any], metrics: dict[str, float] | None = None,
-               images: list[Path] = ()) -> str | None:
-    """Record one finished command: resolved config as params, inputs/outputs, metrics, PNGs.
+               images: list[Path] = (), tags: dict[str, str] | None = None) -> str | None:
+    """Record one finished command: resolved config as params, inputs/outputs, metrics, PNGs, and
+    extra `tags` (e.g. the backbone and task of a transfer run, which `tst report` groups by).
 
     Returns the MLflow run id (None when cfg.tracking.enabled is false).
     """
@@ -60,7 +61,7 @@ def record_run(cfg: DictConfig, stage: str, space: str, artifact_dir: Path, inpu
         params = _flatten(config)
         for start in range(0, len(params), 100):  # MLflow caps one batch at 100 params
             mlflow.log_params(dict(list(params.items())[start:start + 100]))
-        mlflow.set_tags({"stage": stage, "space": space, "artifact_dir": str(artifact_dir)})
+        mlflow.set_tags({"stage": stage, "space": space, "artifact_dir": str(artifact_dir)} | dict(tags or {}))
         mlflow.log_dict(config, "config.json")
         mlflow.log_dict({"inputs": inputs, "outputs": outputs}, "io.json")
         if metrics:

@@ -1,0 +1,215 @@
+"""The three transfer tasks behind one interface, so training, evaluation, reports and the deployed
+predictor treat segmentation, detection and captioning alike.
+
+A task names the dataset modalities it reads, builds its head on a backbone of `dim` channels, turns
+(head, features, batch) into a training loss or into per-image predictions, scores predictions against
+a batch's truth, and draws a few of them.
+
+features: (B, dim, g, g) backbone feature maps; batches are `tst.collect.dataset.collate` outputs with
+rgb (B, 3, H, W) in [0, 1].
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tst.taxonomy import Taxonomy
+from tst.pretrain.visualize import to_uint8
+
+from tst.transfer.heads import SegmentationHead
+from tst.transfer.metrics import SegmentationScore
+from tst.transfer.visualize import caption_panel, draw_boxes
+
+
+class Task(ABC):
+    name: str
+    modalities: tuple[str, ...]  # read from the dataset besides rgb
+    headline: str  # the metric a results table shows first
+
+    @abstractmethod
+    def build_head(self, dim: int) -> nn.Module: ...
+
+    @abstractmethod
+    def loss(self, head: nn.Module, features: torch.Tensor, batch: dict) -> torch.Tensor: ...
+
+    @abstractmethod
+    def predict(self, head: nn.Module, features: torch.Tensor, image_size: tuple[int, int]) -> list: ...
+
+    @abstractmethod
+    def new_score(self):
+        """An accumulator with update(predictions, batch) and compute() -> {metric: value}."""
+
+    @abstractmethod
+    def columns(self) -> list[str]:
+        """Titles of the pictures `draw` returns."""
+
+    @abstractmethod
+    def draw(self, batch: dict, index: int, prediction) -> list[np.ndarray]:
+        """(H, W, 3) uint8 pictures of frame `index`'s truth and prediction."""
+
+    def state(self) -> dict:
+        """What a saved model needs besides its weights to rebuild this task (JSON)."""
+        return {}
+
+
+class SegmentationTask(Task):
+    """Per-pixel classes; cross-entropy with class 0 (unlabeled) ignored; mIoU over the split."""
+
+    name, modalities, headline = "seg", ("semantic",), "seg_miou"
+
+    def __init__(self, taxonomy: Taxonomy):
+        self.taxonomy = taxonomy
+
+    def build_head(self, dim: int) -> nn.Module:
+        return SegmentationHead(dim, len(self.taxonomy))
+
+    def loss(self, head, features, batch):
+        return F.cross_entropy(head(features, batch["rgb"].shape[-2:]), batch["semantic"], ignore_index=0)
+
+    def predict(self, head, features, image_size):
+        """-> (B, H, W) int64 class ids."""
+        return head(features, image_size).argmax(1)
+
+    def new_score(self):
+        return _SegmentationMetrics(self.taxonomy)
+
+    def columns(self):
+        return ["truth", "segmentation"]
+
+    def draw(self, batch, index, prediction):
+        return [to_uint8("semantic", batch["semantic"][index]), to_uint8("semantic", prediction)]
+
+
+class _SegmentationMetrics:
+    def __init__(self, taxonomy: Taxonomy):
+        self.taxonomy, self.score = taxonomy, SegmentationScore(len(taxonomy))
+
+    def update(self, predictions: torch.Tensor, batch: dict) -> None:
+        self.score.update(predictions, batch["semantic"])
+
+    def compute(self) -> dict:
+        result = self.score.compute()
+        return {"seg_miou": result["miou"],
+                "seg_per_class_iou": {self.taxonomy.name(c): v for c, v in result["per_class"].items()}}
+
+
+class DetectionTask(Task):
+    """Boxes of thing instances: anchor-free head on a simple feature pyramid; COCO mAP and AP50."""
+
+    name, modalities, headline = "det", ("boxes",), "det_map"
+
+    def __init__(self, taxonomy: Taxonomy, score_threshold: float = 0.05, iou_threshold: float = 0.6):
+        self.taxonomy, self.score_threshold, self.iou_threshold = taxonomy, score_threshold, iou_threshold
+
+    def build_head(self, dim: int) -> nn.Module:
+        from tst.transfer.detection import DetectionHead
+
+        return DetectionHead(dim, len(self.taxonomy))
+
+    def loss(self, head, features, batch):
+        from tst.transfer.detection import detection_loss
+
+        size = tuple(batch["rgb"].shape[-2:])
+        return detection_loss(head(features, size), batch["boxes"], batch["box_classes"], size)["total"]
+
+    def predict(self, head, features, image_size):
+        """-> one dict per image: boxes (K, 4) pixels, scores (K,), classes (K,) int64."""
+        from tst.transfer.detection import decode
+
+        return decode(head(features, tuple(image_size)), tuple(image_size), self.score_threshold, self.iou_threshold)
+
+    def new_score(self):
+        return _DetectionMetrics(self.taxonomy)
+
+    def columns(self):
+        return ["truth boxes", "detections"]
+
+    def draw(self, batch, index, prediction):
+        rgb = to_uint8("rgb", batch["rgb"][index])
+        confident = prediction["scores"] >= 0.3
+        return [draw_boxes(rgb, batch["boxes"][index], batch["box_classes"][index], self.taxonomy),
+                draw_boxes(rgb, prediction["boxes"][confident], prediction["classes"][confident], self.taxonomy,
+                           prediction["scores"][confident])]
+
+
+class _DetectionMetrics:
+    def __init__(self, taxonomy: Taxonomy):
+        from tst.transfer.coco import DetectionScore
+
+        self.score = DetectionScore({c: taxonomy.name(c) for c in range(1, len(taxonomy))})
+
+    def update(self, predictions: list[dict], batch: dict) -> None:
+        truths = [{"boxes": b, "classes": c} for b, c in zip(batch["boxes"], batch["box_classes"])]
+        self.score.update([{k: v.cpu() for k, v in p.items()} for p in predictions], truths)
+
+    def compute(self) -> dict:
+        result = self.score.compute()
+        return {"det_map": result["map"], "det_ap50": result["ap50"], "det_per_class_ap": result["per_class_ap"]}
+
+
+class CaptionTask(Task):
+    """A sentence per frame: causal decoder over the backbone tokens; BLEU-4, ROUGE-L and CIDEr-D."""
+
+    name, modalities, headline = "caption", ("caption",), "caption_cider_d"
+
+    def __init__(self, vocabulary, beam: int = 1, max_length: int = 40, meteor: bool = False):
+        self.vocabulary, self.beam, self.max_length, self.meteor = vocabulary, beam, max_length, meteor
+
+    def build_head(self, dim: int) -> nn.Module:
+        from tst.transfer.captioning import CaptionDecoder
+
+        return CaptionDecoder(dim, len(self.vocabulary), max_length=self.max_length)
+
+    def loss(self, head, features, batch):
+        from tst.transfer.captioning import caption_loss
+
+        tokens = self.tokens(batch["caption"]).to(features.device)
+        return caption_loss(head(features, tokens[:, :-1]), tokens[:, 1:])
+
+    def tokens(self, captions: list[str]) -> torch.Tensor:
+        """(B, L) int64 <bos> words <eos>, padded with 0."""
+        encoded = [self.vocabulary.encode(c, self.max_length) for c in captions]
+        out = torch.zeros(len(encoded), max(len(e) for e in encoded), dtype=torch.long)
+        for row, ids in enumerate(encoded):
+            out[row, :len(ids)] = torch.tensor(ids)
+        return out
+
+    def predict(self, head, features, image_size):
+        """-> one caption (str) per image."""
+        from tst.transfer.captioning import generate
+
+        return generate(head, features, self.vocabulary, beam=self.beam, max_length=self.max_length)
+
+    def new_score(self):
+        from tst.transfer.caption_metrics import CaptionScore
+
+        return _CaptionMetrics(CaptionScore(meteor=self.meteor))
+
+    def columns(self):
+        return ["truth caption", "predicted caption"]
+
+    def draw(self, batch, index, prediction):
+        height, width = batch["rgb"].shape[-2:]
+        return [caption_panel(batch["caption"][index], width, height), caption_panel(prediction, width, height)]
+
+    def state(self) -> dict:
+        return {"vocabulary": self.vocabulary.to_dict(), "beam": self.beam, "max_length": self.max_length}
+
+
+class _CaptionMetrics:
+    def __init__(self, score):
+        self.score = score
+
+    def update(self, predictions: list[str], batch: dict) -> None:
+        self.score.update(predictions, [[c] for c in batch["caption"]])
+
+    def compute(self) -> dict:
+        return {f"caption_{k}": v for k, v in self.score.compute().items()}
+
+
+TASK_NAMES = ("seg", "det", "caption")
