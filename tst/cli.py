@@ -71,6 +71,12 @@ def _transfer_runner() -> Callable:
     return run
 
 
+def _report_runner() -> Callable:
+    from tst.transfer.report import report
+
+    return report
+
+
 def _pretrain(args: list[str]) -> int:
     from tst.pretrain.predict import predict
     from tst.pretrain.run import run
@@ -107,12 +113,13 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                           "tst collect [-m] [overrides]", _each_config("collect", _collect_runner), "collect"),
     "pretrain": Subcommand("multimodal masked pretraining on the test space",
                            "tst pretrain [tokenizers | tokens | predict] [overrides]", _pretrain, "pretrain"),
-    "transfer": Subcommand("train a segmentation head on the transfer split and score it on eval",
+    "transfer": Subcommand("train segmentation / detection / captioning heads on the transfer split, score them on eval",
                            "tst transfer [-m] [overrides]", _each_config("transfer", _transfer_runner),
                            "transfer"),
     "deploy": Subcommand("run the specialist in the agent's perception loop", "", None),
     "run": Subcommand("the whole pipeline on the embedded default space", "", None),
-    "report": Subcommand("the results table from tracked runs", "", None),
+    "report": Subcommand("the results table, charts and qualitative pictures from tracked transfer runs",
+                         "tst report [overrides]", _each_config("report", _report_runner), "report"),
     "bench": Subcommand("benchmarks with JSON output", "tst bench render|collect|pretrain [overrides]", _bench, "bench"),
     "spaces": Subcommand("list spaces and render previews", "tst spaces list | tst spaces render [overrides]",
                          _spaces, "spaces"),
