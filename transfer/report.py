@@ -158,6 +158,7 @@ def label_efficiency(results: list[TransferResult]) -> bytes:
     fractions = sorted({r.fraction for r in results})
     metrics = [m for m in COLUMNS if m != "det_ap50" and any(m in r.metrics for r in results)]
     figure, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2), squeeze=False)
+    colours = {name: f"C{k}" for k, name in enumerate(backbone_order(results))}
     for axis, metric in zip(axes[0], metrics):
         for name in backbone_order(results):
             cells = [table([r for r in results if r.backbone == name], f).get(name, {}).get(metric, Cell())
@@ -165,12 +166,13 @@ def label_efficiency(results: list[TransferResult]) -> bytes:
             points = [(f, c) for f, c in zip(fractions, cells) if c.values]
             if points:
                 axis.errorbar([f for f, _ in points], [c.mean * 100 for _, c in points],
-                              yerr=[c.std * 100 for _, c in points], marker="o", capsize=2, label=name)
+                              yerr=[c.std * 100 for _, c in points], marker="o", capsize=2, color=colours[name])
         axis.set_xscale("log")
         axis.set_xlabel("fraction of transfer labels")
         axis.set_title(COLUMNS[metric])
     axes[0][0].set_ylabel("score x100")
-    axes[0][-1].legend(fontsize=8)
+    figure.legend(handles=[plt.Line2D([], [], color=c, marker="o", label=n) for n, c in colours.items()],
+                  loc="upper center", ncol=len(colours), fontsize=8, bbox_to_anchor=(0.5, 1.08))
     data = _png(figure)
     plt.close(figure)
     return data
