@@ -34,13 +34,6 @@ def test_help_lists_config_groups_and_keys(capsys):
     assert code == 0 and "sizes:" in out and "reader_workers:" in out
 
 
-@pytest.mark.parametrize("stage", ["deploy", "run"])
-def test_stages_not_built_yet_say_so_in_one_line(stage, capsys):
-    code, out, err = run([stage, "space.seed=1"], capsys)
-    assert code != 0 and out == ""
-    assert len(err.strip().splitlines()) == 1 and "not built yet" in err
-
-
 def test_spaces_list(capsys):
     code, out, _ = run(["spaces", "list"], capsys)
     assert code == 0

@@ -76,13 +76,14 @@ class GeneralistFeatures(nn.Module):
 GENERALIST_SIZE = 224  # the input size EfficientNet-Lite0 was trained at
 
 
-def make_backbone(spec: str, model_config: dict) -> tuple[nn.Module, BackboneInfo, int]:
+def make_backbone(spec: str, model_config: dict, settings: dict | None = None) -> tuple[nn.Module, BackboneInfo, int]:
     """(feature extractor, info, input image size) for `transfer.backbone=spec`: scratch, generalist,
-    or a `tst pretrain` run folder."""
+    or a `tst pretrain` run folder. settings: the transfer config (generalist_size)."""
     if spec == "generalist":
+        size = int((settings or {}).get("generalist_size") or GENERALIST_SIZE)
         return (GeneralistFeatures(),
                 BackboneInfo("generalist", "EfficientNet-Lite0, ImageNet-supervised (offline stand-in for an "
-                             "internet-pretrained generalist)", "imagenet-supervised"), GENERALIST_SIZE)
+                             "internet-pretrained generalist)", "imagenet-supervised"), size)
     if spec == "scratch":
         config = ModelConfig(**model_config)
         return ScratchViT(config), BackboneInfo("scratch", "random init", "none"), config.image_size

@@ -104,14 +104,14 @@ def run(cfg: DictConfig) -> Path:
     names = task_names(t.task)
     if t.mode not in ("full", "probe"):
         raise TSTError(f"transfer.mode: expected full or probe, got {t.mode!r}")
-    backbone, info, size = make_backbone(str(t.backbone), OmegaConf.to_container(cfg.model, resolve=True))
+    settings = OmegaConf.to_container(t, resolve=True)
+    backbone, info, size = make_backbone(str(t.backbone), OmegaConf.to_container(cfg.model, resolve=True), settings)
     modalities = [m for name in names for m in {"seg": ["semantic"], "det": ["boxes"], "caption": ["caption"]}[name]]
     train, eval_frames, taxonomy, root, source = transfer_and_eval(cfg, modalities, size)
     name = cfg.run_name or f"{'+'.join(names)}-{info.name}-f{t.fraction}-s{t.seed}-{new_run_name()}"
     run_dir = Path(cfg.workspace_dir) / root.parent.name / "transfer" / name
     if run_dir.exists():
         raise TSTError(f"{run_dir}: already exists; choose another run_name")
-    settings = OmegaConf.to_container(t, resolve=True)
     vocabulary = caption_vocabulary(train, int(t.caption_min_count)) if "caption" in names else None
     tasks = build_tasks(names, taxonomy, settings, vocabulary)
     L.seed_everything(int(t.seed), workers=True, verbose=False)
@@ -134,7 +134,8 @@ def run(cfg: DictConfig) -> Path:
     with staged_directory(run_dir) as tmp:
         grid_image(rows, columns, [f"#{i}" for i in range(len(rows))]).save(tmp / "predictions.png")
         atomic_write_json(tmp / "metrics.json", metrics)
-        atomic_write_json(tmp / "tasks.json", {task.name: task.state() for task in tasks})
+        atomic_write_json(tmp / "tasks.json", {"taxonomy": taxonomy.to_dict(), "image_size": size,
+                                               "tasks": {task.name: task.state() for task in tasks}})
         torch.save(module.state_dict(), tmp / "model.pt")
         write_manifest(tmp, "transfer", cfg, inputs, {"metrics": "metrics.json", "model": "model.pt",
                                                       "tasks": "tasks.json", "predictions": "predictions.png"})

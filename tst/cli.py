@@ -71,10 +71,25 @@ def _transfer_runner() -> Callable:
     return run
 
 
+def _pipeline_runner() -> Callable:
+    from tst.pipeline import run
+
+    return run
+
+
 def _report_runner() -> Callable:
     from tst.transfer.report import report
 
     return report
+
+
+def _deploy(args: list[str]) -> int:
+    from tst.deploy.run import deploy, export_command
+
+    action = export_command if args and args[0] == "export" else deploy
+    for cfg in _sweep("deploy", args[1:] if action is export_command else args):
+        action(cfg)
+    return 0
 
 
 def _pretrain(args: list[str]) -> int:
@@ -116,8 +131,11 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "transfer": Subcommand("train segmentation / detection / captioning heads on the transfer split, score them on eval",
                            "tst transfer [-m] [overrides]", _each_config("transfer", _transfer_runner),
                            "transfer"),
-    "deploy": Subcommand("run the specialist in the agent's perception loop", "", None),
-    "run": Subcommand("the whole pipeline on the embedded default space", "", None),
+    "deploy": Subcommand("run the specialist in the agent's perception loop; `export`: .pt2 and ONNX graphs",
+                         "tst deploy [export] [overrides]", _deploy, "deploy"),
+    "run": Subcommand("the whole pipeline: collect, pretrain, transfer, deploy, report (resumable)",
+                      "tst run [experiment=default|smoke|paper] [-m] [overrides]", _each_config("run", _pipeline_runner),
+                      "run"),
     "report": Subcommand("the results table, charts and qualitative pictures from tracked transfer runs",
                          "tst report [overrides]", _each_config("report", _report_runner), "report"),
     "bench": Subcommand("benchmarks with JSON output", "tst bench render|collect|pretrain [overrides]", _bench, "bench"),

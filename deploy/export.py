@@ -1,0 +1,200 @@
+"""`tst deploy export`: the multi-task predictor as torch.export (.pt2) and ONNX graphs, checked against
+PyTorch on eval frames before anything is written.
+
+Two graphs, both with fixed shapes:
+  dense.{pt2,onnx}    rgb (1, 3, S, S) in [0, 1] -> features, caption memory, segmentation logits and the
+                      raw detection outputs (whichever heads the model has)
+  caption.{pt2,onnx}  caption memory (K, N, width), tokens (K, max_length) -> next-token logits
+                      (K, max_length, vocab); K = the beam width. Tokens are padded to max_length: the
+                      decoder is causal, so the logits at position i do not depend on the padding after it.
+Box decoding, NMS and the beam search run in torch on the graphs' outputs, for both runtimes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from tst.errors import TSTError
+from tst.workspace import staged_directory
+
+from tst.transfer.module import TransferModule
+
+DET_KEYS = ("logits", "ltrb", "centerness", "points", "strides", "limits")
+TOLERANCE = 1e-4  # max abs difference allowed between ONNX Runtime and PyTorch outputs
+
+
+def dense_names(module: TransferModule) -> list[str]:
+    """Output names of the dense graph, in order."""
+    names = ["features"]
+    if "caption" in module.heads:
+        names.append("caption_memory")
+    if "seg" in module.heads:
+        names.append("seg_logits")
+    if "det" in module.heads:
+        names += [f"det_{k}" for k in DET_KEYS]
+    return names
+
+
+class DenseGraph(nn.Module):
+    """One backbone pass and every dense head: rgb (1, 3, S, S) -> tuple of `dense_names` tensors."""
+
+    def __init__(self, module: TransferModule, image_size: int):
+        super().__init__()
+        self.module, self.size = module, (image_size, image_size)
+
+    def forward(self, rgb: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        heads = self.module.heads
+        features = self.module.backbone(rgb)
+        outputs = [features]
+        if "caption" in heads:
+            outputs.append(heads["caption"].memory(features))
+        if "seg" in heads:
+            outputs.append(heads["seg"](features, self.size))
+        if "det" in heads:
+            raw = heads["det"](features, self.size)
+            outputs += [raw[k] for k in DET_KEYS]
+        return tuple(outputs)
+
+
+class CaptionStep(nn.Module):
+    """memory (K, N, width), tokens (K, L) -> logits (K, L, vocab)."""
+
+    def __init__(self, decoder: nn.Module):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, memory: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return self.decoder.decode(memory, tokens)
+
+
+def from_dense(module: TransferModule, outputs: dict[str, torch.Tensor], image_size: int, caption_decoder) -> dict:
+    """Dense-graph outputs (name -> tensor) -> TransferModule.forward-style predictions."""
+    predictions: dict = {}
+    tasks = module.tasks
+    if "seg" in tasks:
+        logits = outputs["seg_logits"]
+        predictions["seg"] = logits.argmax(1)
+    if "det" in tasks:
+        from tst.transfer.detection import decode
+
+        raw = {k: outputs[f"det_{k}"] for k in DET_KEYS}
+        task = tasks["det"]
+        predictions["det"] = decode(raw, (image_size, image_size), task.score_threshold, task.iou_threshold)
+    if "caption" in tasks:
+        from tst.transfer.captioning import generate
+
+        task = tasks["caption"]
+        predictions["caption"] = generate(caption_decoder, outputs["caption_memory"], task.vocabulary,
+                                          beam=task.beam, max_length=task.max_length)
+    return predictions
+
+
+class OnnxCaptionDecoder:
+    """The exported caption step behind the interface beam search uses (memory, decode, max_length): the
+    memory comes precomputed from the dense graph; tokens are padded to the exported length."""
+
+    training = False
+
+    def __init__(self, session, max_length: int, rows: int):
+        self.session, self.max_length, self.rows = session, max_length, rows
+
+    def eval(self):
+        return self
+
+    def train(self, mode: bool = True):
+        return self
+
+    def memory(self, memory: torch.Tensor) -> torch.Tensor:
+        return memory
+
+    def decode(self, memory: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        if memory.shape[0] != self.rows:
+            raise TSTError(f"caption.onnx: exported for {self.rows} beam rows, got {memory.shape[0]}; re-export "
+                           "with the transfer run's beam width")
+        length = tokens.shape[1]
+        padded = torch.zeros(tokens.shape[0], self.max_length, dtype=torch.long)
+        padded[:, :length] = tokens.cpu()
+        logits = self.session.run(None, {"memory": memory.cpu().numpy(), "tokens": padded.numpy()})[0]
+        return torch.from_numpy(logits[:, :length])
+
+
+def _session(path: Path):
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxGraphs:
+    """ONNX Runtime sessions of an export folder; __call__(rgb (1, 3, S, S)) -> predictions as
+    TransferModule.forward gives them."""
+
+    def __init__(self, folder: Path, module: TransferModule):
+        if not (folder / "dense.onnx").is_file():
+            raise TSTError(f"{folder}: no dense.onnx; run tst deploy export first")
+        self.module, self.names = module, dense_names(module)
+        self.dense = _session(folder / "dense.onnx")
+        self.caption = None
+        if "caption" in module.tasks:
+            task = module.tasks["caption"]
+            self.caption = OnnxCaptionDecoder(_session(folder / "caption.onnx"), task.max_length, task.beam)
+
+    def run_dense(self, rgb: torch.Tensor) -> dict[str, torch.Tensor]:
+        values = self.dense.run(None, {"rgb": rgb.detach().cpu().float().numpy()})
+        return {name: torch.from_numpy(v) for name, v in zip(self.names, values)}
+
+    def __call__(self, rgb: torch.Tensor) -> dict:
+        return from_dense(self.module, self.run_dense(rgb), rgb.shape[-1], self.caption)
+
+
+def _export_onnx(graph: nn.Module, example: tuple, path: Path, input_names: list[str], output_names: list[str]) -> None:
+    onnx_program = torch.onnx.export(graph, example, dynamo=True, input_names=input_names,
+                                     output_names=output_names, verbose=False)
+    onnx_program.save(str(path))
+
+
+def export(module: TransferModule, image_size: int, frames: list[torch.Tensor], out: Path) -> dict:
+    """Write dense/caption graphs (.pt2 and .onnx) to `out` iff ONNX Runtime matches PyTorch within
+    TOLERANCE on every frame (each (3, S, S) in [0, 1]) and every output; returns the differences.
+    A failing check raises TSTError and writes nothing."""
+    module = module.cpu().eval()
+    dense = DenseGraph(module, image_size).eval()
+    example = (frames[0][None].float(),)
+    differences: dict[str, float] = {}
+    with staged_directory(out) as tmp, torch.no_grad():
+        torch.export.save(torch.export.export(dense, example), str(tmp / "dense.pt2"))
+        _export_onnx(dense, example, tmp / "dense.onnx", ["rgb"], dense_names(module))
+        session = _session(tmp / "dense.onnx")
+        memories = []
+        for frame in frames:
+            expected = dense(frame[None].float())
+            actual = session.run(None, {"rgb": frame[None].float().numpy()})
+            for name, e, a in zip(dense_names(module), expected, actual):
+                differences[name] = max(differences.get(name, 0.0), float(np.abs(e.numpy() - a).max()))
+            if "caption" in module.heads:
+                memories.append(expected[1])
+        if "caption" in module.heads:
+            task = module.tasks["caption"]
+            step = CaptionStep(module.heads["caption"]).eval()
+            tokens = torch.randint(4, len(task.vocabulary), (task.beam, task.max_length))
+            tokens[:, 0] = 1  # <bos>
+            example = (memories[0].repeat(task.beam, 1, 1), tokens)
+            torch.export.save(torch.export.export(step, example), str(tmp / "caption.pt2"))
+            _export_onnx(step, example, tmp / "caption.onnx", ["memory", "tokens"], ["logits"])
+            caption_session = _session(tmp / "caption.onnx")
+            for memory in memories:
+                memory = memory.repeat(task.beam, 1, 1)
+                expected = step(memory, tokens).numpy()
+                actual = caption_session.run(None, {"memory": memory.numpy(), "tokens": tokens.numpy()})[0]
+                differences["caption_logits"] = max(differences.get("caption_logits", 0.0),
+                                                    float(np.abs(expected - actual).max()))
+        worst = max(differences, key=differences.get)
+        if differences[worst] > TOLERANCE:
+            raise TSTError(f"export: ONNX Runtime differs from PyTorch on '{worst}' by {differences[worst]:.2e} "
+                           f"(> {TOLERANCE:g}) over {len(frames)} eval frames; nothing written")
+    return differences

@@ -1,0 +1,161 @@
+"""The agent's perception loop: at every step the space renders an observation, the predictor runs on
+it, and the loop records latency, deadline misses and online accuracy against the rendered truth.
+
+With overlap on, the render process works on step i+1 while the predictor runs on step i, so the loop
+period approaches max(render, infer) instead of their sum.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from tst.errors import TSTError
+from tst.taxonomy import Taxonomy
+
+from tst.deploy.observations import Observation, RenderProcess
+from tst.deploy.predictor import Prediction, Predictor
+
+
+@dataclass
+class SearchGoal:
+    """deploy.task=find: stop when the detector reports `class_id` with score >= threshold; success when
+    that class truly covers >= min_pixels pixels of the view at a median depth <= distance metres."""
+
+    class_id: int
+    name: str
+    score_threshold: float
+    distance: float
+    min_pixels: int
+
+
+@dataclass
+class StepRecord:
+    observation: Observation
+    prediction: Prediction
+    infer_s: float
+    period_s: float
+
+
+@dataclass
+class LoopResult:
+    steps: list[StepRecord] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    search: dict | None = None
+
+
+def search_goal(taxonomy: Taxonomy, target: str, score_threshold: float, distance: float,
+                min_pixels: int) -> SearchGoal:
+    """The goal for `deploy.target`; an unknown or uncountable class is a one-line error."""
+    if target not in taxonomy.names:
+        raise TSTError(f"deploy.target: '{target}' is not a class of this space (expected one of: "
+                       f"{', '.join(taxonomy.names[c] for c in taxonomy.thing_ids)})")
+    class_id = taxonomy.id(target)
+    if not taxonomy.is_thing(class_id):
+        raise TSTError(f"deploy.target: '{target}' is a stuff class without boxes; pick an object class")
+    return SearchGoal(class_id, target, score_threshold, distance, min_pixels)
+
+
+def found(prediction: Prediction, goal: SearchGoal) -> bool:
+    if prediction.boxes is None:
+        return False
+    return bool(np.any((prediction.classes == goal.class_id) & (prediction.scores >= goal.score_threshold)))
+
+
+def truly_visible(observation: Observation, goal: SearchGoal) -> tuple[bool, float | None]:
+    """(visible within the distance, median depth of the target's pixels in metres or None)."""
+    pixels = observation.semantic == goal.class_id
+    if pixels.sum() < goal.min_pixels:
+        return False, None
+    distance = float(np.median(observation.depth[pixels]))
+    return distance <= goal.distance, distance
+
+
+class OnlineScores:
+    """Running accuracy against the rendered truth, with the transfer stage's own metrics."""
+
+    def __init__(self, predictor: Predictor):
+        self.scores = {name: task.new_score() for name, task in predictor.module.tasks.items()}
+
+    def update(self, observation: Observation, prediction: Prediction) -> None:
+        batch = truth_batch([observation])
+        for name, score in self.scores.items():
+            score.update(predictions_of(name, [prediction]), batch)
+
+    def compute(self) -> dict:
+        result: dict = {}
+        for score in self.scores.values():
+            result |= {k: v for k, v in score.compute().items() if not isinstance(v, dict)}
+        return result
+
+
+def truth_batch(observations: list[Observation]) -> dict:
+    """Observations as a transfer-stage batch (collate layout)."""
+    return {"rgb": torch.stack([torch.from_numpy(o.rgb).permute(2, 0, 1).float() / 255 for o in observations]),
+            "semantic": torch.stack([torch.from_numpy(o.semantic) for o in observations]),
+            "boxes": [torch.from_numpy(o.boxes) for o in observations],
+            "box_classes": [torch.from_numpy(o.box_classes) for o in observations],
+            "caption": [o.caption for o in observations], "key": [str(o.step) for o in observations]}
+
+
+def predictions_of(task: str, predictions: list[Prediction]):
+    """Predictions of one task in the layout its score accumulator takes."""
+    if task == "seg":
+        return torch.stack([torch.from_numpy(p.semantic) for p in predictions])
+    if task == "det":
+        return [{"boxes": torch.from_numpy(p.boxes), "scores": torch.from_numpy(p.scores),
+                 "classes": torch.from_numpy(p.classes)} for p in predictions]
+    return [p.caption for p in predictions]
+
+
+def run_loop(predictor: Predictor, renderer: RenderProcess, steps: int, overlap: bool = True,
+             goal: SearchGoal | None = None, progress=None) -> LoopResult:
+    """Run `steps` steps (fewer when a search ends); `progress(step)` is called after each."""
+    result = LoopResult()
+    online = OnlineScores(predictor)
+    renderer.submit(0)
+    last = time.perf_counter()
+    for step in range(steps):
+        observation = renderer.get()
+        if overlap and step + 1 < steps:
+            renderer.submit(step + 1)
+        start = time.perf_counter()
+        prediction = predictor(observation.rgb)
+        infer_s = time.perf_counter() - start
+        online.update(observation, prediction)
+        stop = goal is not None and found(prediction, goal)
+        if not overlap and step + 1 < steps and not stop:
+            renderer.submit(step + 1)
+        now = time.perf_counter()
+        result.steps.append(StepRecord(observation, prediction, infer_s, now - last))
+        last = now
+        if progress:
+            progress(step)
+        if stop:
+            visible, distance = truly_visible(observation, goal)
+            result.search = {"target": goal.name, "found_at_step": step, "success": visible,
+                             "target_distance_m": distance}
+            if overlap and step + 1 < steps:
+                renderer.get()  # the step rendered ahead is not used
+            break
+    if goal is not None and result.search is None:
+        result.search = {"target": goal.name, "found_at_step": None, "success": False, "target_distance_m": None}
+    result.metrics = online.compute()
+    return result
+
+
+def latency_summary(result: LoopResult, rate_hz: float) -> dict:
+    """Perception latency and loop period percentiles (ms), FPS, deadline misses at `rate_hz`."""
+    infer = np.array([s.infer_s for s in result.steps]) * 1000
+    period = np.array([s.period_s for s in result.steps[1:]] or [s.period_s for s in result.steps]) * 1000
+    render = np.array([s.observation.render_s for s in result.steps]) * 1000
+    deadline = 1000.0 / rate_hz
+    percentiles = lambda x: {f"p{q}": float(np.percentile(x, q)) for q in (50, 95, 99)}  # noqa: E731
+    return {"steps": len(result.steps), "perception_ms": percentiles(infer), "render_ms": percentiles(render),
+            "period_ms": percentiles(period), "fps": float(1000.0 / period.mean()),
+            "sum_render_infer_ms": float(render.mean() + infer.mean()),
+            "max_render_infer_ms": float(max(render.mean(), infer.mean())), "rate_hz": rate_hz,
+            "deadline_ms": deadline, "deadline_misses": int((period > deadline).sum())}

@@ -1,0 +1,126 @@
+"""The deployed multi-task predictor: raw observations in, a semantic map, boxes and a caption out, from
+one encoder pass.
+
+Runtimes: "torch" (eager, or torch.compile'd with deploy.compile=true; fp32/bf16/fp16 autocast) and
+"onnx" (ONNX Runtime on the graphs written by `tst deploy export`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tst.errors import TSTError
+
+from tst.transfer.checkpoint import TransferredModel, load_transfer
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Prediction:
+    """One observation's outputs. semantic: (H, W) int64 class ids or None; boxes: (K, 4) float32 pixels
+    x0, y0, x1, y1 with scores (K,) and classes (K,) int64, or None; caption: str or None."""
+
+    semantic: np.ndarray | None = None
+    boxes: np.ndarray | None = None
+    scores: np.ndarray | None = None
+    classes: np.ndarray | None = None
+    caption: str | None = None
+
+
+def resolve_device(requested: str) -> torch.device:
+    """cpu | cuda | auto: `cuda` without a GPU is an error, `auto` falls back to the CPU with a warning."""
+    if requested not in ("cpu", "cuda", "auto"):
+        raise TSTError(f"deploy.device: expected cpu, cuda or auto, got {requested!r}")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise TSTError("deploy.device=cuda: no CUDA GPU is visible to torch; use deploy.device=cpu or auto")
+    if requested == "auto" and not torch.cuda.is_available():
+        warnings.warn("deploy.device=auto: no CUDA GPU, running on the CPU", stacklevel=2)
+        return torch.device("cpu")
+    return torch.device("cuda" if requested in ("cuda", "auto") else "cpu")
+
+
+def check_observation(rgb, size: int) -> None:
+    """A one-line error unless `rgb` is a uint8 (size, size, 3) array."""
+    shape = getattr(rgb, "shape", None)
+    dtype = getattr(rgb, "dtype", type(rgb).__name__)
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.shape != (size, size, 3):
+        raise TSTError(f"observation rgb: expected a uint8 array of shape ({size}, {size}, 3), "
+                       f"got {dtype} {tuple(shape) if shape is not None else ''}".rstrip())
+
+
+def to_prediction(outputs: dict) -> Prediction:
+    """TransferModule.forward outputs for a batch of one -> Prediction of numpy arrays."""
+    prediction = Prediction()
+    if "seg" in outputs:
+        prediction.semantic = outputs["seg"][0].cpu().numpy()
+    if "det" in outputs:
+        det = outputs["det"][0]
+        prediction.boxes = det["boxes"].float().cpu().numpy()
+        prediction.scores = det["scores"].float().cpu().numpy()
+        prediction.classes = det["classes"].cpu().numpy()
+    if "caption" in outputs:
+        prediction.caption = outputs["caption"][0]
+    return prediction
+
+
+class Predictor:
+    """`predictor(rgb uint8 (S, S, 3)) -> Prediction`, S = predictor.image_size."""
+
+    def __init__(self, model: TransferredModel, device: str = "cpu", precision: str = "fp32",
+                 compile: bool = False, runtime: str = "torch", export_dir: str | Path | None = None):
+        if precision not in PRECISIONS:
+            raise TSTError(f"deploy.precision: expected fp32, bf16 or fp16, got {precision!r}")
+        if runtime not in ("torch", "onnx"):
+            raise TSTError(f"deploy.runtime: expected torch or onnx, got {runtime!r}")
+        self.model, self.image_size, self.taxonomy = model, model.image_size, model.taxonomy
+        self.device = resolve_device(device)
+        self.precision, self.runtime = precision, runtime
+        self.module = model.module.to(self.device).eval()
+        self.onnx = None
+        if runtime == "onnx":
+            from tst.deploy.export import OnnxGraphs
+
+            if precision != "fp32":
+                raise TSTError("deploy.precision: the onnx runtime runs the fp32 export; use deploy.precision=fp32")
+            self.onnx = OnnxGraphs(Path(export_dir) if export_dir else model.run_dir / "export", self.module)
+        elif compile:
+            mode = "reduce-overhead" if self.device.type == "cuda" else None
+            self.module.backbone = torch.compile(self.module.backbone, mode=mode)
+            for name in ("seg", "det"):
+                if name in self.module.heads:
+                    self.module.heads[name] = torch.compile(self.module.heads[name], mode=mode)
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, tasks: tuple[str, ...] = ("seg", "det", "caption"), **options) -> "Predictor":
+        return cls(load_transfer(run_dir, tasks), **options)
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.module.tasks)
+
+    def to_tensor(self, rgb: np.ndarray) -> torch.Tensor:
+        check_observation(rgb, self.image_size)
+        return torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)[None].float() / 255.0
+
+    def outputs(self, rgb: np.ndarray) -> dict:
+        """TransferModule-style outputs (task -> per-image predictions) for one observation."""
+        x = self.to_tensor(rgb)
+        if self.onnx is not None:
+            return self.onnx(x)
+        dtype = PRECISIONS[self.precision]
+        autocast = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext()
+        with torch.inference_mode(), autocast:
+            return self.module(x)
+
+    def __call__(self, rgb: np.ndarray) -> Prediction:
+        outputs = self.outputs(rgb)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return to_prediction(outputs)

@@ -1,0 +1,175 @@
+"""`tst deploy`: the transferred specialist in the agent's perception loop; `tst deploy export`: its
+torch.export and ONNX graphs, checked against PyTorch."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from tst.errors import TSTError
+from tst.sheets import grid_image
+from tst.tracking import record_run
+from tst.workspace import atomic_write_json, new_run_name, read_manifest, staged_directory, write_manifest
+
+from tst.collect.dataset import FrameDataset
+from tst.deploy.export import export
+from tst.deploy.loop import latency_summary, run_loop, search_goal
+from tst.deploy.observations import PathSettings, RenderProcess
+from tst.deploy.predictor import Predictor
+from tst.pretrain.visualize import to_uint8
+from tst.transfer.data import dataset_root, full_frame
+from tst.transfer.report import space_name
+from tst.transfer.visualize import caption_panel, draw_boxes
+
+console = Console(stderr=True)
+
+
+def transfer_run(cfg: DictConfig) -> Path:
+    """deploy.model, or the newest transfer run of the space holding every head in deploy.tasks."""
+    if cfg.deploy.get("model"):
+        return Path(str(cfg.deploy.model))
+    folder = Path(cfg.workspace_dir) / space_name(cfg) / "transfer"
+    wanted = set(cfg.deploy.tasks)
+    candidates = [run for run in (folder.iterdir() if folder.is_dir() else []) if (run / "tasks.json").is_file()
+                  and wanted <= set(json.loads((run / "tasks.json").read_text())["tasks"])]
+    if not candidates:
+        raise TSTError(f"{folder}: no transfer run with the heads {', '.join(sorted(wanted))}; run tst transfer "
+                       "transfer.task=[seg,det,caption] or set deploy.model")
+    return max(candidates, key=lambda run: (run / "tasks.json").stat().st_mtime)
+
+
+def export_folder(cfg: DictConfig, model_dir: Path) -> Path:
+    if cfg.deploy.get("export_dir"):
+        return Path(str(cfg.deploy.export_dir))
+    return Path(cfg.workspace_dir) / space_name(cfg) / "deploy" / "exports" / model_dir.name
+
+
+def make_predictor(cfg: DictConfig) -> Predictor:
+    d = cfg.deploy
+    model_dir = transfer_run(cfg)
+    return Predictor.from_run(model_dir, tuple(d.tasks), device=str(d.device), precision=str(d.precision),
+                              compile=bool(d.compile), runtime=str(d.runtime), export_dir=export_folder(cfg, model_dir))
+
+
+def _pretrain_positions(cfg: DictConfig) -> np.ndarray | None:
+    """Pretraining camera positions (N, 3) from the collected dataset's plan, if there is one."""
+    try:
+        plan = json.loads((dataset_root(cfg) / "plan.json").read_text())["plan"]
+    except (TSTError, FileNotFoundError):
+        console.print("[yellow]no collected dataset: the agent's path does not avoid pretraining cameras[/yellow]")
+        return None
+    positions = [f["camera"]["world_from_camera"] for f in plan["frames"].get("pretrain", [])]
+    return np.array([[row[3] for row in pose[:3]] for pose in positions]) if positions else None
+
+
+def path_settings(cfg: DictConfig, size: int, steps: int) -> PathSettings:
+    c = cfg.collect
+    return PathSettings(OmegaConf.to_container(cfg.space, resolve=True), size,
+                        OmegaConf.to_container(c.walks, resolve=True), float(c.hfov_deg), steps, int(cfg.deploy.seed),
+                        _pretrain_positions(cfg), float(c.eval_min_distance), int(c.min_box_pixels))
+
+
+def _strip(result, taxonomy, count: int):
+    picks = np.unique(np.linspace(0, len(result.steps) - 1, min(count, len(result.steps))).astype(int))
+    rows = []
+    for index in picks:
+        record = result.steps[index]
+        o, p = record.observation, record.prediction
+        size = o.rgb.shape[0]
+        row = [o.rgb]
+        if p.boxes is not None:
+            keep = p.scores >= 0.3
+            row.append(draw_boxes(o.rgb, torch.from_numpy(p.boxes[keep]), torch.from_numpy(p.classes[keep]),
+                                  taxonomy, torch.from_numpy(p.scores[keep])))
+        if p.semantic is not None:
+            row += [to_uint8("semantic", torch.from_numpy(o.semantic)), to_uint8("semantic", torch.from_numpy(p.semantic))]
+        if p.caption is not None:
+            row.append(caption_panel(p.caption, size, size))
+        rows.append(row)
+    first = result.steps[0].prediction
+    titles = ["observation"] + (["detections"] if first.boxes is not None else []) \
+        + (["truth labels", "segmentation"] if first.semantic is not None else []) \
+        + (["caption"] if first.caption is not None else [])
+    return grid_image(rows, titles, [f"step {i}" for i in picks])
+
+
+def _set_threads(cfg: DictConfig) -> None:
+    threads = int(cfg.deploy.threads) or max(1, (os.cpu_count() or 2) - (1 if cfg.deploy.overlap else 0))
+    torch.set_num_threads(threads)
+
+
+def deploy(cfg: DictConfig) -> Path:
+    d = cfg.deploy
+    if d.task not in ("explore", "find"):
+        raise TSTError(f"deploy.task: expected explore or find, got {d.task!r}")
+    if float(d.rate_hz) <= 0 or int(d.steps) < 1:
+        raise TSTError(f"deploy.rate_hz and deploy.steps: expected positive values, got {d.rate_hz}, {d.steps}")
+    predictor = make_predictor(cfg)
+    goal = search_goal(predictor.taxonomy, str(d.target), float(d.score_threshold), float(d.success_distance),
+                       int(cfg.collect.min_box_pixels)) if d.task == "find" else None
+    name = cfg.run_name or f"{d.task}-{predictor.model.run_dir.name}-{new_run_name()}"
+    run_dir = Path(cfg.workspace_dir) / space_name(cfg) / "deploy" / name
+    if run_dir.exists():
+        raise TSTError(f"{run_dir}: already exists; choose another run_name")
+    _set_threads(cfg)
+    console.print(f"deploying {predictor.model.run_dir.name} ({', '.join(predictor.tasks)}) on "
+                  f"{predictor.device}, {d.runtime}, {d.precision}{', compiled' if d.compile else ''}")
+    with RenderProcess(path_settings(cfg, predictor.image_size, int(d.steps))) as renderer:
+        if renderer.taxonomy != predictor.taxonomy.to_dict():
+            raise TSTError(f"{predictor.model.run_dir}: the model's taxonomy differs from space {space_name(cfg)}'s")
+        with Progress(TextColumn("agent"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
+                      TimeElapsedColumn(), console=console) as progress:
+            bar = progress.add_task("loop", total=int(d.steps))
+            result = run_loop(predictor, renderer, int(d.steps), bool(d.overlap), goal,
+                              lambda step: progress.update(bar, completed=step + 1))
+    report = {"model": str(predictor.model.run_dir), "backbone": predictor.model.backbone.name,
+              "device": str(predictor.device), "runtime": str(d.runtime), "precision": str(d.precision),
+              "compile": bool(d.compile), "overlap": bool(d.overlap), "task": str(d.task)} \
+        | latency_summary(result, float(d.rate_hz)) | {"online": result.metrics} \
+        | ({"search": result.search} if result.search else {})
+    with staged_directory(run_dir) as tmp:
+        atomic_write_json(tmp / "report.json", report)
+        _strip(result, predictor.taxonomy, int(d.strip_frames)).save(tmp / "strip.png")
+        write_manifest(tmp, "deploy", cfg, {"model": predictor.model.run_dir},
+                       {"report": "report.json", "strip": "strip.png"})
+    metrics = {f"online_{k}": v for k, v in result.metrics.items()} | {
+        "perception_p50_ms": report["perception_ms"]["p50"], "perception_p99_ms": report["perception_ms"]["p99"],
+        "period_p50_ms": report["period_ms"]["p50"], "fps": report["fps"], "deadline_misses": report["deadline_misses"]}
+    if result.search:
+        metrics["search_success"] = float(result.search["success"])
+    record_run(cfg, "deploy", space_name(cfg), run_dir, {"model": str(predictor.model.run_dir)},
+               {"report": str(run_dir / "report.json")}, metrics, images=[run_dir / "strip.png"],
+               tags={"backbone": predictor.model.backbone.name})
+    console.print(f"[green]deploy[/green] {len(result.steps)} steps: perception p50 {report['perception_ms']['p50']:.1f} ms, "
+                  f"period p50 {report['period_ms']['p50']:.1f} ms (render {report['render_ms']['p50']:.1f} ms), "
+                  f"{report['fps']:.1f} FPS  ({run_dir})")
+    print(json.dumps(report))
+    return run_dir
+
+
+def export_command(cfg: DictConfig) -> Path:
+    """Export the deploy model; the parity check runs on deploy.export_frames eval frames."""
+    model_dir = transfer_run(cfg)
+    from tst.transfer.checkpoint import load_transfer
+
+    model = load_transfer(model_dir, tuple(cfg.deploy.tasks))
+    out = export_folder(cfg, model_dir)
+    if out.exists():
+        raise TSTError(f"{out}: an export exists already; remove it or set deploy.export_dir")
+    root = Path(read_manifest(model_dir)["inputs"]["dataset"]["path"])
+    eval_frames = FrameDataset(root, "eval", ["rgb"], transform=full_frame(model.image_size))
+    if len(eval_frames) == 0:
+        raise TSTError(f"{root}: the eval split is empty; the export check needs eval frames")
+    frames = [eval_frames[i]["rgb"] for i in range(min(int(cfg.deploy.export_frames), len(eval_frames)))]
+    differences = export(model.module, model.image_size, frames, out)
+    console.print(f"[green]export[/green] {out}: ONNX Runtime vs PyTorch max abs difference "
+                  f"{max(differences.values()):.2e} over {len(frames)} eval frames")
+    print(json.dumps({"export_dir": str(out), "frames": len(frames), "max_abs_difference": differences}))
+    return out

@@ -1,0 +1,170 @@
+"""`tst run`: the whole TST pipeline on one space, stage after stage, resumable.
+
+collect -> tokenizers -> pretrain (each objective) -> transfer (each backbone x seed x fraction, all
+three tasks on one backbone) -> deploy (the first pretrained backbone's specialist) -> report.
+
+Each stage is the same command a person would type (`tst collect ...`), composed from the experiment's
+override lists (configs/experiment/*.yaml). Run folders are named after a hash of what made them, so a
+re-run finds the finished ones and skips them; a pretraining run killed midway resumes from its last
+checkpoint. Like the CLI, this module imports the stages lazily: it sits above them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.rule import Rule
+
+from tst.config import load
+from tst.errors import TSTError
+from tst.workspace import fingerprint, read_manifest
+
+console = Console(stderr=True)
+OBJECTIVES = ("fourm", "multimae", "mae")
+OTHER_BACKBONES = ("scratch", "generalist")
+
+
+def _identity(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def _finished(run_dir: Path) -> bool:
+    return (run_dir / "manifest.json").is_file()
+
+
+class Pipeline:
+    """One `tst run`: the shared overrides (workspace, space, tracking) plus the experiment's lists."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg, self.e = cfg, cfg.experiment
+        space = OmegaConf.to_container(cfg.space, resolve=True)
+        self.shared = [f"workspace_dir={cfg.workspace_dir}", f"tracking.enabled={cfg.tracking.enabled}"] \
+            + [f"space.{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in space.items()]
+        self.space = f"procedural-{cfg.space.seed}" if cfg.space.backend == "procedural" else Path(str(cfg.space.path)).stem
+        self.root = Path(cfg.workspace_dir) / self.space
+        self.timings: dict[str, float] = {}
+        for name in self.e.backbones:
+            if name not in OBJECTIVES + OTHER_BACKBONES:
+                raise TSTError(f"experiment.backbones: '{name}' is not one of {', '.join(OBJECTIVES + OTHER_BACKBONES)}")
+            if name in OBJECTIVES and name not in self.e.objectives:
+                raise TSTError(f"experiment.backbones: '{name}' is not pretrained (experiment.objectives: "
+                               f"{', '.join(self.e.objectives)})")
+
+    def overrides(self, stage: str) -> list[str]:
+        return self.shared + [str(o) for o in self.e.get(stage, [])]
+
+    def stage(self, title: str, action):
+        console.print(Rule(f"[bold]{title}"))
+        start = time.perf_counter()
+        result = action()
+        self.timings[title] = round(time.perf_counter() - start, 1)
+        return result
+
+    # --- stages -----------------------------------------------------------------------------------
+    def collect(self) -> Path:
+        from tst.collect.run import run
+
+        cfg = load("collect", self.overrides("collect"))
+        data = self.root / "data"
+        if _finished(data) and read_manifest(data)["config"] == OmegaConf.to_container(cfg, resolve=True):
+            console.print(f"dataset {data} is complete: skipped")
+            return data
+        return run(cfg)
+
+    def tokenizers(self) -> Path:
+        from tst.pretrain.tokenizer_training import train_tokenizers
+
+        cfg = load("pretrain", self.overrides("pretrain") + ["pretrain.objective=fourm"])
+        out = self.root / "pretrain" / "tokenizers"
+        config = OmegaConf.to_container(cfg, resolve=True)
+        if _finished(out) and _same_training(read_manifest(out)["config"], config):
+            console.print(f"tokenizers {out} are trained: skipped")
+            return out
+        return train_tokenizers(cfg)
+
+    def pretrain(self, objective: str, data: Path, tokenizers: Path | None) -> Path:
+        from tst.pretrain.run import run
+
+        inputs = [fingerprint(data)] + ([fingerprint(tokenizers)] if tokenizers else [])
+        name = f"{objective}-{_identity(self.overrides('pretrain'), inputs)}"
+        run_dir = self.root / "pretrain" / name
+        if _finished(run_dir):
+            console.print(f"pretraining {run_dir} is finished: skipped")
+            return run_dir
+        overrides = self.overrides("pretrain") + [f"pretrain.objective={objective}"]
+        if (run_dir / "checkpoints" / "last.ckpt").is_file():
+            console.print(f"resuming {run_dir}")
+            return run(load("pretrain", overrides + [f"resume={run_dir}"]), overrides)
+        if run_dir.exists():  # killed before its first checkpoint
+            shutil.rmtree(run_dir)
+        return run(load("pretrain", overrides + [f"run_name={name}"]), overrides)
+
+    def transfer(self, backbone: str, spec: str, seed: int, fraction: float, data: Path) -> Path:
+        from tst.transfer.run import run
+
+        source = fingerprint(Path(spec)) if Path(spec).is_dir() else spec
+        extra = [f"transfer.backbone={spec}", f"transfer.seed={seed}", f"transfer.fraction={fraction}"]
+        name = f"{backbone}-s{seed}-f{fraction:g}-{_identity(self.overrides('transfer'), extra[1:], source, fingerprint(data))}"
+        run_dir = self.root / "transfer" / name
+        if _finished(run_dir):
+            console.print(f"transfer {run_dir} is finished: skipped")
+            return run_dir
+        return run(load("transfer", self.overrides("transfer") + extra + [f"run_name={name}"]))
+
+    def deploy(self, model: Path) -> Path | None:
+        from tst.deploy.run import deploy
+
+        name = f"{self.e.deploy_task}-{model.name}-{_identity(self.overrides('deploy'))}"
+        run_dir = self.root / "deploy" / name
+        if _finished(run_dir):
+            console.print(f"deploy {run_dir} is finished: skipped")
+            return run_dir
+        return deploy(load("deploy", self.overrides("deploy") + [f"deploy.model={model}", f"run_name={name}"]))
+
+    def report(self) -> Path:
+        from tst.transfer.report import report
+
+        return report(load("report", self.shared + [str(o) for o in self.e.get("report", [])]))
+
+    # --- the whole thing --------------------------------------------------------------------------
+    def run(self) -> Path:
+        e = self.e
+        data = self.stage("collect", self.collect)
+        tokenizers = self.stage("tokenizers", self.tokenizers) if "fourm" in e.objectives else None
+        backbones = {}
+        for objective in e.objectives:
+            backbones[objective] = str(self.stage(f"pretrain {objective}",
+                                                  lambda o=objective: self.pretrain(o, data, tokenizers)))
+        specs = {name: backbones.get(name, name) for name in e.backbones}
+        transferred: dict[str, Path] = {}
+        for name, spec in specs.items():
+            for seed in e.seeds:
+                for fraction in e.fractions:
+                    run_dir = self.stage(f"transfer {name} seed {seed} fraction {fraction:g}",
+                                         lambda n=name, s=spec, sd=seed, f=fraction: self.transfer(n, s, int(sd), float(f), data))
+                    transferred.setdefault(name, run_dir)
+        if e.deploy_backbone:
+            if e.deploy_backbone not in transferred:
+                raise TSTError(f"experiment.deploy_backbone: '{e.deploy_backbone}' is not among the transferred "
+                               f"backbones ({', '.join(transferred)})")
+            self.stage("deploy", lambda: self.deploy(transferred[e.deploy_backbone]))
+        out = self.stage("report", self.report)
+        console.print(f"stage seconds: {json.dumps(self.timings)}")
+        return out
+
+
+def _same_training(stored: dict, wanted: dict) -> bool:
+    """Tokenizers depend on the data, model patch and tokenizer settings, not on the objective's keys."""
+    keys = ("data", "model", "space", "workspace_dir")
+    return all(stored.get(k) == wanted.get(k) for k in keys) and \
+        stored["pretrain"]["tokenizer"] == wanted["pretrain"]["tokenizer"]
+
+
+def run(cfg: DictConfig) -> Path:
+    return Pipeline(cfg).run()
