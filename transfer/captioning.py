@@ -1,0 +1,255 @@
+"""Image captioning on a backbone's feature map: a word vocabulary, a small transformer decoder that
+cross-attends to the image features, its teacher-forced loss, and greedy / beam-search decoding."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
+PAD, BOS, EOS, UNK = range(len(SPECIALS))
+
+# A word (letters/digits, with inner apostrophes or hyphens: "don't", "left-hand") or one punctuation mark.
+_TOKEN = re.compile(r"\w+(?:['’-]\w+)*|[^\w\s]")
+_WORD_CHAR = re.compile(r"\w")
+_ATTACH_LEFT = set(".,;:!?)]}%")  # no space before these when decoding
+_ATTACH_RIGHT = set("([{")  # no space after these
+
+
+def tokenize(text: str) -> list[str]:
+    """Lowercase words and punctuation marks, each its own token:
+    "A bed, two lamps." -> ["a", "bed", ",", "two", "lamps", "."]."""
+    return _TOKEN.findall(text.lower())
+
+
+def words(text: str) -> list[str]:
+    """`tokenize` without the punctuation marks (what caption metrics compare)."""
+    return [token for token in tokenize(text) if _WORD_CHAR.match(token)]
+
+
+def detokenize(tokens: Iterable[str]) -> str:
+    """Join tokens with spaces, except before closing punctuation and after opening brackets:
+    ["a", "bed", "and", "a", "lamp", "."] -> "a bed and a lamp."."""
+    text = ""
+    for token in tokens:
+        if text and token not in _ATTACH_LEFT and text[-1] not in _ATTACH_RIGHT:
+            text += " "
+        text += token
+    return text
+
+
+class Vocabulary:
+    """Word-level vocabulary. Ids 0..3 are <pad>, <bos>, <eos>, <unk>; the words follow, most frequent
+    first (ties alphabetical, so the ids only depend on the captions)."""
+
+    pad, bos, eos, unk = PAD, BOS, EOS, UNK
+
+    def __init__(self, tokens: Sequence[str]):
+        """tokens: every token in id order, the four specials first (as `to_dict` stores them)."""
+        if tuple(tokens[:len(SPECIALS)]) != SPECIALS:
+            raise ValueError(f"a vocabulary starts with {SPECIALS}, got {list(tokens[:len(SPECIALS)])}")
+        self.tokens = list(tokens)
+        self.ids = {token: i for i, token in enumerate(self.tokens)}
+        if len(self.ids) != len(self.tokens):
+            raise ValueError("a vocabulary lists each token once")
+
+    @classmethod
+    def build(cls, captions: Iterable[str], min_count: int = 1) -> Vocabulary:
+        """The tokens that occur at least `min_count` times in the (training) captions."""
+        counts = Counter(token for caption in captions for token in tokenize(caption))
+        kept = sorted((token for token, n in counts.items() if n >= min_count and token not in SPECIALS),
+                      key=lambda token: (-counts[token], token))
+        return cls(list(SPECIALS) + kept)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def encode(self, caption: str, max_length: int | None = None) -> list[int]:
+        """Ids of <bos>, the caption's tokens (unknown ones -> <unk>), <eos>. With `max_length` (>= 2)
+        the tokens are cut so the whole sequence fits, and it still ends with <eos>."""
+        ids = [self.ids.get(token, UNK) for token in tokenize(caption)]
+        if max_length is not None:
+            if max_length < 2:
+                raise ValueError(f"max_length must leave room for <bos> and <eos>, got {max_length}")
+            ids = ids[:max_length - 2]
+        return [BOS, *ids, EOS]
+
+    def encode_batch(self, captions: Sequence[str], max_length: int | None = None) -> torch.Tensor:
+        """(B, L) int64 of `encode`d captions, right-padded with <pad> to the longest one."""
+        encoded = [self.encode(caption, max_length) for caption in captions]
+        batch = torch.full((len(encoded), max(map(len, encoded))), PAD, dtype=torch.long)
+        for row, ids in zip(batch, encoded):
+            row[:len(ids)] = torch.tensor(ids)
+        return batch
+
+    def decode(self, ids: Iterable[int] | torch.Tensor) -> str:
+        """The caption up to the first <eos>, special tokens dropped: [1, 5, 9, 6, 5, 7, 8, 2] ->
+        "a bed and a lamp."."""
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        tokens = []
+        for i in ids:
+            if i == EOS:
+                break
+            if i >= len(SPECIALS):
+                tokens.append(self.tokens[i])
+        return detokenize(tokens)
+
+    def to_dict(self) -> dict:
+        """JSON-serializable; `Vocabulary.from_dict` restores it."""
+        return {"tokens": list(self.tokens)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Vocabulary:
+        return cls(data["tokens"])
+
+
+def sincos_2d(height: int, width: int, dim: int) -> torch.Tensor:
+    """Fixed 2D sine-cosine positions of a height x width grid, row-major: (height * width, dim).
+    A quarter of the channels each for sin/cos of the row and of the column, at geometric frequencies."""
+    if dim % 4:
+        raise ValueError(f"2D sincos positions need a width divisible by 4, got {dim}")
+    frequencies = 1.0 / 10000 ** (torch.arange(dim // 4) / (dim // 4))
+    rows, columns = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    y = rows.flatten()[:, None] * frequencies
+    x = columns.flatten()[:, None] * frequencies
+    return torch.cat([y.sin(), y.cos(), x.sin(), x.cos()], dim=1)
+
+
+class CaptionDecoder(nn.Module):
+    """A small causal transformer decoder over caption tokens, cross-attending to image features.
+
+    Features: a feature map (B, feature_dim, g, g) as the backbones give (flattened to g*g tokens, plus
+    2D sincos positions, so any grid size works), or tokens (B, N, feature_dim), or a pooled vector
+    (B, feature_dim). Tokens: (B, L) int64 vocabulary ids, <bos> first, <pad> (id 0) after <eos>;
+    L <= max_length."""
+
+    def __init__(self, feature_dim: int, vocab_size: int, width: int = 128, depth: int = 2, heads: int = 4,
+                 max_length: int = 40, dropout: float = 0.1):
+        super().__init__()
+        self.width, self.max_length = width, max_length
+        self.project = nn.Sequential(nn.LayerNorm(feature_dim), nn.Linear(feature_dim, width))
+        self.embed = nn.Embedding(vocab_size, width, padding_idx=PAD)
+        self.position = nn.Parameter(torch.randn(max_length, width) * 0.02)
+        layer = nn.TransformerDecoderLayer(width, heads, 4 * width, dropout, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerDecoder(layer, depth)
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, vocab_size)
+
+    def memory(self, features: torch.Tensor) -> torch.Tensor:
+        """Image features -> the tokens the captions attend to: (B, N, width)."""
+        if features.dim() == 4:
+            B, C, H, W = features.shape
+            tokens = self.project(features.flatten(2).transpose(1, 2))
+            return tokens + sincos_2d(H, W, self.width).to(tokens)
+        if features.dim() == 2:
+            features = features[:, None]
+        return self.project(features)
+
+    def decode(self, memory: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """memory (B, N, width), tokens (B, L) -> next-token logits (B, L, vocab): position i predicts
+        token i + 1 from tokens 0..i only."""
+        L = tokens.shape[1]
+        if L > self.max_length:
+            raise ValueError(f"captions of {L} tokens are longer than the decoder's max_length {self.max_length}")
+        x = self.embed(tokens) + self.position[:L]
+        causal = torch.ones(L, L, dtype=torch.bool, device=tokens.device).triu(1)  # True: may not attend
+        x = self.blocks(x, memory, tgt_mask=causal, tgt_is_causal=True, tgt_key_padding_mask=tokens == PAD)
+        return self.head(self.norm(x))
+
+    def forward(self, features: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """features (B, feature_dim, g, g) (or see the class doc), tokens (B, L) -> logits (B, L, vocab)."""
+        return self.decode(self.memory(features), tokens)
+
+
+def caption_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Teacher-forced next-token cross-entropy in nats per token, averaged over the non-<pad> targets.
+    logits (B, L, vocab) from `decoder(features, tokens)`, tokens (B, L): logits[:, i] predicts tokens[:, i + 1]."""
+    return F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), tokens[:, 1:].reshape(-1),
+                           ignore_index=PAD)
+
+
+@torch.no_grad()
+def sequence_log_prob(decoder: CaptionDecoder, features: torch.Tensor,
+                      tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(total log-probability in nats (B,), generated-token count (B,)) of each caption after its <bos>,
+    <eos> included, <pad> ignored. tokens (B, L) as `Vocabulary.encode_batch` or `beam_search` give them.
+    Put the decoder in eval mode first."""
+    log_probs = decoder(features, tokens)[:, :-1].log_softmax(-1)
+    targets = tokens[:, 1:]
+    picked = log_probs.gather(-1, targets[..., None])[..., 0]
+    real = targets != PAD
+    return (picked * real).sum(1), real.sum(1)
+
+
+@torch.no_grad()
+def beam_search(decoder: CaptionDecoder, features: torch.Tensor, beam: int = 1,
+                max_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batched beam search over images.
+
+    Hypotheses are ranked by length-normalized log-probability (total nats / generated tokens, <eos>
+    included); a hypothesis that emits <eos> is finished and keeps its score. The search stops when every
+    kept hypothesis is finished or at `max_length` tokens (<bos> included; default and cap: the decoder's).
+    With beam == 1 this is greedy decoding (the argmax token at each step). <pad>, <bos> and <unk> are
+    never generated (the scores stay the model's own log-probabilities). Put the decoder in eval mode
+    first (`generate` does).
+
+    Returns tokens (B, T) int64 (<bos> first, <pad> after <eos>), total log-probability (B,) in nats and
+    generated-token count (B,), for the best hypothesis of each image (a finished one when there is one)."""
+    if beam < 1:
+        raise ValueError(f"beam must be >= 1, got {beam}")
+    max_length = min(max_length or decoder.max_length, decoder.max_length)
+    memory = decoder.memory(features)
+    B, K = memory.shape[0], beam
+    memory = memory.repeat_interleave(K, dim=0)  # (B*K, N, width), image-major
+    device = memory.device
+    sequences = torch.full((B, K, 1), BOS, dtype=torch.long, device=device)
+    totals = torch.full((B, K), -math.inf, device=device)
+    totals[:, 0] = 0.0  # one live hypothesis to start from
+    lengths = torch.zeros(B, K, device=device)
+    finished = torch.zeros(B, K, dtype=torch.bool, device=device)
+    for _ in range(max_length - 1):
+        logits = decoder.decode(memory, sequences.flatten(0, 1))[:, -1]
+        log_probs = logits.float().log_softmax(-1).view(B, K, -1)
+        vocab = log_probs.shape[-1]
+        log_probs[..., [PAD, BOS, UNK]] = -math.inf
+        # A finished hypothesis has a single continuation, <pad>, which costs nothing and adds no length.
+        stay = torch.full_like(log_probs, -math.inf)
+        stay[..., PAD] = 0.0
+        log_probs = torch.where(finished[..., None], stay, log_probs)
+        candidate_totals = (totals[..., None] + log_probs).view(B, K * vocab)
+        candidate_lengths = (lengths + (~finished)).repeat_interleave(vocab, dim=1)
+        chosen = (candidate_totals / candidate_lengths).topk(K, dim=1).indices  # (B, K)
+        parent, token = chosen // vocab, chosen % vocab
+        totals = candidate_totals.gather(1, chosen)
+        lengths = candidate_lengths.gather(1, chosen)
+        finished = finished.gather(1, parent) | (token == EOS)
+        sequences = torch.cat([sequences.gather(1, parent[..., None].expand_as(sequences)), token[..., None]], 2)
+        if finished.all():
+            break
+    score = totals / lengths
+    score = torch.where(finished, score, score - 1e9 * finished.any(1, keepdim=True))  # prefer finished ones
+    best = score.argmax(1)
+    pick = torch.arange(B, device=device)
+    return sequences[pick, best], totals[pick, best], lengths[pick, best]
+
+
+def generate(decoder: CaptionDecoder, features: torch.Tensor, vocabulary: Vocabulary, beam: int = 1,
+             max_length: int | None = None) -> list[str]:
+    """One caption per image: greedy when beam == 1, else beam search ranked by length-normalized
+    log-probability (see `beam_search`). features: as `CaptionDecoder.forward` takes them. The decoder
+    runs in eval mode (no dropout) and is put back in its previous mode afterwards."""
+    training = decoder.training
+    decoder.eval()
+    try:
+        sequences, _, _ = beam_search(decoder, features, beam, max_length)
+    finally:
+        decoder.train(training)
+    return [vocabulary.decode(ids) for ids in sequences]
