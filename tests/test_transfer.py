@@ -85,6 +85,7 @@ def test_transfer_run_end_to_end(workspace, capsys):
     (["transfer.mode=half"], "transfer.mode"),
     (["transfer.transfer_data=/no/such/data"], "transfer.transfer_data"),
     (["transfer.backbone=/no/such/run"], "neither 'scratch'"),
+    (["transfer.backbone=dinov2-s14"], "TST_WEIGHTS_DIR"),
     (["transfer.fraction=0"], "transfer.fraction"),
 ])
 def test_bad_input(workspace, extra, message, capsys):

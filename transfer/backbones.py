@@ -87,6 +87,11 @@ def make_backbone(spec: str, model_config: dict, settings: dict | None = None) -
     if spec == "scratch":
         config = ModelConfig(**model_config)
         return ScratchViT(config), BackboneInfo("scratch", "random init", "none"), config.image_size
+    from tst.transfer.foreign_weights import FOREIGN_SPECS, load_foreign
+
+    if spec in FOREIGN_SPECS:  # published generalists, weights read from TST_WEIGHTS_DIR
+        network, info = load_foreign(spec)
+        return network, info, network.image_size
     path = Path(spec)
     if (path / "config.json").is_file():
         from tst.pretrain.backbone import load_backbone
@@ -97,4 +102,5 @@ def make_backbone(spec: str, model_config: dict, settings: dict | None = None) -
         objective = pretrained["pretrain"]["objective"]
         info = BackboneInfo(objective, str(path), objective, path)
         return ViTFeatures(backbone), info, pretrained["model"]["image_size"]
-    raise TSTError(f"transfer.backbone: '{spec}' is neither 'scratch', 'generalist' nor a tst pretrain run folder")
+    raise TSTError(f"transfer.backbone: '{spec}' is neither 'scratch', 'generalist', one of "
+                   f"{', '.join(FOREIGN_SPECS)} nor a tst pretrain run folder")

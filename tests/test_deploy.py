@@ -1,0 +1,154 @@
+"""The deploy stage: predictor, export parity, the agent loop, bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from tst.cli import main
+from tst.config import load
+from tst.errors import TSTError
+
+from conftest import collect_small
+
+TINY = ["model.dim=32", "model.encoder_depth=1", "model.heads=2", "data.num_workers=0", "data.batch_size=4",
+        "transfer.max_caption_words=12", "tracking.enabled=false"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    """A tiny dataset, a multi-task model and a segmentation-only one."""
+    tmp = tmp_path_factory.mktemp("deploy")
+    collect_small(tmp, 8, 8, 8, 64)
+    assert main(["transfer", f"workspace_dir={tmp}", "transfer.task=[seg,det,caption]", "transfer.steps=2",
+                 "run_name=multi", *TINY]) == 0
+    assert main(["transfer", f"workspace_dir={tmp}", "transfer.task=seg", "transfer.steps=1",
+                 "run_name=seg-only", *TINY]) == 0
+    return tmp
+
+
+def _model(workspace, name="multi"):
+    return workspace / "procedural-0" / "transfer" / name
+
+
+def _predictor(workspace, **options):
+    from tst.deploy.predictor import Predictor
+
+    return Predictor.from_run(_model(workspace), **options)
+
+
+def test_predictor_outputs_every_task(workspace):
+    predictor = _predictor(workspace)
+    prediction = predictor(np.zeros((64, 64, 3), np.uint8))
+    assert prediction.semantic.shape == (64, 64) and prediction.semantic.dtype == np.int64
+    assert prediction.boxes.shape[1] == 4 and len(prediction.scores) == len(prediction.classes)
+    assert isinstance(prediction.caption, str)
+
+
+def test_export_matches_onnx_runtime_and_the_onnx_predictor_agrees(workspace, capsys):
+    pytest.importorskip("onnxruntime")
+    assert main(["deploy", "export", f"workspace_dir={workspace}", f"deploy.model={_model(workspace)}",
+                 "deploy.export_frames=2", "tracking.enabled=false"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert max(report["max_abs_difference"].values()) <= 1e-4
+    folder = workspace / "procedural-0" / "deploy" / "exports" / "multi"
+    assert {"dense.onnx", "dense.pt2", "caption.onnx", "caption.pt2"} <= {p.name for p in folder.iterdir()}
+    rgb = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    eager, onnx = _predictor(workspace)(rgb), _predictor(workspace, runtime="onnx", export_dir=folder)(rgb)
+    assert (eager.semantic == onnx.semantic).mean() > 0.99 and eager.caption == onnx.caption
+    # A second export into the same folder is refused rather than overwriting it.
+    assert main(["deploy", "export", f"workspace_dir={workspace}", f"deploy.model={_model(workspace)}"]) != 0
+
+
+def test_export_refuses_a_graph_that_disagrees(workspace, monkeypatch, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from tst.deploy import export as export_module
+    from tst.transfer.checkpoint import load_transfer
+
+    monkeypatch.setattr(export_module, "TOLERANCE", -1.0)  # no difference can pass
+    model = load_transfer(_model(workspace, "seg-only"))
+    with pytest.raises(TSTError, match="differs from PyTorch"):
+        export_module.export(model.module, 64, [torch.rand(3, 64, 64)], tmp_path / "export")
+    assert not (tmp_path / "export").exists()
+
+
+def _loop(workspace, steps, overlap, tasks=("seg", "det", "caption"), name="multi"):
+    from tst.deploy.loop import run_loop
+    from tst.deploy.observations import RenderProcess
+    from tst.deploy.predictor import Predictor
+    from tst.deploy.run import path_settings
+
+    cfg = load("deploy", [f"workspace_dir={workspace}"])
+    predictor = Predictor.from_run(_model(workspace, name), tasks)
+    with RenderProcess(path_settings(cfg, predictor.image_size, steps)) as renderer:
+        return predictor, run_loop(predictor, renderer, steps, overlap)
+
+
+def test_loop_accuracy_equals_offline_evaluation_on_the_same_frames(workspace):
+    from tst.transfer.run import evaluate
+
+    predictor, result = _loop(workspace, 6, overlap=True)
+    assert len(result.steps) == 6
+    samples = [{"rgb": torch.from_numpy(o.rgb).permute(2, 0, 1).float() / 255, "semantic": torch.from_numpy(o.semantic),
+                "boxes": torch.from_numpy(o.boxes), "box_classes": torch.from_numpy(o.box_classes),
+                "caption": o.caption, "key": str(o.step)} for o in (s.observation for s in result.steps)]
+    offline, _ = evaluate(predictor.module, samples, batch_size=3)
+    for key, value in result.metrics.items():
+        assert value == pytest.approx(offline[key], abs=1e-6), key
+
+
+def test_overlap_makes_the_period_shorter_than_render_plus_infer(workspace):
+    from tst.deploy.loop import latency_summary
+
+    _, result = _loop(workspace, 12, overlap=True, tasks=("seg",), name="seg-only")
+    summary = latency_summary(result, 5.0)
+    assert summary["period_ms"]["p50"] < summary["sum_render_infer_ms"]
+
+
+def test_deploy_command_writes_report_strip_and_search(workspace, capsys):
+    assert main(["deploy", f"workspace_dir={workspace}", f"deploy.model={_model(workspace)}", "deploy.steps=4",
+                 "deploy.task=find", "deploy.target=bed", "run_name=find", "tracking.enabled=false"]) == 0
+    out = workspace / "procedural-0" / "deploy" / "find"
+    report = json.loads((out / "report.json").read_text())
+    assert report["search"]["target"] == "bed" and 1 <= report["steps"] <= 4
+    assert {"p50", "p95", "p99"} <= set(report["perception_ms"]) and "seg_miou" in report["online"]
+    assert (out / "strip.png").is_file()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["deploy.target=unicorn"], "deploy.target: 'unicorn'"),
+    (["deploy.target=wall"], "stuff class"),
+    (["deploy.device=tpu"], "deploy.device"),
+    (["deploy.precision=fp8"], "deploy.precision"),
+])
+def test_bad_deploy_settings(workspace, extra, message, capsys):
+    args = ["deploy", f"workspace_dir={workspace}", f"deploy.model={_model(workspace)}", "deploy.task=find",
+            "tracking.enabled=false", *extra]
+    assert main(args) != 0
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and message in errors[0], errors
+
+
+def test_a_model_missing_a_head_is_named(workspace, capsys):
+    assert main(["deploy", f"workspace_dir={workspace}", f"deploy.model={_model(workspace, 'seg-only')}",
+                 "tracking.enabled=false"]) != 0
+    assert "has no det, caption head" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU behaviour")
+def test_cuda_without_a_gpu(workspace):
+    with pytest.raises(TSTError, match="no CUDA GPU"):
+        _predictor(workspace, device="cuda")
+    with pytest.warns(UserWarning, match="running on the CPU"):
+        assert _predictor(workspace, device="auto").device.type == "cpu"
+
+
+@pytest.mark.parametrize("observation, message", [
+    (np.zeros((32, 32, 3), np.uint8), r"shape \(64, 64, 3\), got uint8 \(32, 32, 3\)"),
+    (np.zeros((64, 64, 3), np.float32), "got float32"),
+    ([[0]], "got list"),
+])
+def test_bad_observations(workspace, observation, message):
+    with pytest.raises(TSTError, match=message):
+        _predictor(workspace)(observation)
