@@ -71,10 +71,10 @@ class CaptionStep(nn.Module):
         return self.decoder.decode(memory, tokens)
 
 
-def from_dense(module: TransferModule, outputs: dict[str, torch.Tensor], image_size: int, caption_decoder) -> dict:
-    """Dense-graph outputs (name -> tensor) -> TransferModule.forward-style predictions."""
+def from_dense(tasks: dict, outputs: dict[str, torch.Tensor], image_size: int, caption_decoder) -> dict:
+    """Dense-graph outputs (name -> tensor) -> TransferModule.forward-style predictions of `tasks`
+    (name -> Task); captions are decoded through `caption_decoder` (see OnnxCaptionDecoder)."""
     predictions: dict = {}
-    tasks = module.tasks
     if "seg" in tasks:
         logits = outputs["seg_logits"]
         predictions["seg"] = logits.argmax(1)
@@ -149,7 +149,7 @@ class OnnxGraphs:
         return {name: torch.from_numpy(v) for name, v in zip(self.names, values)}
 
     def __call__(self, rgb: torch.Tensor) -> dict:
-        return from_dense(self.module, self.run_dense(rgb), rgb.shape[-1], self.caption)
+        return from_dense(self.module.tasks, self.run_dense(rgb), rgb.shape[-1], self.caption)
 
 
 def _export_onnx(graph: nn.Module, example: tuple, path: Path, input_names: list[str], output_names: list[str]) -> None:

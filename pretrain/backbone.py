@@ -9,7 +9,6 @@ from torch import nn
 
 from tst.errors import TSTError
 
-from tst.pretrain.masking import fixed_selection
 
 
 class Backbone(nn.Module):
@@ -31,12 +30,8 @@ class Backbone(nn.Module):
     def forward(self, images: dict[str, torch.Tensor]) -> torch.Tensor:
         batch = dict(images) | {"key": [""] * next(iter(images.values())).shape[0]}
         inputs = {name: x for name, x in self.module.objective.inputs(batch).items() if name in self.modalities}
-        selection = fixed_selection(len(batch["key"]), self.module.modalities,
-                                    self.module.model.config.tokens_per_modality, self.modalities, [])
-        selection = type(selection)(*(t.to(next(self.parameters()).device) for t in
-                                      (selection.inputs, selection.targets, selection.target_modality,
-                                       selection.input_modality)))
-        return self.module.model.encode(self.module.model.embed(inputs), selection)
+        model = self.module.model
+        return model.encode_all(model.modality_tokens(model.embed(inputs), self.modalities))
 
 
 def load_backbone(run_dir: str | Path, modalities: tuple[str, ...] = ("rgb",)) -> Backbone:

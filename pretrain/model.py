@@ -174,10 +174,19 @@ class MultimodalMaskedModel(nn.Module):
 
     def encode(self, tokens: torch.Tensor, selection: TokenSelection) -> torch.Tensor:
         """tokens (B, M*N, D), selection.inputs (B, I) -> encoder output (B, I, D)."""
-        x = torch.gather(tokens, 1, selection.inputs[..., None].expand(-1, -1, tokens.shape[-1]))
+        return self.encode_all(torch.gather(tokens, 1, selection.inputs[..., None].expand(-1, -1, tokens.shape[-1])))
+
+    def encode_all(self, x: torch.Tensor) -> torch.Tensor:
+        """Every token of x (B, I, D) through the encoder -> (B, I, D). No index tensors: the form
+        torch.export and ONNX take for a fixed set of input modalities."""
         for block in self.encoder:
             x = block(x)
         return self.encoder_norm(x)
+
+    def modality_tokens(self, tokens: torch.Tensor, names: list[str]) -> torch.Tensor:
+        """The (B, len(names)*N, D) tokens of `names`, in that order, out of embed()'s (B, M*N, D)."""
+        N = self.config.tokens_per_modality
+        return torch.cat([tokens[:, self.names.index(n) * N:(self.names.index(n) + 1) * N] for n in names], dim=1)
 
     def decode(self, memory: torch.Tensor, selection: TokenSelection) -> torch.Tensor:
         """memory (B, I, D) -> (B, T, D) one vector per target token; self-attention within a modality."""

@@ -13,7 +13,6 @@ from torch import nn
 
 from tst.errors import TSTError
 
-from tst.pretrain.masking import fixed_selection
 from tst.pretrain.model import ModalityIO, ModelConfig, MultimodalMaskedModel, patchify
 from tst.pretrain.normalize import to_network
 
@@ -52,10 +51,7 @@ class ScratchViT(nn.Module):
 
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
         B = rgb.shape[0]
-        selection = fixed_selection(B, ["rgb"], self.grid ** 2, ["rgb"], [])
-        selection = type(selection)(*(t.to(rgb.device) for t in (selection.inputs, selection.targets,
-                                                                  selection.target_modality, selection.input_modality)))
-        tokens = self.model.encode(self.model.embed({"rgb": patchify(to_network("rgb", rgb), self.patch)}), selection)
+        tokens = self.model.encode_all(self.model.embed({"rgb": patchify(to_network("rgb", rgb), self.patch)}))
         return tokens.transpose(1, 2).reshape(B, self.dim, self.grid, self.grid)
 
 

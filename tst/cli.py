@@ -112,10 +112,13 @@ def _pretrain(args: list[str]) -> int:
 
 def _bench(args: list[str]) -> int:
     from tst.collect.bench import bench_collect
+    from tst.deploy.bench import bench_deploy
     from tst.envs.bench import bench_render
     from tst.pretrain.bench import bench_pretrain
+    from tst.transfer.bench import bench_transfer
 
-    benchmarks = {"render": bench_render, "collect": bench_collect, "pretrain": bench_pretrain}
+    benchmarks = {"render": bench_render, "collect": bench_collect, "pretrain": bench_pretrain,
+                  "transfer": bench_transfer, "deploy": bench_deploy}
     action, overrides = (args[0], args[1:]) if args else ("", [])
     if action not in benchmarks:
         raise TSTError(f"tst bench: unknown benchmark '{action}': expected one of: {', '.join(benchmarks)}")
@@ -138,7 +141,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                       "run"),
     "report": Subcommand("the results table, charts and qualitative pictures from tracked transfer runs",
                          "tst report [overrides]", _each_config("report", _report_runner), "report"),
-    "bench": Subcommand("benchmarks with JSON output", "tst bench render|collect|pretrain [overrides]", _bench, "bench"),
+    "bench": Subcommand("benchmarks with JSON output", "tst bench render|collect|pretrain|transfer|deploy [overrides]", _bench, "bench"),
     "spaces": Subcommand("list spaces and render previews", "tst spaces list | tst spaces render [overrides]",
                          _spaces, "spaces"),
 }

@@ -1,0 +1,166 @@
+"""`tst bench deploy`: batch-1 latency of the multi-task predictor (one backbone pass, segmentation,
+detection and a caption) per model size and image size: eager vs torch.compile vs ONNX Runtime on the
+CPU; on a GPU, fp32 vs bf16 and eager vs CUDA graphs.
+
+Latency does not depend on trained weights, except the caption's length: heads here are randomly
+initialized and captions are generated to a fixed length (deploy_bench.caption_words), so every
+configuration decodes the same number of tokens.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+from tst.benchmarks import save_report
+from tst.config import config_root
+from tst.taxonomy import INDOOR
+
+from tst.deploy.predictor import PRECISIONS, to_prediction
+from tst.pretrain.model import ModelConfig
+from tst.transfer.backbones import ScratchViT
+from tst.transfer.module import TransferModule
+from tst.transfer.tasks import CaptionTask, DetectionTask, SegmentationTask
+
+console = Console(stderr=True)
+
+
+def fixed_length_greedy(decoder, memory: torch.Tensor, length: int) -> torch.Tensor:
+    """Greedy tokens (B, length) from <bos>, never ending early: specials (ids < 4) are not chosen.
+    decoder: anything with decode(memory, tokens) -> logits (a CaptionDecoder or OnnxCaptionDecoder)."""
+    tokens = torch.ones(memory.shape[0], 1, dtype=torch.long, device=memory.device)  # <bos>
+    for _ in range(length - 1):
+        next_token = decoder.decode(memory, tokens)[:, -1, 4:].argmax(-1, keepdim=True) + 4
+        tokens = torch.cat([tokens, next_token], 1)
+    return tokens
+
+
+class FixedLengthCaptions(CaptionTask):
+    """Captions of exactly `max_length` tokens, so random decoders cost what trained ones do."""
+
+    def predict(self, head, features, image_size):
+        tokens = fixed_length_greedy(head, head.memory(features), self.max_length)
+        return [self.vocabulary.decode(row) for row in tokens]
+
+
+def multitask_model(model: str, size: int, caption_words: int) -> TransferModule:
+    from tst.transfer.captioning import Vocabulary
+
+    config = OmegaConf.to_container(OmegaConf.load(config_root() / "model" / f"{model}.yaml")) | {"image_size": size}
+    vocabulary = Vocabulary.build([" ".join(INDOOR.names + ["a", "the", "with", "left", "right", "of", "and"])])
+    tasks = [SegmentationTask(INDOOR), DetectionTask(INDOOR),
+             FixedLengthCaptions(vocabulary, beam=1, max_length=caption_words + 2)]
+    return TransferModule(ScratchViT(ModelConfig(**config)), tasks, {"mode": "full"}).eval()
+
+
+def _percentiles(seconds: list[float]) -> dict:
+    ms = np.array(seconds) * 1000
+    return {f"p{q}_ms": round(float(np.percentile(ms, q)), 3) for q in (50, 95, 99)}
+
+
+def _latency(infer, repeats: int, warmup: int, cuda: bool) -> dict:
+    for _ in range(warmup):
+        infer()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        infer()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return _percentiles(times)
+
+
+def _torch_runner(module: TransferModule, size: int, device: str, precision: str, compile_mode: str | None):
+    module = module.to(device)
+    if compile_mode is not None:
+        module.backbone = torch.compile(module.backbone, mode=compile_mode or None)
+        for name in ("seg", "det"):
+            module.heads[name] = torch.compile(module.heads[name], mode=compile_mode or None)
+    x = torch.rand(1, 3, size, size, device=device)
+    dtype = PRECISIONS[precision]
+
+    def infer():
+        with torch.inference_mode(), torch.autocast(device, dtype=dtype, enabled=dtype is not None):
+            return to_prediction(module(x))
+
+    return infer
+
+
+def _onnx_runner(module: TransferModule, size: int, folder: Path):
+    from tst.deploy.export import OnnxGraphs, export, from_dense
+
+    export(module, size, [torch.rand(3, size, size)], folder)
+    graphs = OnnxGraphs(folder, module)
+    caption = module.tasks["caption"]
+    dense_tasks = {k: v for k, v in module.tasks.items() if k != "caption"}
+    x = torch.rand(1, 3, size, size)
+
+    def infer():
+        outputs = graphs.run_dense(x)
+        predictions = from_dense(dense_tasks, outputs, size, None)
+        tokens = fixed_length_greedy(graphs.caption, outputs["caption_memory"], caption.max_length)
+        predictions["caption"] = [caption.vocabulary.decode(tokens[0])]
+        return to_prediction(predictions)
+
+    return infer
+
+
+def bench_deploy(cfg: DictConfig) -> dict:
+    b = cfg.deploy_bench
+    cuda = torch.cuda.is_available()
+    report: dict = {"threads": torch.get_num_threads(), "caption_words": int(b.caption_words),
+                    "cpu": {}, "gpu": {} if cuda else None}
+    metrics: dict[str, float] = {}
+    for model in b.models:
+        for size in b.sizes:
+            key = f"{model}@{size}"
+            rows: dict = {}
+            for runtime in b.cpu_runtimes:
+                console.print(f"cpu {key} {runtime} ...")
+                module = multitask_model(model, int(size), int(b.caption_words))
+                if runtime == "onnx":
+                    with tempfile.TemporaryDirectory() as tmp:
+                        infer = _onnx_runner(module, int(size), Path(tmp) / "export")
+                        rows[runtime] = _latency(infer, int(b.repeats), int(b.warmup), False)
+                else:
+                    infer = _torch_runner(module, int(size), "cpu", "fp32", "" if runtime == "compiled" else None)
+                    rows[runtime] = _latency(infer, int(b.repeats), int(b.warmup) + (2 if runtime == "compiled" else 0),
+                                             False)
+            if "eager" in rows:
+                for runtime in rows:
+                    rows[runtime]["speedup_p50_vs_eager"] = round(rows["eager"]["p50_ms"] / rows[runtime]["p50_ms"], 3)
+            report["cpu"][key] = rows
+            metrics |= {f"cpu_{model}_{size}_{r}_p50_ms": v["p50_ms"] for r, v in rows.items()}
+            if cuda:
+                gpu_rows = {}
+                for precision in b.gpu_precisions:
+                    for mode, compile_mode in (("eager", None), ("cuda_graphs", "reduce-overhead")):
+                        module = multitask_model(model, int(size), int(b.caption_words))
+                        infer = _torch_runner(module, int(size), "cuda", precision, compile_mode)
+                        gpu_rows[f"{precision}_{mode}"] = _latency(infer, int(b.repeats), int(b.warmup) + 3, True)
+                report["gpu"][key] = gpu_rows
+                metrics |= {f"gpu_{model}_{size}_{r}_p99_ms": v["p99_ms"] for r, v in gpu_rows.items()}
+            console.print(f"{key}: {rows}")
+    report["targets"] = _targets(report)
+    save_report(cfg, "deploy", f"procedural-{cfg.space.seed}", report, metrics)
+    return report
+
+
+def _targets(report: dict) -> dict:
+    """compiled or ONNX at least 1.5x eager on the CPU (per model/size); model b at 224 px under 5 ms p99 on GPU."""
+    targets = {}
+    for key, rows in report["cpu"].items():
+        best = max((rows[r].get("speedup_p50_vs_eager", 0) for r in rows if r != "eager"), default=None)
+        if best is not None:
+            targets[f"cpu_{key}_1.5x_eager"] = {"best_speedup": best, "met": best >= 1.5}
+    if report["gpu"] and "b@224" in report["gpu"]:
+        best = min(v["p99_ms"] for v in report["gpu"]["b@224"].values())
+        targets["gpu_b@224_under_5ms_p99"] = {"best_p99_ms": best, "met": best < 5.0}
+    return targets
