@@ -1,0 +1,250 @@
+"""Object detection on a backbone's feature map: an FCOS-style anchor-free head on a ViTDet-style simple
+feature pyramid, its training loss, decoding to boxes, and class-aware NMS (plain torch).
+
+Conventions
+-----------
+- Boxes are (x0, y0, x1, y1) in pixels of the input image, x1 / y1 exclusive (so width = x1 - x0).
+- Class ids are 1 .. classes - 1; 0 is "unlabeled" and never a box class. The head predicts
+  classes - 1 logits: logit channel k scores class id k + 1.
+- A "location" is one cell of one pyramid level; all levels are flattened into one sequence of
+  L = sum(h_l * w_l) locations, finest level first.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SIZE_RANGE = 8  # a level of stride s regresses boxes with max(l, t, r, b) up to SIZE_RANGE * s pixels
+CENTER_RADIUS = 1.5  # positives lie within this many strides of a box centre (and inside the box)
+FOCAL_ALPHA, FOCAL_GAMMA = 0.25, 2.0
+PRIOR = 0.01  # initial foreground probability of every class logit
+PRE_NMS = 1000  # candidates per image kept (by score) before NMS
+
+
+def _norm(width: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(8, width), width)
+
+
+def _tower(width: int, depth: int = 2) -> nn.Sequential:
+    layers = []
+    for _ in range(depth):
+        layers += [nn.Conv2d(width, width, 3, padding=1), _norm(width), nn.GELU()]
+    return nn.Sequential(*layers)
+
+
+class DetectionHead(nn.Module):
+    """Simple feature pyramid of the last feature map (x4 and x2 up with transposed convs, x1, x0.5 down
+    by max-pooling), each level projected to `width` channels, then one FCOS head shared by all levels:
+    a classification tower -> classes - 1 logits, a regression tower -> ltrb distances and centerness.
+
+    forward(features (B, dim, h, w), image_size (H, W) pixels) -> dict of raw outputs:
+      logits      (B, L, classes - 1) class logits (channel k = class id k + 1)
+      ltrb        (B, L, 4) distances in pixels from the location to the box's left, top, right, bottom edges
+      centerness  (B, L) centerness logits
+      points      (L, 2) the locations' (x, y) in pixels (cell centres)
+      strides     (L,) the locations' level stride in pixels
+      limits      (L, 2) the range (low, high] of max(l, t, r, b) in pixels this location's level learns
+    """
+
+    def __init__(self, dim: int, classes: int, width: int = 64):
+        super().__init__()
+        if classes < 2:
+            raise ValueError("classes counts id 0 (unlabeled) too, so it must be at least 2")
+        self.classes = classes
+        self.scales = nn.ModuleList([
+            nn.Sequential(nn.ConvTranspose2d(dim, width, 2, 2), _norm(width), nn.GELU(),
+                          nn.ConvTranspose2d(width, width, 2, 2)),
+            nn.ConvTranspose2d(dim, width, 2, 2),
+            nn.Conv2d(dim, width, 1),
+            nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(dim, width, 1)),
+        ])
+        self.necks = nn.ModuleList([nn.Sequential(_norm(width), nn.Conv2d(width, width, 3, padding=1),
+                                                  _norm(width), nn.GELU()) for _ in self.scales])
+        self.class_tower, self.box_tower = _tower(width), _tower(width)
+        self.classify = nn.Conv2d(width, classes - 1, 3, padding=1)
+        self.regress = nn.Conv2d(width, 4, 3, padding=1)
+        self.center = nn.Conv2d(width, 1, 3, padding=1)
+        self.level_scale = nn.Parameter(torch.ones(len(self.scales)))  # per-level exp() scale, as in FCOS
+        nn.init.normal_(self.classify.weight, std=0.01)
+        nn.init.constant_(self.classify.bias, -math.log((1 - PRIOR) / PRIOR))
+
+    def forward(self, features: torch.Tensor, image_size: tuple[int, int]) -> dict[str, torch.Tensor]:
+        H, W = image_size
+        logits, ltrb, centerness, points, strides, limits = [], [], [], [], [], []
+        low = 0.0  # the levels tile the box sizes: each starts where the one before ended
+        for level, (scale, neck) in enumerate(zip(self.scales, self.necks)):
+            x = neck(scale(features))
+            h, w = x.shape[-2:]
+            stride_y, stride_x = H / h, W / w
+            stride = (stride_x + stride_y) / 2
+            c, r = self.class_tower(x), self.box_tower(x)
+            logits.append(self.classify(c).flatten(2).transpose(1, 2))
+            raw = (self.level_scale[level] * self.regress(r).float()).clamp(max=10.0)  # fp32 under autocast
+            ltrb.append((raw.exp() * stride).flatten(2).transpose(1, 2))
+            centerness.append(self.center(r).flatten(2).squeeze(1))
+            ys = (torch.arange(h, device=x.device, dtype=torch.float32) + 0.5) * stride_y
+            xs = (torch.arange(w, device=x.device, dtype=torch.float32) + 0.5) * stride_x
+            grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+            points.append(torch.stack([grid_x.flatten(), grid_y.flatten()], dim=1))
+            strides.append(torch.full((h * w,), stride, device=x.device))
+            high = math.inf if level == len(self.scales) - 1 else SIZE_RANGE * stride
+            limits.append(torch.tensor([[low, high]], device=x.device).expand(h * w, 2))
+            low = high
+        return {"logits": torch.cat(logits, 1), "ltrb": torch.cat(ltrb, 1), "centerness": torch.cat(centerness, 1),
+                "points": torch.cat(points), "strides": torch.cat(strides), "limits": torch.cat(limits)}
+
+
+def _ltrb_to_boxes(points: torch.Tensor, ltrb: torch.Tensor) -> torch.Tensor:
+    """points (..., 2), ltrb (..., 4) pixels -> boxes (..., 4) x0, y0, x1, y1 pixels."""
+    return torch.cat([points - ltrb[..., :2], points + ltrb[..., 2:]], dim=-1)
+
+
+def box_area(boxes: torch.Tensor) -> torch.Tensor:
+    """(..., 4) x0, y0, x1, y1 -> (...) area in square pixels (0 for empty boxes)."""
+    return (boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a (N, 4), b (M, 4) -> (N, M) intersection over union."""
+    width = (torch.minimum(a[:, None, 2], b[:, 2]) - torch.maximum(a[:, None, 0], b[:, 0])).clamp_(min=0)
+    height = (torch.minimum(a[:, None, 3], b[:, 3]) - torch.maximum(a[:, None, 1], b[:, 1])).clamp_(min=0)
+    inter = width.mul_(height)
+    union = (box_area(a)[:, None] + box_area(b)) - inter
+    return inter.div_(union.clamp_(min=1e-9))
+
+
+def generalized_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Element-wise GIoU of paired boxes a, b (N, 4) -> (N,) in [-1, 1]."""
+    inter = (torch.minimum(a[:, 2:], b[:, 2:]) - torch.maximum(a[:, :2], b[:, :2])).clamp(min=0).prod(-1)
+    union = box_area(a) + box_area(b) - inter
+    hull = (torch.maximum(a[:, 2:], b[:, 2:]) - torch.minimum(a[:, :2], b[:, :2])).clamp(min=0).prod(-1)
+    iou = inter / union.clamp(min=1e-9)
+    return iou - (hull - union) / hull.clamp(min=1e-9)
+
+
+def assign_targets(points: torch.Tensor, strides: torch.Tensor, limits: torch.Tensor, boxes: torch.Tensor,
+                   classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """FCOS assignment for one image. points (L, 2), strides (L,), limits (L, 2) from the head; boxes (N, 4)
+    pixels, classes (N,) ids >= 1. A location is positive for a box when it lies inside the box, within
+    CENTER_RADIUS strides of its centre, and its level's size range holds the box's max(l, t, r, b) there;
+    ties go to the smallest box.
+    -> (class id per location (L,) int64, 0 = background; ltrb target (L, 4) pixels, valid where id > 0)."""
+    L = points.shape[0]
+    if boxes.numel() == 0:
+        return torch.zeros(L, dtype=torch.long, device=points.device), points.new_zeros(L, 4)
+    px, py = points[:, 0:1], points[:, 1:2]
+    ltrb = torch.stack([px - boxes[:, 0], py - boxes[:, 1], boxes[:, 2] - px, boxes[:, 3] - py], dim=-1)  # (L,N,4)
+    centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+    radius = CENTER_RADIUS * strides[:, None]
+    near_centre = ((px - centre[:, 0]).abs() < radius) & ((py - centre[:, 1]).abs() < radius)
+    reach = ltrb.amax(-1)
+    valid = (ltrb.amin(-1) > 0) & near_centre & (reach > limits[:, :1]) & (reach <= limits[:, 1:])
+    area = box_area(boxes)[None, :].expand(L, -1).masked_fill(~valid, math.inf)
+    smallest, match = area.min(dim=1)
+    target_class = torch.where(torch.isfinite(smallest), classes[match], torch.zeros_like(match))
+    return target_class, ltrb[torch.arange(L, device=points.device), match]
+
+
+def _centerness(ltrb: torch.Tensor) -> torch.Tensor:
+    """(N, 4) positive distances -> (N,) sqrt(min(l,r)/max(l,r) * min(t,b)/max(t,b)) in [0, 1]."""
+    lr, tb = ltrb[:, [0, 2]], ltrb[:, [1, 3]]
+    ratio = (lr.amin(-1) / lr.amax(-1).clamp(min=1e-9)) * (tb.amin(-1) / tb.amax(-1).clamp(min=1e-9))
+    return ratio.clamp(min=0).sqrt()
+
+
+def detection_loss(outputs: dict[str, torch.Tensor], boxes: list[torch.Tensor], classes: list[torch.Tensor],
+                   image_size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """FCOS loss over a batch. outputs: DetectionHead's; boxes: per image (N_i, 4) x0, y0, x1, y1 pixels;
+    classes: per image (N_i,) int64 ids >= 1 (boxes of class 0 are ignored); image_size (H, W) pixels,
+    the size `outputs` were made for (their locations already carry it, so it is not read again).
+    -> {"total", "classification" (sigmoid focal loss summed over locations and classes, per positive),
+        "box" (1 - GIoU, centerness-weighted over positives), "centerness" (BCE over positives)}.
+    Images without boxes contribute background only."""
+    logits, ltrb, centerness = outputs["logits"].float(), outputs["ltrb"].float(), outputs["centerness"].float()
+    points, strides, limits = outputs["points"], outputs["strides"], outputs["limits"]
+    target_class, target_ltrb = [], []
+    for b, c in zip(boxes, classes):
+        b, c = b.to(points.device, torch.float32), c.to(points.device)
+        keep = c > 0
+        t_class, t_ltrb = assign_targets(points, strides, limits, b[keep], c[keep])
+        target_class.append(t_class)
+        target_ltrb.append(t_ltrb)
+    target_class, target_ltrb = torch.stack(target_class), torch.stack(target_ltrb)  # (B, L), (B, L, 4)
+    positive = target_class > 0
+    count = positive.sum().clamp(min=1).float()
+
+    one_hot = F.one_hot(target_class, logits.shape[-1] + 1)[..., 1:].to(logits.dtype)
+    classification = _focal_loss(logits, one_hot).sum() / count
+
+    if positive.any():
+        target_ltrb = target_ltrb[positive]
+        target_center = _centerness(target_ltrb)
+        location = points[None].expand(positive.shape[0], -1, -1)[positive]
+        giou = generalized_iou(_ltrb_to_boxes(location, ltrb[positive]), _ltrb_to_boxes(location, target_ltrb))
+        box = ((1 - giou) * target_center).sum() / target_center.sum().clamp(min=1e-6)
+        center = F.binary_cross_entropy_with_logits(centerness[positive], target_center)
+    else:  # zero, but still attached to the graph so every parameter gets a (zero) gradient
+        box, center = ltrb.sum() * 0, centerness.sum() * 0
+    return {"total": classification + box + center, "classification": classification, "box": box,
+            "centerness": center}
+
+
+def _focal_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Element-wise sigmoid focal loss (Lin et al. 2017), same shape as logits."""
+    p = logits.sigmoid()
+    ce = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    alpha_t = FOCAL_ALPHA * targets + (1 - FOCAL_ALPHA) * (1 - targets)
+    return alpha_t * ce * (1 - p_t) ** FOCAL_GAMMA
+
+
+@torch.no_grad()
+def decode(outputs: dict[str, torch.Tensor], image_size: tuple[int, int], score_threshold: float = 0.05,
+           iou_threshold: float = 0.6, max_detections: int = 100) -> list[dict[str, torch.Tensor]]:
+    """Raw head outputs -> one dict per image: boxes (K, 4) float x0, y0, x1, y1 pixels clipped to the image,
+    scores (K,) in [0, 1] = sqrt(class probability x centerness), classes (K,) int64 ids >= 1; sorted by
+    score, after class-aware NMS, K <= max_detections. Every (location, class) pair scoring at least
+    score_threshold is a candidate (at most PRE_NMS per image, the best)."""
+    H, W = image_size
+    scores = (outputs["logits"].float().sigmoid() * outputs["centerness"].float().sigmoid()[..., None]).sqrt()
+    boxes = _ltrb_to_boxes(outputs["points"][None], outputs["ltrb"].float())  # (B, L, 4); scores (B, L, C-1)
+    boxes = torch.stack([boxes[..., 0].clamp(0, W), boxes[..., 1].clamp(0, H),
+                         boxes[..., 2].clamp(0, W), boxes[..., 3].clamp(0, H)], dim=-1)
+    results = []
+    for image_scores, image_boxes in zip(scores, boxes):
+        flat = image_scores.flatten()
+        candidates = torch.nonzero(flat >= score_threshold).squeeze(1)
+        if candidates.numel() > PRE_NMS:
+            candidates = candidates[flat[candidates].topk(PRE_NMS).indices]
+        location, channel = candidates // image_scores.shape[1], candidates % image_scores.shape[1]
+        box, score, cls = image_boxes[location], flat[candidates], channel + 1
+        keep = batched_nms(box, score, cls, iou_threshold)[:max_detections]
+        results.append({"boxes": box[keep], "scores": score[keep], "classes": cls[keep].long()})
+    return results
+
+
+def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor,
+                iou_threshold: float) -> torch.Tensor:
+    """Class-aware greedy non-maximum suppression. boxes (N, 4) x0, y0, x1, y1 pixels, scores (N,),
+    classes (N,) int. A box is dropped when its IoU with a higher-scoring kept box of the same class is
+    above iou_threshold. -> (K,) int64 indices into the inputs of the kept boxes, by descending score.
+
+    Boxes of different classes are shifted apart by class x (extent + 1) so they never overlap; one IoU
+    matrix is then computed, and the greedy pass runs over its thresholded rows in numpy."""
+    if boxes.numel() == 0:
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    order = scores.argsort(descending=True)
+    boxes = boxes.float()
+    offset = classes.to(boxes.device).float()[:, None] * (boxes.max() - boxes.min() + 1)
+    shifted = (boxes + offset)[order]
+    overlaps = (box_iou(shifted, shifted) > iou_threshold).cpu().numpy()
+    keep = np.ones(len(order), dtype=bool)
+    for i in range(len(order)):
+        if keep[i]:
+            keep[i + 1:] &= ~overlaps[i, i + 1:]
+    return order[torch.from_numpy(keep).to(order.device)]
