@@ -158,6 +158,14 @@ def _export_onnx(graph: nn.Module, example: tuple, path: Path, input_names: list
     onnx_program.save(str(path))
 
 
+def _max_difference(expected: np.ndarray, actual: np.ndarray) -> float:
+    """Largest absolute difference; equal values (infinities included) differ by 0, a NaN on one side
+    only by infinity."""
+    with np.errstate(invalid="ignore"):
+        difference = np.where(expected == actual, 0.0, np.abs(expected.astype(np.float64) - actual))
+    return float(np.nan_to_num(difference, nan=np.inf).max()) if difference.size else 0.0
+
+
 def export(module: TransferModule, image_size: int, frames: list[torch.Tensor], out: Path) -> dict:
     """Write dense/caption graphs (.pt2 and .onnx) to `out` iff ONNX Runtime matches PyTorch within
     TOLERANCE on every frame (each (3, S, S) in [0, 1]) and every output; returns the differences.
@@ -175,7 +183,7 @@ def export(module: TransferModule, image_size: int, frames: list[torch.Tensor], 
             expected = dense(frame[None].float())
             actual = session.run(None, {"rgb": frame[None].float().numpy()})
             for name, e, a in zip(dense_names(module), expected, actual):
-                differences[name] = max(differences.get(name, 0.0), float(np.abs(e.numpy() - a).max()))
+                differences[name] = max(differences.get(name, 0.0), _max_difference(e.numpy(), a))
             if "caption" in module.heads:
                 memories.append(expected[1])
         if "caption" in module.heads:
@@ -192,7 +200,7 @@ def export(module: TransferModule, image_size: int, frames: list[torch.Tensor], 
                 expected = step(memory, tokens).numpy()
                 actual = caption_session.run(None, {"memory": memory.numpy(), "tokens": tokens.numpy()})[0]
                 differences["caption_logits"] = max(differences.get("caption_logits", 0.0),
-                                                    float(np.abs(expected - actual).max()))
+                                                    _max_difference(expected, actual))
         worst = max(differences, key=differences.get)
         if differences[worst] > TOLERANCE:
             raise TSTError(f"export: ONNX Runtime differs from PyTorch on '{worst}' by {differences[worst]:.2e} "

@@ -44,16 +44,18 @@ def task_names(value) -> list[str]:
 
 
 def build_tasks(names: list[str], taxonomy: Taxonomy, settings: dict, vocabulary=None) -> list[Task]:
+    """The Task objects of `names`; settings: the transfer config (head widths, thresholds, beam)."""
+    width = int(settings.get("head_width", 64))
     tasks: list[Task] = []
     for name in names:
         if name == "seg":
-            tasks.append(SegmentationTask(taxonomy))
+            tasks.append(SegmentationTask(taxonomy, width))
         elif name == "det":
             tasks.append(DetectionTask(taxonomy, float(settings["det_score_threshold"]),
-                                       float(settings["det_iou_threshold"])))
+                                       float(settings["det_iou_threshold"]), width))
         else:
             tasks.append(CaptionTask(vocabulary, int(settings["beam"]), int(settings["max_caption_words"]) + 2,
-                                     bool(settings["meteor"])))
+                                     bool(settings["meteor"]), int(settings.get("caption_width", 128))))
     return tasks
 
 

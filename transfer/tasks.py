@@ -62,11 +62,11 @@ class SegmentationTask(Task):
 
     name, modalities, headline = "seg", ("semantic",), "seg_miou"
 
-    def __init__(self, taxonomy: Taxonomy):
-        self.taxonomy = taxonomy
+    def __init__(self, taxonomy: Taxonomy, width: int = 64):
+        self.taxonomy, self.width = taxonomy, width
 
     def build_head(self, dim: int) -> nn.Module:
-        return SegmentationHead(dim, len(self.taxonomy))
+        return SegmentationHead(dim, len(self.taxonomy), self.width)
 
     def loss(self, head, features, batch):
         return F.cross_entropy(head(features, batch["rgb"].shape[-2:]), batch["semantic"], ignore_index=0)
@@ -103,13 +103,15 @@ class DetectionTask(Task):
 
     name, modalities, headline = "det", ("boxes",), "det_map"
 
-    def __init__(self, taxonomy: Taxonomy, score_threshold: float = 0.05, iou_threshold: float = 0.6):
+    def __init__(self, taxonomy: Taxonomy, score_threshold: float = 0.05, iou_threshold: float = 0.6,
+                 width: int = 64):
         self.taxonomy, self.score_threshold, self.iou_threshold = taxonomy, score_threshold, iou_threshold
+        self.width = width
 
     def build_head(self, dim: int) -> nn.Module:
         from tst.transfer.detection import DetectionHead
 
-        return DetectionHead(dim, len(self.taxonomy))
+        return DetectionHead(dim, len(self.taxonomy), self.width)
 
     def loss(self, head, features, batch):
         from tst.transfer.detection import detection_loss
@@ -157,13 +159,14 @@ class CaptionTask(Task):
 
     name, modalities, headline = "caption", ("caption",), "caption_cider_d"
 
-    def __init__(self, vocabulary, beam: int = 1, max_length: int = 40, meteor: bool = False):
+    def __init__(self, vocabulary, beam: int = 1, max_length: int = 40, meteor: bool = False, width: int = 128):
         self.vocabulary, self.beam, self.max_length, self.meteor = vocabulary, beam, max_length, meteor
+        self.width = width
 
     def build_head(self, dim: int) -> nn.Module:
         from tst.transfer.captioning import CaptionDecoder
 
-        return CaptionDecoder(dim, len(self.vocabulary), max_length=self.max_length)
+        return CaptionDecoder(dim, len(self.vocabulary), width=self.width, max_length=self.max_length)
 
     def loss(self, head, features, batch):
         from tst.transfer.captioning import caption_loss
