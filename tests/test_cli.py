@@ -154,8 +154,9 @@ def test_label_map_with_unknown_class_from_the_cli(tmp_path, workspace, capsys):
     assert not (tmp_path / "ws").exists()
 
 
-def test_console_script_is_installed():
-    result = subprocess.run([sys.executable, "-m", "tst.cli", "deploy"], capture_output=True, text=True)
-    assert result.returncode != 0 and "not built yet" in result.stderr
+def test_console_script_is_installed(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "tst.cli", "deploy", f"workspace_dir={tmp_path}"],
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "no transfer run with the heads" in result.stderr
     result = subprocess.run(["tst", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "spaces" in result.stdout
