@@ -23,7 +23,7 @@ from tst.workspace import staged_directory
 
 from tst.transfer.module import TransferModule
 
-DET_KEYS = ("logits", "ltrb", "centerness", "points", "strides", "limits")
+DET_KEYS = ("logits", "log_ltrb", "centerness", "points", "strides", "limits")
 TOLERANCE = 1e-4  # max abs difference allowed between ONNX Runtime and PyTorch outputs
 
 

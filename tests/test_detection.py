@@ -121,7 +121,7 @@ def test_head_shapes_and_loss_with_empty_images():
     head = DetectionHead(dim=16, classes=4, width=16)
     outputs = head(torch.randn(2, 16, 6, 8), (48, 64))  # non-square: 24x32, 12x16, 6x8, 3x4 locations
     L = 24 * 32 + 12 * 16 + 6 * 8 + 3 * 4
-    assert outputs["logits"].shape == (2, L, 3) and outputs["ltrb"].shape == (2, L, 4)
+    assert outputs["logits"].shape == (2, L, 3) and outputs["log_ltrb"].shape == (2, L, 4)
     assert outputs["centerness"].shape == (2, L) and outputs["points"].shape == (L, 2)
     boxes = [torch.tensor([[4., 4., 20., 30.]]), torch.zeros(0, 4)]
     losses = detection_loss(outputs, boxes, [torch.tensor([3]), torch.zeros(0, dtype=torch.long)], (48, 64))

@@ -44,7 +44,9 @@ class DetectionHead(nn.Module):
 
     forward(features (B, dim, h, w), image_size (H, W) pixels) -> dict of raw outputs:
       logits      (B, L, classes - 1) class logits (channel k = class id k + 1)
-      ltrb        (B, L, 4) distances in pixels from the location to the box's left, top, right, bottom edges
+      log_ltrb    (B, L, 4) log(distance / stride) from the location to the box's left, top, right, bottom
+                  edges (`pixel_ltrb` turns it into pixels; the exp stays outside the head so exported
+                  graphs compare at the network's own scale)
       centerness  (B, L) centerness logits
       points      (L, 2) the locations' (x, y) in pixels (cell centres)
       strides     (L,) the locations' level stride in pixels
@@ -75,7 +77,7 @@ class DetectionHead(nn.Module):
 
     def forward(self, features: torch.Tensor, image_size: tuple[int, int]) -> dict[str, torch.Tensor]:
         H, W = image_size
-        logits, ltrb, centerness, points, strides, limits = [], [], [], [], [], []
+        logits, log_ltrb, centerness, points, strides, limits = [], [], [], [], [], []
         low = 0.0  # the levels tile the box sizes: each starts where the one before ended
         for level, (scale, neck) in enumerate(zip(self.scales, self.necks)):
             x = neck(scale(features))
@@ -85,7 +87,7 @@ class DetectionHead(nn.Module):
             c, r = self.class_tower(x), self.box_tower(x)
             logits.append(self.classify(c).flatten(2).transpose(1, 2))
             raw = (self.level_scale[level] * self.regress(r).float()).clamp(max=10.0)  # fp32 under autocast
-            ltrb.append((raw.exp() * stride).flatten(2).transpose(1, 2))
+            log_ltrb.append(raw.flatten(2).transpose(1, 2))
             centerness.append(self.center(r).flatten(2).squeeze(1))
             ys = (torch.arange(h, device=x.device, dtype=torch.float32) + 0.5) * stride_y
             xs = (torch.arange(w, device=x.device, dtype=torch.float32) + 0.5) * stride_x
@@ -95,8 +97,14 @@ class DetectionHead(nn.Module):
             high = math.inf if level == len(self.scales) - 1 else SIZE_RANGE * stride
             limits.append(torch.tensor([[low, high]], device=x.device).expand(h * w, 2))
             low = high
-        return {"logits": torch.cat(logits, 1), "ltrb": torch.cat(ltrb, 1), "centerness": torch.cat(centerness, 1),
+        return {"logits": torch.cat(logits, 1), "log_ltrb": torch.cat(log_ltrb, 1),
+                "centerness": torch.cat(centerness, 1),
                 "points": torch.cat(points), "strides": torch.cat(strides), "limits": torch.cat(limits)}
+
+
+def pixel_ltrb(outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The head's log distances -> (B, L, 4) fp32 distances in pixels: exp(log_ltrb) x the level stride."""
+    return outputs["log_ltrb"].float().exp() * outputs["strides"][None, :, None]
 
 
 def _ltrb_to_boxes(points: torch.Tensor, ltrb: torch.Tensor) -> torch.Tensor:
@@ -165,7 +173,7 @@ def detection_loss(outputs: dict[str, torch.Tensor], boxes: list[torch.Tensor], 
     -> {"total", "classification" (sigmoid focal loss summed over locations and classes, per positive),
         "box" (1 - GIoU, centerness-weighted over positives), "centerness" (BCE over positives)}.
     Images without boxes contribute background only."""
-    logits, ltrb, centerness = outputs["logits"].float(), outputs["ltrb"].float(), outputs["centerness"].float()
+    logits, ltrb, centerness = outputs["logits"].float(), pixel_ltrb(outputs), outputs["centerness"].float()
     points, strides, limits = outputs["points"], outputs["strides"], outputs["limits"]
     target_class, target_ltrb = [], []
     for b, c in zip(boxes, classes):
@@ -212,7 +220,7 @@ def decode(outputs: dict[str, torch.Tensor], image_size: tuple[int, int], score_
     score_threshold is a candidate (at most PRE_NMS per image, the best)."""
     H, W = image_size
     scores = (outputs["logits"].float().sigmoid() * outputs["centerness"].float().sigmoid()[..., None]).sqrt()
-    boxes = _ltrb_to_boxes(outputs["points"][None], outputs["ltrb"].float())  # (B, L, 4); scores (B, L, C-1)
+    boxes = _ltrb_to_boxes(outputs["points"][None], pixel_ltrb(outputs))  # (B, L, 4); scores (B, L, C-1)
     boxes = torch.stack([boxes[..., 0].clamp(0, W), boxes[..., 1].clamp(0, H),
                          boxes[..., 2].clamp(0, W), boxes[..., 3].clamp(0, H)], dim=-1)
     results = []
