@@ -40,12 +40,22 @@ def _mesh(cfg: DictConfig) -> TestSpace:
     return space
 
 
+def _lazy(module: str) -> Callable[[DictConfig], TestSpace]:
+    """`tst.envs.<module>.build`, imported when the space is built."""
+
+    def build(cfg: DictConfig) -> TestSpace:
+        return importlib.import_module(f"tst.envs.{module}").build(cfg)
+
+    return build
+
+
 @dataclass(frozen=True)
 class Backend:
     name: str
     description: str
     requires: tuple[str, ...]  # importable modules it needs
     build: Callable[[DictConfig], TestSpace]
+    install: str = ""  # how to get what it needs, when it is missing
 
     def installed(self) -> bool:
         return all(importlib.util.find_spec(module) is not None for module in self.requires)
@@ -56,6 +66,16 @@ BACKENDS: dict[str, Backend] = {
                           ("open3d", "scipy"), _procedural),
     "mesh": Backend("mesh", "any labeled glTF/GLB, PLY or OBJ scene (space.path=..., space.labels=...)",
                     ("open3d", "trimesh"), _mesh),
+    "scannetpp": Backend("scannetpp", "a ScanNet++ scene (space.root=<release> space.scene=<id>)",
+                         ("open3d", "trimesh"), _lazy("scannetpp")),
+    "replica": Backend("replica", "a Replica scene (space.root=<Replica> space.scene=room_0)",
+                       ("open3d",), _lazy("replica")),
+    "habitat": Backend("habitat", "habitat-sim: any scene it loads (space.scene=<.glb or dataset config>)",
+                       ("habitat_sim",), _lazy("habitat"),
+                       "habitat-sim is a conda package: conda install habitat-sim -c conda-forge -c aihabitat"),
+    "thor": Backend("thor", "AI2-THOR / ProcTHOR (space.scene=FloorPlan201 or space.house=<house.json>)",
+                    ("ai2thor",), _lazy("thor"),
+                    "pip install -e '.[thor]'; it downloads a Unity build on first use and needs Vulkan or an X server"),
 }
 
 
@@ -67,5 +87,6 @@ def make_space(cfg: DictConfig) -> TestSpace:
     backend = BACKENDS[name]
     if not backend.installed():
         missing = [m for m in backend.requires if importlib.util.find_spec(m) is None]
-        raise TSTError(f"space backend '{name}' needs {', '.join(missing)}, which is not installed here")
+        hint = f"; {backend.install}" if backend.install else ""
+        raise TSTError(f"space backend '{name}' needs {', '.join(missing)}, which is not installed here{hint}")
     return backend.build(cfg)

@@ -27,7 +27,7 @@ def test_overview_lists_every_subcommand(capsys):
 def test_help_lists_config_groups_and_keys(capsys):
     code, out, _ = run(["spaces", "--help"], capsys)
     assert code == 0
-    assert "space: mesh, procedural" in out
+    assert "space: habitat, mesh, procedural, replica, scannetpp, thor" in out
     for key in ("views:", "size:", "workspace_dir:", "seed:", "max_edge:"):
         assert key in out
     code, out, _ = run(["bench", "render", "--help"], capsys)
@@ -105,7 +105,7 @@ def test_bench_render_prints_json(tmp_path, workspace, capsys):
 
 
 BAD_INPUTS = [
-    (["spaces", "render", "space=nowhere"], "unknown space 'nowhere': expected one of mesh, procedural"),
+    (["spaces", "render", "space=nowhere"], "unknown space 'nowhere': expected one of habitat, mesh, procedural, replica, scannetpp, thor"),
     (["spaces", "render", "space.backend=habitatx"], "unknown space backend 'habitatx'"),
     (["spaces", "render", "space.seed=abc"], "space.seed: expected an integer, got 'abc'"),
     (["spaces", "render", "space.seed=2.5"], "space.seed: expected an integer, got 2.5"),

@@ -17,7 +17,7 @@ def test_config_load_resolves_overrides_like_the_cli():
     cfg = config.load("spaces", ["space=procedural", "space.seed=7", "views=2"])
     assert cfg.space.backend == "procedural" and cfg.space.seed == 7 and cfg.views == 2
     assert cfg.workspace_dir == "./tst-runs" and cfg.tracking.enabled is True
-    assert config.groups()["space"] == ["mesh", "procedural"]
+    assert config.groups()["space"] == ["habitat", "mesh", "procedural", "replica", "scannetpp", "thor"]
     assert (config.config_root() / "space" / "procedural.yaml").is_file()
 
 
