@@ -31,14 +31,41 @@ class PlannedFrame:
     camera: Camera
     path_id: int
     step: int
+    source: str | None = None  # the space's own camera (scene_cameras name) this frame is, if any
 
     def to_dict(self) -> dict:
         return {"key": self.key, "split": self.split, "space": self.space, "camera": self.camera.to_dict(),
-                "path_id": self.path_id, "step": self.step}
+                "path_id": self.path_id, "step": self.step, "source": self.source}
 
     @classmethod
     def from_dict(cls, d: dict) -> PlannedFrame:
-        return cls(d["key"], d["split"], d["space"], Camera.from_dict(d["camera"]), d["path_id"], d["step"])
+        return cls(d["key"], d["split"], d["space"], Camera.from_dict(d["camera"]), d["path_id"], d["step"],
+                   d.get("source"))
+
+
+def square_crop(width: int, height: int) -> tuple[int, int, int]:
+    """(x0, y0, side) of the centred square crop of a width x height image."""
+    side = min(width, height)
+    return (width - side) // 2, (height - side) // 2, side
+
+
+def square_camera(camera: Camera, size: int) -> Camera:
+    """`camera` centre-cropped to a square and scaled to size x size pixels (pixel centres at i + 0.5)."""
+    x0, y0, side = square_crop(camera.width, camera.height)
+    scale = size / side
+    K = camera.K.copy()
+    K[0, 0], K[1, 1] = K[0, 0] * scale, K[1, 1] * scale
+    K[0, 2], K[1, 2] = (K[0, 2] - x0) * scale, (K[1, 2] - y0) * scale
+    return Camera(K, size, size, camera.world_from_camera)
+
+
+def square_image(image: np.ndarray, size: int) -> np.ndarray:
+    """`image` centre-cropped to a square and resized (area averaging) to size x size, as `square_camera`."""
+    import cv2
+
+    x0, y0, side = square_crop(image.shape[1], image.shape[0])
+    crop = np.ascontiguousarray(image[y0:y0 + side, x0:x0 + side])
+    return crop if side == size else cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA)
 
 
 @dataclass
@@ -108,20 +135,50 @@ def _split_frames(space: TestSpace, space_index: int, split: str, n: int, cfg: D
     return frames
 
 
+def _scene_frames(space: TestSpace, counts: dict[str, int], cfg: DictConfig,
+                  rng) -> dict[str, list[tuple[Camera, int, int, int, str]]]:
+    """Eval and pretrain frames from the test space's own cameras: `frames.eval` of them picked at random,
+    then up to `frames.pretrain` of the rest that are at least `eval_min_distance` from every eval camera."""
+    cameras = space.scene_cameras()
+    if not cameras:
+        raise TSTError(f"collect.poses=scene: space {space.name} has no cameras of its own; "
+                       "use collect.poses=sampled")
+    indices = np.arange(len(cameras))
+    n_eval = min(counts["eval"], len(cameras))
+    eval_indices = np.sort(rng("eval").choice(indices, n_eval, replace=False)) if n_eval else indices[:0]
+    rest = np.setdiff1d(indices, eval_indices)
+    if n_eval and len(rest):
+        eval_positions = np.array([cameras[i][1].position for i in eval_indices])
+        positions = np.array([cameras[i][1].position for i in rest])
+        rest = rest[cKDTree(eval_positions).query(positions)[0] >= float(cfg.eval_min_distance)]
+    n_pretrain = min(counts["pretrain"], len(rest))
+    pretrain_indices = np.sort(rng("pretrain").choice(rest, n_pretrain, replace=False)) if n_pretrain else rest[:0]
+    return {split: [(square_camera(cameras[i][1], int(cfg.size)), 0, VIEW_PATH, 0, cameras[i][0]) for i in chosen]
+            for split, chosen in (("eval", eval_indices), ("pretrain", pretrain_indices))}
+
+
 def make_plan(cfg: DictConfig, test_space_cfg: dict, test_space: TestSpace, transfer_space_cfgs: list[dict],
               build_space) -> Plan:
     """Plan eval first, then pretrain at least `eval_min_distance` from every eval camera, then the
-    transfer split spread evenly over the transfer spaces. cfg: the `collect` config node;
-    `build_space(space cfg dict) -> TestSpace`."""
+    transfer split spread evenly over the transfer spaces. With `poses: scene` the eval and pretrain cameras
+    are the test space's own (`scene_cameras`), squared to `size`; transfer is sampled as always.
+    cfg: the `collect` config node; `build_space(space cfg dict) -> TestSpace`."""
     counts = frame_counts(cfg)
     spaces = [test_space_cfg] + transfer_space_cfgs
     names = [test_space.name]
     planned: dict[str, list] = {}
     rng = lambda split, index=0: np.random.default_rng([int(cfg.seed), SPLITS.index(split), index])  # noqa: E731
-    planned["eval"] = _split_frames(test_space, 0, "eval", counts["eval"], cfg, rng("eval"), None, 0)
+    poses = str(cfg.get("poses", "sampled"))
+    if poses == "scene":
+        planned.update(_scene_frames(test_space, counts, cfg, rng))
+    elif poses == "sampled":
+        planned["eval"] = _split_frames(test_space, 0, "eval", counts["eval"], cfg, rng("eval"), None, 0)
+        eval_positions = np.array([c.position for c, *_ in planned["eval"]]) if planned["eval"] else None
+        planned["pretrain"] = _split_frames(test_space, 0, "pretrain", counts["pretrain"], cfg, rng("pretrain"),
+                                            eval_positions, 10_000)
+    else:
+        raise TSTError(f"collect.poses: expected 'sampled' or 'scene', got {poses!r}")
     eval_positions = np.array([c.position for c, *_ in planned["eval"]]) if planned["eval"] else None
-    planned["pretrain"] = _split_frames(test_space, 0, "pretrain", counts["pretrain"], cfg, rng("pretrain"),
-                                        eval_positions, 10_000)
     planned["transfer"] = []
     if counts["transfer"]:
         if not transfer_space_cfgs:
@@ -136,6 +193,7 @@ def make_plan(cfg: DictConfig, test_space_cfg: dict, test_space: TestSpace, tran
     if planned["eval"] and planned["pretrain"]:
         pretrain_positions = np.array([c.position for c, *_ in planned["pretrain"]])
         minimum = float(cKDTree(pretrain_positions).query(eval_positions)[0].min())
-    frames = {split: [PlannedFrame(f"{split}_{i:07d}", split, s, c, p, t) for i, (c, s, p, t) in enumerate(items)]
+    frames = {split: [PlannedFrame(f"{split}_{i:07d}", split, s, c, p, t, *source)
+                      for i, (c, s, p, t, *source) in enumerate(items)]
               for split, items in planned.items()}
     return Plan(spaces, names, frames, minimum)

@@ -58,6 +58,9 @@ def _transfer_space_configs(cfg: DictConfig, test_space_cfg: dict) -> list[dict]
 def _identity(cfg: DictConfig) -> str:
     """What determines the dataset's content: the space and every collect key but the runtime ones."""
     collect = {k: v for k, v in OmegaConf.to_container(cfg.collect, resolve=True).items() if k not in RUNTIME_KEYS}
+    for key, default in (("poses", "sampled"), ("real_rgb", True)):  # keys added later: at their defaults they
+        if collect.get(key) == default:                              # keep older datasets' identity
+            collect.pop(key)
     space = {k: v for k, v in OmegaConf.to_container(cfg.space, resolve=True).items() if k != "nthreads"}
     return hashlib.sha256(json.dumps({"space": space, "collect": collect}, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -77,6 +80,10 @@ def _validate(cfg: DictConfig) -> None:
             raise TSTError(f"collect.{key}: expected a positive integer, got {c[key]!r}")
     if isinstance(c.workers, bool) or not isinstance(c.workers, int) or c.workers < 0:
         raise TSTError(f"collect.workers: expected 0 (one per core) or a positive integer, got {c.workers!r}")
+    if c.get("poses", "sampled") not in ("sampled", "scene"):
+        raise TSTError(f"collect.poses: expected 'sampled' or 'scene', got {c.poses!r}")
+    if not isinstance(c.get("real_rgb", True), bool):
+        raise TSTError(f"collect.real_rgb: expected true or false, got {c.real_rgb!r}")
     frame_counts(c)
 
 
@@ -106,8 +113,8 @@ def _load_or_make_plan(cfg: DictConfig, out: Path, space, test_space_cfg: dict) 
         for entry in [out / PLAN, out / "manifest.json", *[out / s for s in SPLITS]]:
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink(missing_ok=True)
     console.print(f"planning cameras for {space.name} ...")
-    plan = make_plan(cfg.collect, test_space_cfg, space, _transfer_space_configs(cfg, test_space_cfg),
-                     lambda c: make_space(OmegaConf.create(c)))
+    transfer = _transfer_space_configs(cfg, test_space_cfg) if frame_counts(cfg.collect)["transfer"] else []
+    plan = make_plan(cfg.collect, test_space_cfg, space, transfer, lambda c: make_space(OmegaConf.create(c)))
     atomic_write_json(path, {"identity": identity, "plan": plan.to_dict()})
     return plan
 
@@ -178,7 +185,7 @@ def _png_bytes(image) -> bytes:
 def worker_settings(collect: DictConfig, plan: Plan, out: Path, render_threads: int) -> Settings:
     return Settings(str(out), plan.spaces, list(collect.modalities), collect.rgb_format,
                     (float(collect.edges.low), float(collect.edges.high)), int(collect.min_box_pixels),
-                    int(collect.seed), render_threads)
+                    int(collect.seed), render_threads, bool(collect.get("real_rgb", True)))
 
 
 def dataset_outputs(out: Path, plan: Plan, units: list[Unit], settings: Settings, space) -> dict:

@@ -22,7 +22,7 @@ from tst.modalities import RENDERED
 from tst.collect.captions import make_caption, visible_objects
 from tst.collect.codecs import codecs
 from tst.collect.derive import canny_edges, instance_boxes
-from tst.collect.plan import PlannedFrame
+from tst.collect.plan import PlannedFrame, square_image
 
 _SPACES: dict[str, TestSpace] = {}  # per-process cache: space config (JSON) -> built space
 
@@ -48,6 +48,7 @@ class Settings:
     min_box_pixels: int
     seed: int
     render_threads: int
+    real_rgb: bool = True  # use the space's real image of a scene camera as rgb when it has one
 
 
 def shard_path(out: str | Path, split: str, modality: str, shard: int, extension: str = "tar") -> Path:
@@ -87,6 +88,8 @@ def derive(frame: Frame, space: TestSpace, planned: PlannedFrame, settings: Sett
         m["caption"] = make_caption(objects, space.region_at(planned.camera.position), rng)
     m["camera"] = {**planned.camera.to_dict(), "space": space.name, "split": planned.split,
                    "path_id": planned.path_id, "step": planned.step}
+    if planned.source is not None:
+        m["camera"]["source"] = planned.source
     return m
 
 
@@ -107,6 +110,18 @@ def _write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
         raise TSTError(f"{path.parent}: cannot write shard ({error.strerror or error})") from None
 
 
+def _render_frame(space: TestSpace, planned: PlannedFrame, needed: tuple[str, ...], settings: Settings) -> Frame:
+    """Render the planned camera; for a scene camera with a real image (and `real_rgb`), that image,
+    squared like the camera, replaces the rendered rgb (depth, normals, labels stay rendered)."""
+    frame = space.render(planned.camera, needed)
+    if settings.real_rgb and planned.source is not None:
+        image = space.scene_image(planned.source)
+        if image is not None:
+            frame = Frame(frame.camera, {**frame.modalities, "rgb": square_image(image, planned.camera.width)},
+                          frame.meta)
+    return frame
+
+
 def render_unit(unit: Unit, settings: Settings) -> int:
     """Render, derive, encode and write one shard; returns the number of frames written."""
     coders = codecs(settings.rgb_format)
@@ -114,7 +129,7 @@ def render_unit(unit: Unit, settings: Settings) -> int:
     members: dict[str, list[tuple[str, bytes]]] = {m: [] for m in stored_modalities(settings.modalities)}
     for planned in unit.frames:
         space = _space(settings, planned.space)
-        values = derive(space.render(planned.camera, needed), space, planned, settings)
+        values = derive(_render_frame(space, planned, needed, settings), space, planned, settings)
         for modality, items in members.items():
             coder = coders[modality]
             items.append((f"{planned.key}.{coder.extension}", coder.encode(values[modality])))

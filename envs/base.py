@@ -48,6 +48,15 @@ class TestSpace(ABC):
         """The kind of room `point` (3,) is in ("kitchen", ...), when the space knows it."""
         return None
 
+    def scene_cameras(self) -> list[tuple[str, Camera]]:
+        """(name, Camera) of the space's own recorded cameras (e.g. a scan's DSLR poses); [] when it has none."""
+        return []
+
+    def scene_image(self, name: str) -> np.ndarray | None:
+        """The real (H, W, 3) uint8 RGB image of scene camera `name`, pinhole (undistorted) and matching that
+        camera's size and intrinsics, or None when the space has no such image."""
+        return None
+
     def instance_materials(self) -> dict[int, str]:
         """instance id -> the name of its dominant material, when the space knows it."""
         return {}

@@ -25,6 +25,7 @@ floor, ...) has instance 0.
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import zlib
 from collections import Counter
@@ -246,6 +247,11 @@ def colmap_cameras(colmap_dir: str | Path) -> list[tuple[str, Camera]]:
     line of 2D points (possibly empty). The Camera holds the pinhole part (fx, fy, cx, cy) of the model;
     distorted models (OPENCV_FISHEYE for raw DSLR images) need `undistort_image` for exact pixels.
     """
+    return [(name, camera) for name, camera, _ in _colmap_images(colmap_dir)]
+
+
+def _colmap_images(colmap_dir: str | Path) -> list[tuple[str, Camera, dict]]:
+    """(image name, Camera, its read_colmap_cameras entry) for every image of a COLMAP text model."""
     colmap_dir = Path(colmap_dir)
     intrinsics = read_colmap_cameras(colmap_dir / "cameras.txt")
     path = _require(colmap_dir / "images.txt", "COLMAP images")
@@ -268,7 +274,8 @@ def colmap_cameras(colmap_dir: str | Path) -> list[tuple[str, Camera]]:
             raise TSTError(f"{path}:{number}: camera {camera_id} is not in {colmap_dir / 'cameras.txt'}")
         number += 1  # the 2D points line that follows every image line
         camera = intrinsics[camera_id]
-        result.append((name, Camera(camera["K"], camera["width"], camera["height"], _pose_from_colmap(qvec, tvec))))
+        result.append((name, Camera(camera["K"], camera["width"], camera["height"], _pose_from_colmap(qvec, tvec)),
+                       camera))
     return result
 
 
@@ -297,6 +304,11 @@ def nerfstudio_cameras(path: str | Path, include_test: bool = True) -> list[tupl
     columns 1-2, swaps rows 0 and 1 and negates row 2. We undo that: world_from_camera =
     A^-1 @ T @ diag(1, -1, -1, 1), A = `applied_transform` when the file has it, else that permutation.
     """
+    return [(name, camera) for name, camera, _ in _nerfstudio_frames(path, include_test)]
+
+
+def _nerfstudio_frames(path: str | Path, include_test: bool = True) -> list[tuple[str, Camera, dict]]:
+    """(file_path, Camera, its nerfstudio_intrinsics) for the frames of a transforms.json."""
     path = Path(path)
     data = _read_json(path, "nerfstudio transforms")
     applied = np.eye(4)
@@ -313,7 +325,7 @@ def nerfstudio_cameras(path: str | Path, include_test: bool = True) -> list[tupl
         matrix[:3, :] = np.asarray(frame["transform_matrix"], float)[:3, :4]
         pose = world_from_ns @ matrix @ OPENGL_TO_OPENCV
         result.append((str(frame["file_path"]),
-                       Camera(intrinsics["K"], intrinsics["width"], intrinsics["height"], pose)))
+                       Camera(intrinsics["K"], intrinsics["width"], intrinsics["height"], pose), intrinsics))
     return result
 
 
@@ -408,6 +420,22 @@ def read_iphone_depth(path: str | Path, shape: tuple[int, int] = IPHONE_DEPTH_SH
 # --------------------------------------------------------------------------- DSLR images
 
 
+def pinhole_intrinsics(K: np.ndarray, model: str, distortion: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(3, 3) intrinsics of the pinhole copy `undistort_image` makes of a `model` image of that size."""
+    import cv2
+
+    K = np.asarray(K, np.float64)
+    if model in ("PINHOLE", "OPENCV"):
+        return K.copy()
+    if model == "OPENCV_FISHEYE":
+        new_K = cv2.fisheye.estimateNewCameraMatrixForUndistortRectify(
+            K, np.asarray(distortion, np.float64), (width, height), np.eye(3), balance=0.0)
+        new_K[0, 2], new_K[1, 2] = width / 2.0, height / 2.0
+        return new_K
+    raise TSTError(f"undistort_image: camera model {model} is not supported; expected PINHOLE, OPENCV or "
+                   "OPENCV_FISHEYE")
+
+
 def undistort_image(image: np.ndarray, K: np.ndarray, model: str,
                     distortion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """A pinhole copy of a distorted image and its intrinsics (same size).
@@ -422,18 +450,12 @@ def undistort_image(image: np.ndarray, K: np.ndarray, model: str,
     distortion = np.asarray(distortion, np.float64)
     if model == "PINHOLE":
         return image, K
+    new_K = pinhole_intrinsics(K, model, distortion, width, height)
     if model == "OPENCV_FISHEYE":
-        new_K = cv2.fisheye.estimateNewCameraMatrixForUndistortRectify(K, distortion, (width, height), np.eye(3),
-                                                                      balance=0.0)
-        new_K[0, 2], new_K[1, 2] = width / 2.0, height / 2.0
         map1, map2 = cv2.fisheye.initUndistortRectifyMap(K, distortion, np.eye(3), new_K, (width, height),
                                                          cv2.CV_32FC1)
-    elif model == "OPENCV":
-        new_K = K.copy()
-        map1, map2 = cv2.initUndistortRectifyMap(K, distortion, np.eye(3), new_K, (width, height), cv2.CV_32FC1)
     else:
-        raise TSTError(f"undistort_image: camera model {model} is not supported; expected PINHOLE, OPENCV or "
-                       "OPENCV_FISHEYE")
+        map1, map2 = cv2.initUndistortRectifyMap(K, distortion, np.eye(3), new_K, (width, height), cv2.CV_32FC1)
     out = cv2.remap(image, map1, map2, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
     return out, new_K
 
@@ -472,19 +494,85 @@ def dslr_image(root: str | Path, scene: str, name: str, folder: str = "resized_i
 
 # --------------------------------------------------------------------------- the space
 
+CAMERA_DEVICES = {"dslr": ("nerfstudio", "resized_images"), "iphone": ("colmap", "rgb")}  # default source, images
+
+
+@functools.cache
+def _scannetpp_space_class():
+    from tst.envs.mesh_space import MeshSpace
+
+    class ScannetppSpace(MeshSpace):
+        """A ScanNet++ scene whose own DSLR or iPhone cameras (`scene_cameras`) and real images
+        (`scene_image`, undistorted pinhole copies) are available to collect (`collect.poses=scene`)."""
+
+        def __init__(self, *args, root: Path, scene: str, device: str, source: str, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.root, self.scene, self.device, self.camera_source = root, scene, device, source
+            self._cameras: dict[str, tuple[Camera, dict]] | None = None
+
+        def _load_cameras(self) -> dict[str, tuple[Camera, dict]]:
+            """name -> (pinhole Camera of the undistorted image, original intrinsics), read once."""
+            if self._cameras is None:
+                directory = scene_dir(self.root, self.scene) / self.device
+                if self.camera_source == "nerfstudio":
+                    frames = _nerfstudio_frames(directory / "nerfstudio" / "transforms.json")
+                else:
+                    frames = _colmap_images(directory / "colmap")
+                cameras = {}
+                for name, camera, intrinsics in frames:
+                    model, distortion = intrinsics["model"], np.asarray(intrinsics["distortion"])
+                    if model not in ("PINHOLE", "OPENCV", "OPENCV_FISHEYE") and not np.any(distortion):
+                        model = "PINHOLE"
+                    intrinsics = dict(intrinsics, model=model)
+                    K = pinhole_intrinsics(camera.K, model, distortion, camera.width, camera.height)
+                    cameras[name] = (Camera(K, camera.width, camera.height, camera.world_from_camera), intrinsics)
+                self._cameras = cameras
+            return self._cameras
+
+        def scene_cameras(self) -> list[tuple[str, Camera]]:
+            return [(name, camera) for name, (camera, _) in self._load_cameras().items()]
+
+        def scene_image(self, name: str) -> np.ndarray | None:
+            import cv2
+
+            camera, intrinsics = self._load_cameras()[name]
+            directory = scene_dir(self.root, self.scene) / self.device
+            path = next((p for p in (directory / CAMERA_DEVICES[self.device][1] / name, directory / name)
+                         if p.is_file()), None)
+            if path is None:
+                return None
+            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if image is None:
+                raise TSTError(f"{self.device} image: cannot decode {path}; expected a JPEG or PNG")
+            if image.shape[:2] != (camera.height, camera.width):
+                raise TSTError(f"{path}: image is {image.shape[1]}x{image.shape[0]}, its camera says "
+                               f"{camera.width}x{camera.height}")
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+            image, _ = undistort_image(image, intrinsics["K"], intrinsics["model"], intrinsics["distortion"])
+            return image
+
+    return ScannetppSpace
+
 
 def build(cfg: DictConfig):
     """`space=scannetpp space.root=<release root> space.scene=<scene id>`: the scene as a MeshSpace.
 
+    `space.cameras` (dslr | iphone, default dslr) and `space.camera_source` (nerfstudio | colmap; default
+    nerfstudio for the DSLR, colmap for the iPhone) pick the scene's own cameras for `collect.poses=scene`.
+
     The space carries `unmapped_labels` ({raw label: annotated objects left unlabeled}) and `source_files`.
     """
-    from tst.envs.mesh_space import MeshSpace
-
     for key, hint in (("root", "the ScanNet++ release root (holding data/ and metadata/)"),
                       ("scene", "a scene id such as 0a5c013435")):
         if cfg.get(key) in (None, "", "???"):
             raise TSTError(f"space.{key}: missing; expected {hint} (space.{key}=...). {GET_DATA}")
     root, scene = Path(str(cfg.root)), str(cfg.scene)
+    device = str(cfg.get("cameras") or "dslr")
+    if device not in CAMERA_DEVICES:
+        raise TSTError(f"space.cameras: expected one of {', '.join(CAMERA_DEVICES)}, got {device!r}")
+    source = str(cfg.get("camera_source") or CAMERA_DEVICES[device][0])
+    if source not in ("nerfstudio", "colmap"):
+        raise TSTError(f"space.camera_source: expected nerfstudio or colmap, got {source!r}")
     scene_dir(root, scene)  # one-line error naming the missing folder first
     taxonomy = load_taxonomy(root)
     mesh, unmapped = load_scene_mesh(root, scene, taxonomy)
@@ -496,7 +584,8 @@ def build(cfg: DictConfig):
         Console(stderr=True, soft_wrap=True).print(
             f"scannetpp {scene}: {total} annotated objects with {len(unmapped)} labels outside the benchmark "
             f"classes are unlabeled: {top}", markup=False, highlight=False)
-    space = MeshSpace(str(cfg.get("name") or f"scannetpp-{scene}"), mesh, taxonomy, int(cfg.get("nthreads", 0)))
+    space = _scannetpp_space_class()(str(cfg.get("name") or f"scannetpp-{scene}"), mesh, taxonomy,
+                                     int(cfg.get("nthreads", 0)), root=root, scene=scene, device=device, source=source)
     directory = root / "data" / scene
     space.source_files = {"mesh": directory / MESH_FILE, "segments": directory / "scans" / "segments.json",
                           "annotation": directory / "scans" / "segments_anno.json",

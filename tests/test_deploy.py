@@ -101,9 +101,10 @@ def test_loop_accuracy_equals_offline_evaluation_on_the_same_frames(workspace):
 def test_overlap_makes_the_period_shorter_than_render_plus_infer(workspace):
     from tst.deploy.loop import latency_summary
 
-    _, result = _loop(workspace, 12, overlap=True, tasks=("seg",), name="seg-only")
+    _, result = _loop(workspace, 20, overlap=True, tasks=("seg",), name="seg-only")
     summary = latency_summary(result, 5.0)
-    assert summary["period_ms"]["p50"] < summary["sum_render_infer_ms"]
+    mean_period_ms = 1000.0 / summary["fps"]  # the sum below is of means too
+    assert mean_period_ms < summary["sum_render_infer_ms"]
 
 
 def test_deploy_command_writes_report_strip_and_search(workspace, capsys):
