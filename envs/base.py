@@ -7,9 +7,18 @@ from abc import ABC, abstractmethod
 import numpy as np
 
 from tst.camera import Camera
+from tst.errors import TSTError
 from tst.frame import Frame
 from tst.modalities import RENDERED
 from tst.taxonomy import Taxonomy
+
+
+def checked_height_range(height_range: tuple[float, float]) -> tuple[float, float]:
+    """(low, high) metres above the floor; a one-line error unless 0 <= low <= high."""
+    low, high = float(height_range[0]), float(height_range[1])
+    if not 0 <= low <= high:
+        raise TSTError(f"height_range: expected 0 <= low <= high metres, got [{low}, {high}]")
+    return low, high
 
 
 class TestSpace(ABC):

@@ -37,7 +37,7 @@ from tst.frame import Frame
 from tst.modalities import RENDERED
 from tst.taxonomy import UNLABELED, SemanticClass, Taxonomy
 
-from tst.envs.base import TestSpace
+from tst.envs.base import TestSpace, checked_height_range
 
 COLOR, DEPTH, SEMANTIC = "color_sensor", "depth_sensor", "semantic_sensor"
 INSTALL = "conda install habitat-sim -c conda-forge -c aihabitat"
@@ -303,9 +303,7 @@ class HabitatSpace(TestSpace):
     def sample_positions(self, n: int, rng: np.random.Generator,
                          height_range: tuple[float, float] = (0.5, 1.8),
                          min_clearance: float = 0.3) -> np.ndarray:
-        low, high = float(height_range[0]), float(height_range[1])
-        if not 0 <= low <= high:
-            raise TSTError(f"height_range: expected 0 <= low <= high metres, got [{low}, {high}]")
+        low, high = checked_height_range(height_range)
         pathfinder = self.sim.pathfinder
         pathfinder.seed(int(rng.integers(2**31 - 1)))
         found = []

@@ -13,7 +13,7 @@ from tst.frame import Frame
 from tst.modalities import RENDERED
 from tst.taxonomy import Taxonomy
 
-from tst.envs.base import TestSpace
+from tst.envs.base import TestSpace, checked_height_range
 from tst.envs.mesh import LabeledMesh
 from tst.envs.raycast import INVALID_ID, MeshRenderer
 
@@ -122,9 +122,7 @@ class MeshSpace(TestSpace):
     def sample_positions(self, n: int, rng: np.random.Generator,
                          height_range: tuple[float, float] = (0.5, 1.8),
                          min_clearance: float = 0.3) -> np.ndarray:
-        low, high = float(height_range[0]), float(height_range[1])
-        if not 0 <= low <= high:
-            raise TSTError(f"height_range: expected 0 <= low <= high metres, got [{low}, {high}]")
+        low, high = checked_height_range(height_range)
         found: list[np.ndarray] = []
         total = 0
         for _ in range(50):

@@ -329,24 +329,23 @@ def _nerfstudio_frames(path: str | Path, include_test: bool = True) -> list[tupl
     return result
 
 
-def dslr_cameras(root: str | Path, scene: str, source: str = "nerfstudio") -> list[tuple[str, Camera]]:
-    """The scene's DSLR cameras from dslr/nerfstudio/transforms.json ("nerfstudio") or dslr/colmap ("colmap")."""
-    directory = scene_dir(root, scene) / "dslr"
+def device_cameras(root: str | Path, scene: str, device: str, source: str) -> list[tuple[str, Camera]]:
+    """The scene's cameras of `device` (dslr | iphone) from <device>/nerfstudio/transforms.json
+    ("nerfstudio") or <device>/colmap ("colmap")."""
+    directory = scene_dir(root, scene) / device
     if source == "nerfstudio":
         return nerfstudio_cameras(directory / "nerfstudio" / "transforms.json")
     if source == "colmap":
         return colmap_cameras(directory / "colmap")
-    raise TSTError(f"dslr_cameras: source must be 'nerfstudio' or 'colmap', got {source!r}")
+    raise TSTError(f"{device} cameras: source must be 'nerfstudio' or 'colmap', got {source!r}")
+
+
+def dslr_cameras(root: str | Path, scene: str, source: str = "nerfstudio") -> list[tuple[str, Camera]]:
+    return device_cameras(root, scene, "dslr", source)
 
 
 def iphone_cameras(root: str | Path, scene: str, source: str = "colmap") -> list[tuple[str, Camera]]:
-    """The scene's iPhone cameras from iphone/colmap ("colmap") or iphone/nerfstudio/transforms.json."""
-    directory = scene_dir(root, scene) / "iphone"
-    if source == "nerfstudio":
-        return nerfstudio_cameras(directory / "nerfstudio" / "transforms.json")
-    if source == "colmap":
-        return colmap_cameras(directory / "colmap")
-    raise TSTError(f"iphone_cameras: source must be 'nerfstudio' or 'colmap', got {source!r}")
+    return device_cameras(root, scene, "iphone", source)
 
 
 # --------------------------------------------------------------------------- iPhone depth
