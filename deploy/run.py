@@ -76,7 +76,9 @@ def path_settings(cfg: DictConfig, size: int, steps: int) -> PathSettings:
                         _pretrain_positions(cfg), float(c.eval_min_distance), int(c.min_box_pixels))
 
 
-def _strip(result, taxonomy, count: int):
+def _strip(result, taxonomy, count: int, min_score: float):
+    """strip.png: `count` steps along the path (observation, detections scoring >= min_score, truth and
+    predicted labels, caption)."""
     picks = np.unique(np.linspace(0, len(result.steps) - 1, min(count, len(result.steps))).astype(int))
     rows = []
     for index in picks:
@@ -85,7 +87,7 @@ def _strip(result, taxonomy, count: int):
         size = o.rgb.shape[0]
         row = [o.rgb]
         if p.boxes is not None:
-            keep = p.scores >= 0.3
+            keep = p.scores >= min_score
             row.append(draw_boxes(o.rgb, torch.from_numpy(p.boxes[keep]), torch.from_numpy(p.classes[keep]),
                                   taxonomy, torch.from_numpy(p.scores[keep])))
         if p.semantic is not None:
@@ -136,7 +138,7 @@ def deploy(cfg: DictConfig) -> Path:
         | ({"search": result.search} if result.search else {})
     with staged_directory(run_dir) as tmp:
         atomic_write_json(tmp / "report.json", report)
-        _strip(result, predictor.taxonomy, int(d.strip_frames)).save(tmp / "strip.png")
+        _strip(result, predictor.taxonomy, int(d.strip_frames), float(d.score_threshold)).save(tmp / "strip.png")
         write_manifest(tmp, "deploy", cfg, {"model": predictor.model.run_dir},
                        {"report": "report.json", "strip": "strip.png"})
     metrics = {f"online_{k}": v for k, v in result.metrics.items()} | {
