@@ -22,6 +22,7 @@ from tst.benchmarks import save_report
 from tst.config import config_root
 from tst.taxonomy import INDOOR
 
+from tst.envs.registry import space_name
 from tst.deploy.predictor import PRECISIONS, to_prediction
 from tst.pretrain.model import ModelConfig
 from tst.transfer.backbones import ScratchViT
@@ -149,7 +150,7 @@ def bench_deploy(cfg: DictConfig) -> dict:
                 metrics |= {f"gpu_{model}_{size}_{r}_p99_ms": v["p99_ms"] for r, v in gpu_rows.items()}
             console.print(f"{key}: {rows}")
     report["targets"] = _targets(report)
-    save_report(cfg, "deploy", f"procedural-{cfg.space.seed}", report, metrics)
+    save_report(cfg, "deploy", space_name(cfg.space), report, metrics)
     return report
 
 

@@ -25,7 +25,7 @@ from tst.deploy.observations import PathSettings, RenderProcess
 from tst.deploy.predictor import Predictor
 from tst.pretrain.visualize import to_uint8
 from tst.transfer.data import dataset_root, full_frame
-from tst.transfer.report import space_name
+from tst.envs.registry import space_name
 from tst.transfer.visualize import caption_panel, draw_boxes
 
 console = Console(stderr=True)
@@ -35,7 +35,7 @@ def transfer_run(cfg: DictConfig) -> Path:
     """deploy.model, or the newest transfer run of the space holding every head in deploy.tasks."""
     if cfg.deploy.get("model"):
         return Path(str(cfg.deploy.model))
-    folder = Path(cfg.workspace_dir) / space_name(cfg) / "transfer"
+    folder = Path(cfg.workspace_dir) / space_name(cfg.space) / "transfer"
     wanted = set(cfg.deploy.tasks)
     candidates = [run for run in (folder.iterdir() if folder.is_dir() else []) if (run / "tasks.json").is_file()
                   and wanted <= set(json.loads((run / "tasks.json").read_text())["tasks"])]
@@ -48,7 +48,7 @@ def transfer_run(cfg: DictConfig) -> Path:
 def export_folder(cfg: DictConfig, model_dir: Path) -> Path:
     if cfg.deploy.get("export_dir"):
         return Path(str(cfg.deploy.export_dir))
-    return Path(cfg.workspace_dir) / space_name(cfg) / "deploy" / "exports" / model_dir.name
+    return Path(cfg.workspace_dir) / space_name(cfg.space) / "deploy" / "exports" / model_dir.name
 
 
 def make_predictor(cfg: DictConfig) -> Predictor:
@@ -117,7 +117,7 @@ def deploy(cfg: DictConfig) -> Path:
     goal = search_goal(predictor.taxonomy, str(d.target), float(d.score_threshold), float(d.success_distance),
                        int(cfg.collect.min_box_pixels)) if d.task == "find" else None
     name = cfg.run_name or f"{d.task}-{predictor.model.run_dir.name}-{new_run_name()}"
-    run_dir = Path(cfg.workspace_dir) / space_name(cfg) / "deploy" / name
+    run_dir = Path(cfg.workspace_dir) / space_name(cfg.space) / "deploy" / name
     if run_dir.exists():
         raise TSTError(f"{run_dir}: already exists; choose another run_name")
     _set_threads(cfg)
@@ -125,7 +125,7 @@ def deploy(cfg: DictConfig) -> Path:
                   f"{predictor.device}, {d.runtime}, {d.precision}{', compiled' if d.compile else ''}")
     with RenderProcess(path_settings(cfg, predictor.image_size, int(d.steps))) as renderer:
         if renderer.taxonomy != predictor.taxonomy.to_dict():
-            raise TSTError(f"{predictor.model.run_dir}: the model's taxonomy differs from space {space_name(cfg)}'s")
+            raise TSTError(f"{predictor.model.run_dir}: the model's taxonomy differs from space {space_name(cfg.space)}'s")
         with Progress(TextColumn("agent"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                       TimeElapsedColumn(), console=console) as progress:
             bar = progress.add_task("loop", total=int(d.steps))
@@ -146,7 +146,7 @@ def deploy(cfg: DictConfig) -> Path:
         "period_p50_ms": report["period_ms"]["p50"], "fps": report["fps"], "deadline_misses": report["deadline_misses"]}
     if result.search:
         metrics["search_success"] = float(result.search["success"])
-    record_run(cfg, "deploy", space_name(cfg), run_dir, {"model": str(predictor.model.run_dir)},
+    record_run(cfg, "deploy", space_name(cfg.space), run_dir, {"model": str(predictor.model.run_dir)},
                {"report": str(run_dir / "report.json")}, metrics, images=[run_dir / "strip.png"],
                tags={"backbone": predictor.model.backbone.name})
     console.print(f"[green]deploy[/green] {len(result.steps)} steps: perception p50 {report['perception_ms']['p50']:.1f} ms, "

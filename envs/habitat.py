@@ -38,6 +38,7 @@ from tst.modalities import RENDERED
 from tst.taxonomy import UNLABELED, SemanticClass, Taxonomy
 
 from tst.envs.base import TestSpace, checked_height_range
+from tst.envs.registry import space_name
 
 COLOR, DEPTH, SEMANTIC = "color_sensor", "depth_sensor", "semantic_sensor"
 INSTALL = "conda install habitat-sim -c conda-forge -c aihabitat"
@@ -350,6 +351,6 @@ def build(cfg: DictConfig) -> TestSpace:
     scene = cfg.get("scene")
     if scene in (None, "", "???"):
         raise TSTError("space.scene: missing; expected a .glb/.ply scene or a scene id of space.dataset_config")
-    return HabitatSpace(str(scene), cfg.get("dataset_config") or None, cfg.get("name") or None,
+    return HabitatSpace(str(scene), cfg.get("dataset_config") or None, space_name(cfg),
                         int(cfg.get("width", 256)), int(cfg.get("height", 256)), float(cfg.get("hfov", 90.0)),
                         int(cfg.get("gpu_device_id", 0)))

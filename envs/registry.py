@@ -35,7 +35,7 @@ def _mesh(cfg: DictConfig) -> TestSpace:
     path = Path(str(cfg.path))
     labels = load_label_map(cfg.get("labels"))
     mesh = load_mesh(path, labels, str(cfg.get("up_axis", "auto")))
-    space = MeshSpace(str(cfg.get("name") or path.stem), mesh, labels.taxonomy, int(cfg.get("nthreads", 0)))
+    space = MeshSpace(space_name(cfg), mesh, labels.taxonomy, int(cfg.get("nthreads", 0)))
     space.source_files = {"mesh": path} | ({"labels": Path(str(cfg.labels))} if cfg.get("labels") else {})
     return space
 
@@ -77,6 +77,24 @@ BACKENDS: dict[str, Backend] = {
                     ("ai2thor",), _lazy("thor"),
                     "pip install -e '.[thor]'; it downloads a Unity build on first use and needs Vulkan or an X server"),
 }
+
+
+def space_name(cfg: DictConfig) -> str:
+    """The name a `space:` config's space has (its workspace folder), without building it:
+    space.name if set, else the backend's default (procedural-<seed>, the mesh file's stem,
+    scannetpp-<scene>, replica-<scene>, habitat-<scene file stem>, the THOR scene or house file stem)."""
+    if cfg.get("name"):
+        return str(cfg.name)
+    backend = cfg.get("backend")
+    if backend == "procedural":
+        return f"procedural-{cfg.get('seed', 0)}"
+    if backend in ("scannetpp", "replica"):
+        return f"{backend}-{cfg.get('scene')}"
+    if backend == "habitat":
+        return f"habitat-{Path(str(cfg.get('scene'))).name.split('.')[0]}"
+    if backend == "thor":
+        return Path(str(cfg.house)).stem if cfg.get("house") else str(cfg.get("scene") or "FloorPlan201")
+    return Path(str(cfg.get("path"))).stem
 
 
 def make_space(cfg: DictConfig) -> TestSpace:

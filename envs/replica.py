@@ -31,6 +31,7 @@ from tst.errors import TSTError
 from tst.taxonomy import UNLABELED, SemanticClass, Taxonomy
 
 from tst.envs.mesh import LabeledMesh, Material
+from tst.envs.registry import space_name
 
 # Replica class names counted as stuff: surfaces and structure that are not countable objects. `door` stays a
 # thing, as in the INDOOR taxonomy.
@@ -231,7 +232,7 @@ def build(cfg: DictConfig):
                        "(space.root=...)")
     scene = str(cfg.get("scene") or "room_0")
     mesh, taxonomy = load_replica(str(root), scene)
-    space = MeshSpace(str(cfg.get("name") or f"replica-{scene}"), mesh, taxonomy, int(cfg.get("nthreads", 0)))
+    space = MeshSpace(space_name(cfg), mesh, taxonomy, int(cfg.get("nthreads", 0)))
     ply_path, info_path = scene_files(str(root), scene)
     space.source_files = {"mesh": ply_path, "labels": info_path}
     return space

@@ -40,6 +40,7 @@ from tst.errors import TSTError
 from tst.taxonomy import SemanticClass, Taxonomy
 
 from tst.envs.mesh import LabeledMesh, Material
+from tst.envs.registry import space_name
 
 GET_DATA = ("ScanNet++ is not downloadable without an approved application at "
             "https://kaldir.vc.in.tum.de/scannetpp (then use its download script)")
@@ -583,7 +584,7 @@ def build(cfg: DictConfig):
         Console(stderr=True, soft_wrap=True).print(
             f"scannetpp {scene}: {total} annotated objects with {len(unmapped)} labels outside the benchmark "
             f"classes are unlabeled: {top}", markup=False, highlight=False)
-    space = _scannetpp_space_class()(str(cfg.get("name") or f"scannetpp-{scene}"), mesh, taxonomy,
+    space = _scannetpp_space_class()(space_name(cfg), mesh, taxonomy,
                                      int(cfg.get("nthreads", 0)), root=root, scene=scene, device=device, source=source)
     directory = root / "data" / scene
     space.source_files = {"mesh": directory / MESH_FILE, "segments": directory / "scans" / "segments.json",

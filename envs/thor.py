@@ -52,6 +52,7 @@ from tst.modalities import RENDERED
 from tst.taxonomy import INDOOR, Taxonomy
 
 from tst.envs.base import TestSpace
+from tst.envs.registry import space_name
 
 INSTALL_HINT = "pip install -e '.[thor]'; it downloads a Unity build on first use and needs Vulkan or an X server"
 HORIZON_RANGE = (-30.0, 60.0)  # degrees THOR accepts for the standing default agent
@@ -367,10 +368,8 @@ def build(cfg: DictConfig) -> TestSpace:
             scene: Any = json.loads(path.read_text())
         except (OSError, ValueError) as error:
             raise TSTError(f"space.house: cannot read ProcTHOR house JSON {path}: {error}") from None
-        name = str(cfg.get("name") or path.stem)
     else:
         scene = str(cfg.get("scene") or "FloorPlan201")
-        name = str(cfg.get("name") or scene)
     kwargs: dict[str, Any] = dict(scene=scene, width=int(cfg.get("width", 300)), height=int(cfg.get("height", 300)),
                                   fieldOfView=float(cfg.get("field_of_view", 90.0)), renderDepthImage=True,
                                   renderInstanceSegmentation=True, renderSemanticSegmentation=True,
@@ -390,7 +389,7 @@ def build(cfg: DictConfig) -> TestSpace:
         raise TSTError(f"space backend 'thor': the AI2-THOR controller could not start "
                        f"({type(error).__name__}: {cause}); {INSTALL_HINT}") from None
     try:
-        return ThorSpace(name, controller)
+        return ThorSpace(space_name(cfg), controller)
     except BaseException:
         controller.stop()
         raise

@@ -57,12 +57,13 @@ class ModalityIO:
     vocab: int = 0
 
 
-def sincos_2d(grid: int, dim: int) -> torch.Tensor:
-    """(grid², dim) fixed 2D sin-cos position embedding (half the channels for x, half for y)."""
+def sincos_2d(grid: int, dim: int, width: int | None = None) -> torch.Tensor:
+    """(grid * width, dim) fixed 2D sin-cos position embedding of a grid x width (default square) grid,
+    row-major (half the channels for x, half for y)."""
     quarter = dim // 4
     omega = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter))
-    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64),
-                            indexing="ij")
+    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float64),
+                            torch.arange(grid if width is None else width, dtype=torch.float64), indexing="ij")
     parts = []
     for coordinate in (xs.reshape(-1), ys.reshape(-1)):
         angles = coordinate[:, None] * omega[None]

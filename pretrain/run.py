@@ -34,9 +34,9 @@ STRUCTURAL = ("model", "pretrain.objective", "pretrain.modalities", "pretrain.in
 
 
 def _space_name(cfg: DictConfig) -> str:
-    backend = cfg.space.backend
-    return f"procedural-{cfg.space.seed}" if backend == "procedural" else str(cfg.space.get("name") or
-                                                                          Path(str(cfg.space.path)).stem)
+    from tst.envs.registry import space_name
+
+    return space_name(cfg.space)
 
 
 def dataset_dir(cfg: DictConfig) -> Path:

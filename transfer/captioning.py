@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tst.pretrain.model import sincos_2d
+
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 PAD, BOS, EOS, UNK = range(len(SPECIALS))
 
@@ -110,18 +112,6 @@ class Vocabulary:
         return cls(data["tokens"])
 
 
-def sincos_2d(height: int, width: int, dim: int) -> torch.Tensor:
-    """Fixed 2D sine-cosine positions of a height x width grid, row-major: (height * width, dim).
-    A quarter of the channels each for sin/cos of the row and of the column, at geometric frequencies."""
-    if dim % 4:
-        raise ValueError(f"2D sincos positions need a width divisible by 4, got {dim}")
-    frequencies = 1.0 / 10000 ** (torch.arange(dim // 4) / (dim // 4))
-    rows, columns = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-    y = rows.flatten()[:, None] * frequencies
-    x = columns.flatten()[:, None] * frequencies
-    return torch.cat([y.sin(), y.cos(), x.sin(), x.cos()], dim=1)
-
-
 class CaptionDecoder(nn.Module):
     """A small causal transformer decoder over caption tokens, cross-attending to image features.
 
@@ -148,7 +138,7 @@ class CaptionDecoder(nn.Module):
         if features.dim() == 4:
             B, C, H, W = features.shape
             tokens = self.project(features.flatten(2).transpose(1, 2))
-            return tokens + sincos_2d(H, W, self.width).to(tokens)
+            return tokens + sincos_2d(H, self.width, W).to(tokens)
         if features.dim() == 2:
             features = features[:, None]
         return self.project(features)

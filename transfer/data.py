@@ -14,6 +14,7 @@ from tst.errors import TSTError
 from tst.taxonomy import Taxonomy
 from tst.workspace import read_manifest
 
+from tst.envs.registry import space_name
 from tst.collect.dataset import FrameDataset, RandomResizedCropFlip
 
 
@@ -22,8 +23,7 @@ def dataset_root(cfg: DictConfig) -> Path:
     if cfg.get("data_dir"):
         root = Path(str(cfg.data_dir))
     else:
-        name = f"procedural-{cfg.space.seed}" if cfg.space.backend == "procedural" else Path(str(cfg.space.path)).stem
-        root = Path(cfg.workspace_dir) / name / "data"
+        root = Path(cfg.workspace_dir) / space_name(cfg.space) / "data"
     if not (root / "manifest.json").is_file():
         raise TSTError(f"{root}: no collected dataset there (no manifest.json); run tst collect first")
     return root

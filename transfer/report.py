@@ -22,6 +22,8 @@ from tst.errors import TSTError
 from tst.tracking import tracking_uri
 from tst.workspace import atomic_write_bytes
 
+from tst.envs.registry import space_name
+
 console = Console(stderr=True)
 ROW_ORDER = ["scratch", "mae", "multimae", "fourm", "generalist", "dinov2-s14", "dinov2-b14", "clip-b16", "4m21-b"]
 COLUMNS = {"seg_miou": "seg mIoU", "det_map": "det mAP", "det_ap50": "det AP50", "caption_cider_d": "caption CIDEr-D"}
@@ -202,13 +204,9 @@ def qualitative(results: list[TransferResult], fraction: float) -> bytes | None:
     return buffer.getvalue()
 
 
-def space_name(cfg: DictConfig) -> str:
-    return f"procedural-{cfg.space.seed}" if cfg.space.backend == "procedural" else Path(str(cfg.space.path)).stem
-
-
 def report(cfg: DictConfig) -> Path:
     """Write the report files; print the Markdown table. Returns the report folder."""
-    space = space_name(cfg)
+    space = space_name(cfg.space)
     results = tracked_results(cfg, space)
     if not results:
         raise TSTError(f"{tracking_uri(cfg)}: no tracked transfer runs of space {space}; run tst transfer first")

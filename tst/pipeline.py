@@ -46,7 +46,9 @@ class Pipeline:
         space = OmegaConf.to_container(cfg.space, resolve=True)
         self.shared = [f"workspace_dir={cfg.workspace_dir}", f"tracking.enabled={cfg.tracking.enabled}"] \
             + [f"space.{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in space.items()]
-        self.space = f"procedural-{cfg.space.seed}" if cfg.space.backend == "procedural" else Path(str(cfg.space.path)).stem
+        from tst.envs.registry import space_name
+
+        self.space = space_name(cfg.space)
         self.root = Path(cfg.workspace_dir) / self.space
         self.timings: dict[str, float] = {}
         for name in self.e.backbones:
