@@ -82,3 +82,20 @@ def test_fingerprints_follow_content(tmp_path):
         fingerprint(tmp_path / "missing")
     with pytest.raises(TSTError, match="missing"):
         read_manifest(tmp_path)
+
+
+@pytest.mark.parametrize("space, name", [
+    ({"backend": "procedural", "seed": 3}, "procedural-3"),
+    ({"backend": "mesh", "path": "/scenes/flat.glb"}, "flat"),
+    ({"backend": "scannetpp", "root": "/r", "scene": "0a5c013435"}, "scannetpp-0a5c013435"),
+    ({"backend": "replica", "root": "/r", "scene": "room_0"}, "replica-room_0"),
+    ({"backend": "habitat", "scene": "/data/van-gogh-room.glb"}, "habitat-van-gogh-room"),
+    ({"backend": "thor", "scene": "FloorPlan201", "house": None}, "FloorPlan201"),
+    ({"backend": "replica", "scene": "room_0", "name": "mine"}, "mine"),
+])
+def test_space_names_come_from_the_config_alone(space, name):
+    from omegaconf import OmegaConf
+
+    from tst.envs.registry import space_name
+
+    assert space_name(OmegaConf.create(space)) == name
