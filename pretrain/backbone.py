@@ -34,6 +34,38 @@ class Backbone(nn.Module):
         return model.encode_all(model.modality_tokens(model.embed(inputs), self.modalities))
 
 
+ENCODER_PREFIXES = ("input_adapters.rgb.", "encoder.", "encoder_norm.")
+
+
+def rgb_encoder_state(run_dir: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(model config, state dict) of a pretraining run's encoder as a plain RGB ViT: the RGB patch
+    embedding, RGB's modality embedding (1, dim), the encoder blocks and norm -- the tensors of a
+    one-modality MultimodalMaskedModel([rgb pixels]) encoder, for every objective (fourm reads RGB
+    pixels too). Decoder, output adapters and other modalities' inputs are left behind."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from tst.workspace import read_manifest
+
+    run_dir = Path(run_dir)
+    weights = run_dir / "encoder.safetensors"
+    if not weights.is_file():
+        raise TSTError(f"{run_dir}: no encoder.safetensors; is the pretraining run finished?")
+    config = json.loads((run_dir / "config.json").read_text())
+    modalities = list(read_manifest(run_dir)["outputs"]["modalities"])
+    if "rgb" not in modalities:
+        raise TSTError(f"{run_dir}: the run was not trained on rgb (it has {modalities})")
+    stored = load_file(str(weights))
+    if stored["input_adapters.rgb.weight"].ndim != 2 or "input_adapters.rgb.bias" not in stored:
+        raise TSTError(f"{run_dir}: its RGB input is not a pixel patch embedding (a run from before fourm read "
+                       "RGB pixels); pretrain it again")
+    state = {k: v for k, v in stored.items() if k.startswith(ENCODER_PREFIXES)}
+    index = modalities.index("rgb")
+    state["modality_embedding"] = stored["modality_embedding"][index:index + 1].clone()
+    return config["model"], state
+
+
 def load_backbone(run_dir: str | Path, modalities: tuple[str, ...] = ("rgb",)) -> Backbone:
     from tst.pretrain.run import load_run
 

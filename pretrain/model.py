@@ -1,7 +1,8 @@
 """The 4M-style multimodal encoder-decoder.
 
-Every modality becomes N = (image_size / patch)² tokens: pixel modalities through a linear patch
-embedding, discrete ones (tokenizer codes) through an embedding table. Each token gets a learned
+Every modality becomes N = (image_size / patch)² tokens: pixel inputs through a linear patch embedding,
+discrete ones (tokenizer codes) through an embedding table. A modality may enter as pixels and be
+predicted as codes (4M's RGB: pixel patches in, RGB tokenizer codes as targets). Each token gets a learned
 modality embedding and a fixed 2D sin-cos position. The encoder sees only the selected input tokens; the
 decoder gets one query per target token (mask token + modality + position), attends to the other
 queries of its modality and cross-attends to the encoder, and each modality's output adapter turns its
@@ -46,12 +47,14 @@ class ModelConfig:
 class ModalityIO:
     """How a modality enters and leaves the model.
 
-    kind: "pixels" (patch values in, patch values out) or "tokens" (code ids in, code logits out).
-    in_channels: channels per pixel on input; out_channels: predicted values per pixel (pixels kind,
-    e.g. class count for label maps); vocab: code count (tokens kind)."""
+    reads: "pixels" (patch values in) or "tokens" (code ids in); predicts: "pixels" (patch values out)
+    or "tokens" (code logits out). in_channels: channels per pixel on input (pixel reads);
+    out_channels: predicted values per pixel (pixel predictions, e.g. class count for label maps);
+    vocab: code count (token reads or predictions)."""
 
     name: str
-    kind: str
+    reads: str
+    predicts: str
     in_channels: int = 0
     out_channels: int = 0
     vocab: int = 0
@@ -137,10 +140,10 @@ class MultimodalMaskedModel(nn.Module):
         self.names = [m.name for m in modalities]
         p2, dim = config.patch ** 2, config.dim
         self.input_adapters = nn.ModuleDict({
-            m.name: nn.Linear(p2 * m.in_channels, dim) if m.kind == "pixels" else nn.Embedding(m.vocab, dim)
+            m.name: nn.Linear(p2 * m.in_channels, dim) if m.reads == "pixels" else nn.Embedding(m.vocab, dim)
             for m in modalities})
         self.output_adapters = nn.ModuleDict({
-            m.name: nn.Linear(dim, p2 * m.out_channels if m.kind == "pixels" else m.vocab) for m in modalities})
+            m.name: nn.Linear(dim, p2 * m.out_channels if m.predicts == "pixels" else m.vocab) for m in modalities})
         self.modality_embedding = nn.Parameter(torch.randn(len(modalities), dim) * 0.02)
         self.register_buffer("position", sincos_2d(config.grid, dim), persistent=False)
         self.mask_token = nn.Parameter(torch.zeros(dim))

@@ -48,7 +48,7 @@ class PretrainModule(L.LightningModule):
         if p["objective"] == "fourm":
             self.tokenizers = nn.ModuleDict(tokenizers)
             self.tokenizers.requires_grad_(False)
-            self.objective = TokenObjective(dict(self.tokenizers))
+            self.objective = TokenObjective(dict(self.tokenizers), model_config.patch)
         else:
             self.objective = PixelObjective(modalities, model_config.patch, num_classes)
         self.model = MultimodalMaskedModel(model_config, self.objective.io())

@@ -3,7 +3,8 @@
 - `multimae`: pixel patches in and out; MSE on per-patch normalized RGB, L1 on depth and normals,
   BCE on edges, CE on label maps (only in label ablations).
 - `mae`: the same on RGB alone (the unimodal baseline).
-- `fourm`: tokenizer codes in and out, cross-entropy on the target codes.
+- `fourm`: RGB pixel patches and the other modalities' tokenizer codes in; every modality's codes
+  (RGB included) out, cross-entropy on the target codes.
 """
 
 from __future__ import annotations
@@ -30,9 +31,9 @@ class PixelObjective:
         ios = []
         for name in self.names:
             if name in LABEL_MODALITIES:
-                ios.append(ModalityIO(name, "pixels", self.num_classes, self.num_classes))
+                ios.append(ModalityIO(name, "pixels", "pixels", self.num_classes, self.num_classes))
             else:
-                ios.append(ModalityIO(name, "pixels", CHANNELS[name], CHANNELS[name]))
+                ios.append(ModalityIO(name, "pixels", "pixels", CHANNELS[name], CHANNELS[name]))
         return ios
 
     def _pixels(self, name: str, batch: dict) -> torch.Tensor:
@@ -76,23 +77,39 @@ class PixelObjective:
 
 
 class TokenObjective:
-    """fourm: every modality is a grid of tokenizer codes; the model classifies the masked codes."""
+    """fourm (as in 4M): RGB enters as pixel patches, every other modality as tokenizer codes; every
+    modality, RGB included, is predicted as codes, with cross-entropy on the masked ones. The encoder
+    therefore never needs a tokenizer for RGB: the transfer backbone reads pixels."""
 
-    def __init__(self, tokenizers: dict[str, Tokenizer]):
-        self.tokenizers = tokenizers
+    PIXEL_INPUTS = ("rgb",)
+
+    def __init__(self, tokenizers: dict[str, Tokenizer], patch: int):
+        self.tokenizers, self.patch = tokenizers, patch
         self.names = list(tokenizers)
 
     def io(self) -> list[ModalityIO]:
-        return [ModalityIO(name, "tokens", vocab=t.config.vocab) for name, t in self.tokenizers.items()]
+        return [ModalityIO(name, "pixels", "tokens", in_channels=CHANNELS[name], vocab=t.config.vocab)
+                if name in self.PIXEL_INPUTS else ModalityIO(name, "tokens", "tokens", vocab=t.config.vocab)
+                for name, t in self.tokenizers.items()]
 
-    def inputs(self, batch: dict) -> dict[str, torch.Tensor]:
-        if "_codes" not in batch:  # precomputed codes, else tokenize once per batch
+    def codes(self, batch: dict) -> dict[str, torch.Tensor]:
+        """name -> (B, N) code ids of every modality in the batch (precomputed ones when present,
+        else tokenized once per batch and kept in it)."""
+        if "_codes" not in batch:
             batch["_codes"] = {name: batch[f"codes/{name}"] if f"codes/{name}" in batch else t.encode(batch[name])
                                for name, t in self.tokenizers.items() if name in batch or f"codes/{name}" in batch}
         return batch["_codes"]
 
+    def inputs(self, batch: dict) -> dict[str, torch.Tensor]:
+        """RGB as (B, N, patch*patch*3) network-scaled patches, the rest as (B, N) codes."""
+        pixels = {name: patchify(to_network(name, batch[name]), self.patch)
+                  for name in self.PIXEL_INPUTS if name in batch}
+        if all(name in self.PIXEL_INPUTS for name in self.names if name in batch):
+            return pixels  # e.g. the transfer backbone: RGB alone, no tokenizer involved
+        return self.codes(batch) | pixels
+
     def losses(self, outputs: dict, batch: dict) -> dict[str, torch.Tensor]:
-        codes = self.inputs(batch)
+        codes = self.codes(batch)
         return {name: F.cross_entropy(prediction, codes[name][where[:, 0], where[:, 1]])
                 for name, (prediction, where) in outputs.items()}
 

@@ -22,6 +22,7 @@ from tst.pretrain.data import PretrainData
 from tst.pretrain.module import PretrainModule
 from tst.pretrain.objectives import check_modalities
 from tst.pretrain.tokenizer import Tokenizer, TokenizerConfig
+from tst.pretrain.tokenizer_quality import check_quality
 from tst.pretrain.tokens import load_tokens
 from tst.pretrain.visualize import prediction_sheet
 
@@ -180,8 +181,13 @@ def run(cfg: DictConfig, overrides: list[str] = ()) -> Path:
     command-line overrides (checked against the stored config on resume)."""
     config, run_dir, checkpoint = _run_config(cfg, list(overrides))
     data = dataset_dir(OmegaConf.create(config))
+    if config["pretrain"]["objective"] == "fourm" and not config["pretrain"].get("allow_weak_tokenizers"):
+        directory = _tokenizer_dir(OmegaConf.create(config))
+        if (directory / "manifest.json").is_file():
+            check_quality(read_manifest(directory)["outputs"].get("quality"),
+                          float(config["pretrain"]["min_code_share"]), str(directory))
+    L.seed_everything(int(config["pretrain"]["seed"]), workers=True, verbose=False)  # before any weight exists
     module = build_module(config, data)
-    L.seed_everything(int(config["pretrain"]["seed"]), workers=True, verbose=False)
     p, d = config["pretrain"], config["data"]
     codes = None
     if p["objective"] == "fourm" and p.get("precomputed_tokens"):

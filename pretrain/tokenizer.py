@@ -1,6 +1,9 @@
 """Per-modality tokenizers for the `fourm` objective: a convolutional autoencoder with finite scalar
 quantization (FSQ). Each `patch` x `patch` pixel block becomes one code out of prod(levels); FSQ has no
-codebook to collapse, so it needs no EMA or dead-code restarts."""
+codebook to collapse, so it needs no EMA or dead-code restarts -- but it does need latents that are
+bounded without being saturated: where tanh saturates, the straight-through gradient is zero and every
+patch falls into the same corner code. The latents are therefore standardized per channel (a
+BatchNorm without affine parameters) before the tanh bound, which keeps them in tanh's live range."""
 
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from tst.pretrain.normalize import CHANNELS, to_network
 @dataclass(frozen=True)
 class TokenizerConfig:
     """levels: FSQ levels per latent channel (codebook size = their product). patch: pixels per code
-    side (a power of two). hidden: conv channels."""
+    side. hidden: channels on the token grid."""
 
     levels: tuple[int, ...] = (8, 5, 5, 5)
     patch: int = 8
@@ -26,6 +29,10 @@ class TokenizerConfig:
     @property
     def vocab(self) -> int:
         return math.prod(self.levels)
+
+
+EDGE_WEIGHT_CAP = 10.0
+L1_MODALITIES = ("depth", "normals")
 
 
 class FSQ(nn.Module):
@@ -65,39 +72,42 @@ class FSQ(nn.Module):
         return (digits.float() - half.view(1, -1, 1)).reshape(codes.shape[0], -1, grid, grid)
 
 
-def _tower(channels: list[int], transpose: bool) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for k, (a, b) in enumerate(zip(channels[:-1], channels[1:])):
-        conv = nn.ConvTranspose2d(a, b, 4, 2, 1) if transpose else nn.Conv2d(a, b, 4, 2, 1)
-        layers += [conv, nn.GELU()]
-    return nn.Sequential(*layers)
+class ResidualConv(nn.Module):
+    """x + conv3x3(GELU(conv3x3(x))) on the token grid: each code sees its 8 neighbours' content."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.GELU(), nn.Conv2d(width, width, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
 
 
 class Tokenizer(nn.Module):
-    """Autoencoder of one modality: (B, C, H, W) reader units <-> (B, (H/patch)*(W/patch)) code ids."""
+    """Autoencoder of one modality: (B, C, H, W) reader units <-> (B, (H/patch)*(W/patch)) code ids.
+
+    Both halves work on the token grid (space-to-depth of each patch, then 3x3 convolutions across
+    neighbouring patches), which costs a fraction of a full-resolution convolutional autoencoder on the
+    CPU; the decoder's context lets a 10-bit code describe a patch better than its mean colour does."""
 
     def __init__(self, modality: str, config: TokenizerConfig):
         super().__init__()
-        if config.patch & (config.patch - 1):
-            raise ValueError("tokenizer patch must be a power of two")
         self.modality, self.config = modality, config
-        channels = CHANNELS[modality]
-        steps = int(math.log2(config.patch))
-        widths = [config.hidden] * (steps + 1)
-        self.stem = nn.Conv2d(channels, config.hidden, 3, padding=1)
-        self.down = _tower(widths, transpose=False)
-        self.to_latent = nn.Conv2d(config.hidden, len(config.levels), 1)
+        values = CHANNELS[modality] * config.patch ** 2  # pixel values per patch
+        width, d = config.hidden, len(config.levels)
+        self.encoder = nn.Sequential(nn.PixelUnshuffle(config.patch), nn.Conv2d(values, width, 1),
+                                     ResidualConv(width), ResidualConv(width), nn.GELU(), nn.Conv2d(width, d, 1))
+        self.standardize = nn.BatchNorm2d(d, affine=False)
         self.quantizer = FSQ(config.levels)
-        self.from_latent = nn.Conv2d(len(config.levels), config.hidden, 1)
-        self.up = _tower(widths, transpose=True)
-        self.head = nn.Conv2d(config.hidden, channels, 3, padding=1)
+        self.decoder = nn.Sequential(nn.Conv2d(d, width, 1), ResidualConv(width), ResidualConv(width),
+                                     nn.GELU(), nn.Conv2d(width, values, 1), nn.PixelShuffle(config.patch))
 
     def _latent(self, x: torch.Tensor) -> torch.Tensor:
-        return self.quantizer.quantize(self.to_latent(self.down(F.gelu(self.stem(to_network(self.modality, x))))))
+        return self.quantizer.quantize(self.standardize(self.encoder(to_network(self.modality, x))))
 
     def _reconstruct(self, quantized: torch.Tensor) -> torch.Tensor:
         """-> network values (edges: logits)."""
-        return self.head(self.up(F.gelu(self.from_latent(quantized))))
+        return self.decoder(quantized)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x in reader units -> (reconstruction in network values, code ids (B, N))."""
@@ -115,7 +125,12 @@ class Tokenizer(nn.Module):
         return self._reconstruct(self.quantizer.values(codes, grid))
 
     def loss(self, x: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
-        target = to_network(self.modality, x)
+        """MSE in network values (L1 for depth and normals, whose errors are read as MAE); edges: BCE with edge pixels weighted by the batch's non-edge/edge ratio
+        (at most EDGE_WEIGHT_CAP), so 1-pixel edges covering a few per cent of a frame are not ignored."""
         if self.modality == "edges":
-            return F.binary_cross_entropy_with_logits(reconstruction, x)
-        return F.mse_loss(reconstruction, target)
+            edges = (x > 0.5).float()
+            weight = ((1 - edges).sum() / edges.sum().clamp(min=1)).clamp(1.0, EDGE_WEIGHT_CAP)
+            return F.binary_cross_entropy_with_logits(reconstruction, edges, pos_weight=weight)
+        if self.modality in L1_MODALITIES:
+            return F.l1_loss(reconstruction, to_network(self.modality, x))
+        return F.mse_loss(reconstruction, to_network(self.modality, x))

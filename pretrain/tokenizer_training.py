@@ -3,11 +3,15 @@
 
 from __future__ import annotations
 
+import math
+import shutil
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
 from rich.console import Console
+from rich.progress import Progress, TextColumn
+from rich.table import Table
 from safetensors.torch import save_file
 
 from tst.sheets import grid_image
@@ -18,64 +22,91 @@ from tst.collect.dataset import FrameDataset, RandomResizedCropFlip, collate
 from tst.pretrain.normalize import from_network
 from tst.pretrain.run import _eval_batch, _modalities, _space_name, _tokenizer_dir, dataset_dir, load_tokenizers
 from tst.pretrain.tokenizer import Tokenizer, TokenizerConfig
-from tst.pretrain.tokens import precompute_tokens
+from tst.pretrain.tokenizer_quality import measure
+from tst.pretrain.tokens import precompute_tokens, whole_frame
 from tst.pretrain.visualize import to_uint8
 
 console = Console(stderr=True)
+SENSOR_MODALITIES = ("rgb", "depth", "normals", "edges")  # the modalities that have tokenizers
+
+
+def _train(tokenizers: dict[str, Tokenizer], loader, steps: int, lr: float) -> None:
+    """Every tokenizer on the same batches (one pass over the data serves all modalities), AdamW with a
+    short warmup and a cosine decay."""
+    parameters = [p for t in tokenizers.values() for p in t.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
+    warmup = max(1, steps // 20)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
+    step = 0
+    with Progress(*Progress.get_default_columns(), TextColumn("{task.fields[losses]}"), console=console) as progress:
+        task = progress.add_task("tokenizers", total=steps, losses="")
+        while step < steps:
+            for batch in loader:
+                losses = {name: t.loss(batch[name], t(batch[name])[0]) for name, t in tokenizers.items()}
+                optimizer.zero_grad()
+                sum(losses.values()).backward()
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                progress.update(task, advance=1, losses=" ".join(f"{n} {v.item():.3f}" for n, v in losses.items()))
+                if step >= steps:
+                    break
+
+
+def quality_table(quality: dict[str, dict]) -> Table:
+    """The console table of tokenizer_quality.measure's figures."""
+    table = Table(title=f"tokenizer quality over the {next(iter(quality.values()))['split']} split")
+    for column in ("modality", "codes used", "perplexity", "error", "patch-mean baseline", "beats baseline"):
+        table.add_column(column)
+    for name, q in quality.items():
+        table.add_row(name, f"{q['codes_used']}/{q['codebook']}", f"{q['perplexity']:.1f}",
+                      f"{q['error']:.4f} ({q['metric']})", f"{q['baseline_error']:.4f}",
+                      "yes" if q["error"] < q["baseline_error"] else "[red]no[/red]")
+    return table
 
 
 def train_tokenizers(cfg: DictConfig) -> Path:
-    """One FSQ tokenizer per modality on the pretrain split; writes weights, reconstruction PNGs and
-    per-modality reconstruction error to <space>/pretrain/tokenizers (or pretrain.tokenizers)."""
+    """One FSQ tokenizer per sensor modality on the pretrain split; writes weights, reconstruction PNGs
+    and per-modality quality over the whole eval split (codes used, perplexity, reconstruction error
+    next to the patch-mean baseline) to <space>/pretrain/tokenizers (or pretrain.tokenizers)."""
     data = dataset_dir(cfg)
-    modalities = [m for m in _modalities(cfg) if m in ("rgb", "depth", "normals", "edges")]
+    modalities = [m for m in _modalities(cfg) if m in SENSOR_MODALITIES]
     t = cfg.pretrain.tokenizer
     config = TokenizerConfig(tuple(int(v) for v in t.levels), int(cfg.model.patch), int(t.hidden))
     out = _tokenizer_dir(cfg)
     size = int(cfg.model.image_size)
+    torch.manual_seed(int(cfg.pretrain.seed))  # before any weight exists
     frames = FrameDataset(data, "pretrain", modalities, transform=RandomResizedCropFlip(size, tuple(cfg.data.crop_scale)))
-    held_out = _eval_batch(data, modalities, size, 4)
-    torch.manual_seed(int(cfg.pretrain.seed))
-    errors, rows = {}, []
     loader = torch.utils.data.DataLoader(frames, batch_size=int(cfg.data.batch_size), shuffle=True,
                                          num_workers=int(cfg.data.num_workers), collate_fn=collate, drop_last=True)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in modalities:
-        tokenizer = Tokenizer(name, config)
-        optimizer = torch.optim.AdamW(tokenizer.parameters(), lr=float(t.lr))
-        step = 0
-        with console.status(f"training the {name} tokenizer") as status:
-            while step < int(t.steps):
-                for batch in loader:
-                    reconstruction, _ = tokenizer(batch[name])
-                    loss = tokenizer.loss(batch[name], reconstruction)
-                    optimizer.zero_grad()
-                    loss.backward()
-                    optimizer.step()
-                    step += 1
-                    if step % 20 == 0:
-                        status.update(f"training the {name} tokenizer: step {step}/{t.steps}, loss {loss.item():.4f}")
-                    if step >= int(t.steps):
-                        break
-        tokenizer.eval()
+    tokenizers = {name: Tokenizer(name, config) for name in modalities}
+    _train(tokenizers, loader, int(t.steps), float(t.lr))
+    eval_frames = FrameDataset(data, "eval", modalities, transform=whole_frame(size))
+    quality = measure(tokenizers, torch.utils.data.DataLoader(eval_frames, batch_size=32, collate_fn=collate), "eval")
+    console.print(quality_table(quality))
+    held_out = _eval_batch(data, modalities, size, 4)
+    rows = []
+    staging = out.parent / f".{out.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for name, tokenizer in tokenizers.items():
+        save_file({k: v.contiguous() for k, v in tokenizer.state_dict().items()}, str(staging / f"{name}.safetensors"))
         with torch.no_grad():
-            truth = held_out[name]
-            decoded = from_network(name, tokenizer.decode(tokenizer.encode(truth)))
-            errors[name] = float((decoded - truth).abs().mean())
-            codes_used = int(torch.unique(tokenizer.encode(truth)).numel())
-        save_file({k: v.contiguous() for k, v in tokenizer.state_dict().items()}, str(out / f"{name}.safetensors"))
-        for b in range(len(truth)):
-            rows.append([to_uint8(name, truth[b]), to_uint8(name, decoded[b])])
-        console.print(f"  {name}: mean abs reconstruction error {errors[name]:.4f} (reader units), "
-                      f"{codes_used} codes used on 4 held-out frames")
+            decoded = from_network(name, tokenizer.decode(tokenizer.encode(held_out[name])))
+        rows += [[to_uint8(name, truth), to_uint8(name, image)] for truth, image in zip(held_out[name], decoded)]
     image = grid_image(rows, ["eval frame", "tokenized + decoded"], [f"{m} #{b}" for m in modalities for b in range(4)])
-    image.save(out / "reconstructions.png")
-    write_manifest(out, "pretrain.tokenizers", cfg, {"dataset": data},
+    image.save(staging / "reconstructions.png")
+    write_manifest(staging, "pretrain.tokenizers", cfg, {"dataset": data},
                    {"dataset": str(data), "dataset_fingerprint": fingerprint(data), "modalities": modalities,
                     "levels": list(config.levels), "patch": config.patch, "hidden": config.hidden,
-                    "vocab": config.vocab, "reconstruction_mae": errors, "image_size": size})
-    record_run(cfg, "pretrain.tokenizers", _space_name(cfg), out, {"dataset": str(data)},
-               {"tokenizers": str(out)}, {f"reconstruction_mae_{m}": e for m, e in errors.items()},
+                    "vocab": config.vocab, "image_size": size, "quality": quality,
+                    "reconstruction_error": {m: q["error"] for m, q in quality.items()}})
+    shutil.rmtree(out, ignore_errors=True)  # a finished set of tokenizers replaces the old one whole
+    staging.rename(out)
+    record_run(cfg, "pretrain.tokenizers", _space_name(cfg), out, {"dataset": str(data)}, {"tokenizers": str(out)},
+               {f"{key}_{m}": q[key] for m, q in quality.items() for key in ("error", "baseline_error", "perplexity",
+                                                                             "codes_used")},
                images=[out / "reconstructions.png"])
     console.print(f"[green]tokenizers[/green] {out}")
     return out
@@ -85,6 +116,6 @@ def tokens(cfg: DictConfig) -> Path:
     """`tst pretrain tokens`: precompute the pretrain split's codes with the trained tokenizers."""
     data = dataset_dir(cfg)
     directory = _tokenizer_dir(cfg)
-    modalities = [m for m in _modalities(cfg) if m in ("rgb", "depth", "normals", "edges")]
+    modalities = [m for m in _modalities(cfg) if m in SENSOR_MODALITIES]
     tokenizers = load_tokenizers(directory, data, modalities, int(cfg.model.patch))
     return precompute_tokens(directory, data, tokenizers, int(cfg.model.image_size))

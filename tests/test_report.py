@@ -9,50 +9,134 @@ from PIL import Image
 from tst.cli import main
 from tst.config import load
 from tst.tracking import record_run
+from tst.transfer.report import COLUMNS, Cell, TransferResult, compare, markdown, tokenizer_quality
+from tst.workspace import write_manifest
+
+QUALITY = {"rgb": {"codes_used": 200, "codebook": 256, "perplexity": 150.25, "metric": "mae", "error": 0.05,
+                   "baseline_error": 0.08, "split": "eval", "patches": 4096},
+           "edges": {"codes_used": 10, "codebook": 256, "perplexity": 3.5, "metric": "balanced_mae", "error": 0.4,
+                     "baseline_error": 0.3, "split": "eval", "patches": 4096}}
 
 
-def _track(workspace, backbone, fraction, seed, metrics):
+def _track(workspace, backbone, fraction, seed, metrics, pretrain_steps=None):
     cfg = load("transfer", [f"workspace_dir={workspace}"])
-    run_dir = workspace / "procedural-0" / "transfer" / f"{backbone}-{fraction}-{seed}"
+    run_dir = workspace / "procedural-0" / "transfer" / f"{backbone}-{pretrain_steps}-{fraction}-{seed}"
     run_dir.mkdir(parents=True)
     Image.fromarray(np.full((40, 120, 3), 40 * seed, np.uint8)).save(run_dir / "predictions.png")
-    record_run(cfg, "transfer", "procedural-0", run_dir, {}, {}, metrics, tags={
-        "task": "seg+det+caption", "backbone": backbone, "objective": backbone, "fraction": str(fraction),
-        "seed": str(seed)})
+    tags = {"task": "seg+det+caption", "backbone": backbone, "objective": backbone, "fraction": str(fraction),
+            "seed": str(seed)} | ({"pretrain_steps": str(pretrain_steps)} if pretrain_steps else {})
+    record_run(cfg, "transfer", "procedural-0", run_dir, {}, {}, metrics, tags=tags)
+
+
+def _seeds(workspace, backbone, columns, pretrain_steps=None):
+    """One run per seed; columns: metric -> one value per seed."""
+    for seed, values in enumerate(zip(*columns.values())):
+        _track(workspace, backbone, 1.0, seed, dict(zip(columns, values)), pretrain_steps)
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
+    """scratch and fourm (at 2000 and 1000 pretraining steps) over 3 seeds, mae over 2 seeds overlapping
+    scratch on seg, one generalist run, one fourm run at fraction 0.1, and a tokenizers manifest."""
     workspace = tmp_path_factory.mktemp("report")
-    for seed, miou in ((0, 0.30), (1, 0.34)):
-        _track(workspace, "fourm", 1.0, seed, {"seg_miou": miou, "det_map": 0.2, "det_ap50": 0.4,
-                                               "caption_cider_d": 0.5})
-    _track(workspace, "scratch", 1.0, 0, {"seg_miou": 0.1, "det_map": 0.05, "det_ap50": 0.1, "caption_cider_d": 0.2})
-    _track(workspace, "fourm", 0.1, 0, {"seg_miou": 0.2})
+    _seeds(workspace, "scratch", {"seg_miou": (0.10, 0.11, 0.12), "det_map": (0.05, 0.06, 0.07),
+                                  "det_ap50": (0.10, 0.12, 0.14), "caption_cider_d": (0.20, 0.22, 0.24)})
+    _seeds(workspace, "fourm", {"seg_miou": (0.30, 0.32, 0.34), "det_map": (0.20, 0.21, 0.22),
+                                "det_ap50": (0.40, 0.42, 0.44), "caption_cider_d": (0.21, 0.25, 0.23)}, 2000)
+    _seeds(workspace, "fourm", {"seg_miou": (0.20, 0.22, 0.24), "det_map": (0.12, 0.13, 0.14),
+                                "det_ap50": (0.30, 0.31, 0.32), "caption_cider_d": (0.20, 0.21, 0.22)}, 1000)
+    _seeds(workspace, "mae", {"seg_miou": (0.10, 0.14)}, 2000)
+    _track(workspace, "fourm", 0.1, 0, {"seg_miou": 0.2}, 2000)
     _track(workspace, "generalist", 1.0, 0, {"seg_miou": 0.25})
+    write_manifest(workspace / "procedural-0" / "pretrain" / "tokenizers", "pretrain.tokenizers", {}, {},
+                   {"quality": QUALITY})
     return workspace
 
 
-def test_report_table_charts_and_pictures(store, capsys):
+@pytest.fixture(scope="module")
+def written(store):
+    """The report folder and results.md of the default report."""
     assert main(["report", f"workspace_dir={store}"]) == 0
     out = store / "procedural-0" / "report"
-    table = (out / "results.md").read_text()
-    rows = [line for line in table.splitlines() if line.startswith("| ") and "backbone" not in line]
-    assert [r.split("|")[1].strip() for r in rows] == ["scratch", "fourm", "generalist"]
-    assert "32.0 ± 2.8" in rows[1]  # mean and sample std of 0.30 and 0.34, x100
-    assert rows[2].count("–") == 3  # the generalist has no det/caption runs
+    return out, (out / "results.md").read_text()
+
+
+def _rows(text):
+    """backbone -> its cells, from the main table of results.md."""
+    lines = [line for line in text.split("## Tokenizers")[0].splitlines() if line.startswith("| ")][1:]
+    return {cells[1].strip(): [c.strip() for c in cells[2:-1]] for cells in (line.split("|") for line in lines)}
+
+
+def test_report_table_charts_and_pictures(written, capsys):
+    out, text = written
+    rows = _rows(text)
+    assert list(rows) == ["scratch", "mae", "fourm", "generalist"]
+    assert rows["scratch"][0] == "11.0 ± 1.0"  # mean and sample std of 0.10, 0.11, 0.12, x100
+    assert rows["generalist"][1:] == ["–"] * 3  # the generalist has no det/caption runs
+    assert "seeds 0, 1, 2; one seed only: generalist" in text
     with open(out / "results.csv") as handle:
         records = {r["backbone"]: r for r in csv.DictReader(handle)}
-    assert float(records["fourm"]["seg_miou_mean"]) == pytest.approx(0.32) and records["fourm"]["seg_miou_runs"] == "2"
-    for picture in ("results.png", "label_efficiency.png", "qualitative.png"):
+    assert float(records["fourm"]["seg_miou_mean"]) == pytest.approx(0.32) and records["fourm"]["seg_miou_runs"] == "3"
+    assert records["fourm"]["seg_miou_vs_scratch"] == "significant"
+    assert records["mae"]["seg_miou_vs_scratch"] == "within noise"
+    assert records["generalist"]["seg_miou_vs_scratch"] == "single seed"
+    assert records["scratch"]["seg_miou_vs_scratch"] == ""
+    for picture in ("results.png", "label_efficiency.png", "pretrain_length.png", "qualitative.png"):
         assert Image.open(out / picture).size[0] > 100
-    assert "TST results" in capsys.readouterr().out
+
+
+def test_two_sigma_marker(written):
+    rows = _rows(written[1])
+    assert rows["fourm"][0] == "32.0 ± 2.0 *"  # gap 21.0 to scratch, 2σ = 4.0
+    assert rows["fourm"][1] == "21.0 ± 1.0 *"
+    assert rows["fourm"][3] == "23.0 ± 2.0"  # gap 1.0, 2σ = 4.0: overlapping
+    assert rows["mae"][0] == "12.0 ± 2.8"  # gap 1.0, 2σ = 5.7
+    assert rows["generalist"][0] == "25.0"  # one seed: no std, no marker
+    assert not any(cell.endswith("*") for cell in rows["scratch"])
+    assert "*: differs from the scratch cell of its column by more than 2σ" in written[1]
+    assert "Rows resting on one seed (no std, so those cells get no marker): generalist." in written[1]
+
+
+def test_winner_lines(written):
+    text = written[1]
+    assert "- seg mIoU: fourm wins (32.0 vs next best generalist 25.0; gap 7.0, single seed: within noise)." in text
+    assert "- det mAP: fourm wins (21.0 vs next best scratch 6.0; gap 15.0, 2σ = 2.0: significant)." in text
+    assert "- caption CIDEr-D: fourm wins (23.0 vs next best scratch 22.0; gap 1.0, 2σ = 4.0: within noise)." in text
+
+
+def test_tokenizer_table(written, tmp_path):
+    text = written[1]
+    assert "| rgb | 200 / 256 (78%) | 150.2 | 0.0500 (mae) | 0.0800 | yes |" in text
+    assert "| edges | 10 / 256 (4%) | 3.5 | 0.4000 (balanced_mae) | 0.3000 | no |" in text
+    assert tokenizer_quality(tmp_path) is None  # no manifest
+    write_manifest(tmp_path, "pretrain.tokenizers", {}, {}, {"vocab": 256})
+    assert tokenizer_quality(tmp_path) is None  # a manifest without quality
+
+
+def test_table_uses_the_longest_pretraining(written):
+    out, text = written
+    assert _rows(text)["fourm"][0].startswith("32.0")  # the 2000-step runs only, not mixed with 1000 (22.0)
+    assert ("fourm: the table uses its runs at its longest pretraining, 2000 steps (also run: 1000; "
+            "see pretrain_length.png).") in text
+    assert "mae: the table uses" not in text  # one length only
+    assert (out / "pretrain_length.png").is_file()
 
 
 def test_report_at_a_chosen_fraction(store, capsys):
     assert main(["report", f"workspace_dir={store}", "report.fraction=0.1", f"report.out={store / 'r01'}"]) == 0
     table = (store / "r01" / "results.md").read_text()
-    assert "fraction 0.1" in table and "| fourm | 20.0 |" in table and "scratch" not in table
+    assert "fraction 0.1" in table and "| fourm | 20.0 |" in table and "| scratch |" not in table
+    assert "No scratch row at this fraction" in table
+    assert not (store / "r01" / "pretrain_length.png").exists()  # fourm has one length at 0.1
+
+
+def test_single_seed_scratch_marks_nothing():
+    rows = {name: {m: Cell(list(values) if m == "seg_miou" else []) for m in COLUMNS}
+            for name, values in (("scratch", [0.1]), ("fourm", [0.5, 0.51]))}
+    assert compare(rows["fourm"]["seg_miou"], rows["scratch"]["seg_miou"]).sigma is None
+    text = markdown(rows, 1.0, "s", [TransferResult("scratch", 1.0, 0, {})])
+    assert "| fourm | 50.5 ± 0.7 | – | – | – |" in text
+    assert "scratch rests on one seed in seg mIoU: no cell of those columns can be marked." in text
 
 
 def test_report_without_runs_says_so(tmp_path, capsys):

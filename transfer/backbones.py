@@ -28,25 +28,17 @@ class BackboneInfo:
     path: Path | None = None
 
 
-class ViTFeatures(nn.Module):
-    """A pretrain backbone (tst.pretrain.backbone.Backbone) as a feature map over RGB."""
-
-    def __init__(self, backbone):
-        super().__init__()
-        self.backbone = backbone
-        self.dim, self.grid = backbone.dim, backbone.grid
-
-    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
-        tokens = self.backbone({"rgb": rgb})  # (B, N, D)
-        return tokens.transpose(1, 2).reshape(rgb.shape[0], self.dim, self.grid, self.grid)
+# Tensors of a one-modality encoder that a pretraining run must provide.
+ENCODER_KEYS = ("input_adapters.rgb.", "modality_embedding", "encoder.", "encoder_norm.")
 
 
 class ScratchViT(nn.Module):
-    """The pretraining encoder architecture (RGB input only), randomly initialized."""
+    """The pretraining encoder architecture reading RGB pixels: random init for `scratch`, or a
+    pretraining run's encoder loaded into it (every objective transfers through this same network)."""
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        self.model = MultimodalMaskedModel(config, [ModalityIO("rgb", "pixels", 3, 3)])
+        self.model = MultimodalMaskedModel(config, [ModalityIO("rgb", "pixels", "pixels", 3, 3)])
         self.dim, self.grid, self.patch = config.dim, config.grid, config.patch
 
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
@@ -90,13 +82,17 @@ def make_backbone(spec: str, model_config: dict, settings: dict | None = None) -
         return network, info, network.image_size
     path = Path(spec)
     if (path / "config.json").is_file():
-        from tst.pretrain.backbone import load_backbone
         import json
 
-        pretrained = json.loads((path / "config.json").read_text())
-        backbone = load_backbone(path, ("rgb",))
-        objective = pretrained["pretrain"]["objective"]
-        info = BackboneInfo(objective, str(path), objective, path)
-        return ViTFeatures(backbone), info, pretrained["model"]["image_size"]
+        from tst.pretrain.backbone import rgb_encoder_state
+
+        objective = json.loads((path / "config.json").read_text())["pretrain"]["objective"]
+        pretrained_config, state = rgb_encoder_state(path)
+        backbone = ScratchViT(ModelConfig(**pretrained_config))
+        missing = [k for k in backbone.model.state_dict() if k.startswith(ENCODER_KEYS) and k not in state]
+        if missing:
+            raise TSTError(f"{path}: its encoder lacks {missing[:3]}")
+        backbone.model.load_state_dict(state, strict=False)
+        return backbone, BackboneInfo(objective, str(path), objective, path), backbone.model.config.image_size
     raise TSTError(f"transfer.backbone: '{spec}' is neither 'scratch', 'generalist', one of "
                    f"{', '.join(FOREIGN_SPECS)} nor a tst pretrain run folder")

@@ -1,9 +1,14 @@
 """`tst report`: the TST results table from the transfer runs tracked in MLflow.
 
 Rows are backbones (scratch, mae, multimae, fourm, the generalists), columns the task metrics; a cell is
-the mean ± std over every tracked run of that backbone (seeds) at the table's label fraction. Written into
-<workspace>/<space>/report/: results.md, results.csv, results.png (bar chart), label_efficiency.png (when
-several fractions were run) and qualitative.png (each backbone's eval predictions, stacked).
+the mean ± sample std over every tracked run of that backbone (seeds) at the table's label fraction. A
+pretrained backbone run at several pretraining lengths (tag `pretrain_steps`) enters the table with its
+longest one only. A cell that differs from the scratch cell of its column by more than 2σ (σ = the larger
+of the two cells' seed std) is marked `*`; under the table one line per column names its winner and
+whether its lead is beyond noise. Written into <workspace>/<space>/report/: results.md, results.csv,
+results.png (bar chart), label_efficiency.png (when several fractions were run), pretrain_length.png (when
+a backbone was run at several pretraining lengths) and qualitative.png (each backbone's eval predictions,
+stacked). results.md also holds the tokenizer quality table of <workspace>/<space>/pretrain/tokenizers.
 """
 
 from __future__ import annotations
@@ -20,18 +25,23 @@ from rich.console import Console
 
 from tst.errors import TSTError
 from tst.tracking import tracking_uri
-from tst.workspace import atomic_write_bytes
+from tst.workspace import MANIFEST, atomic_write_bytes, read_manifest
 
 from tst.envs.registry import space_name
 
 console = Console(stderr=True)
 ROW_ORDER = ["scratch", "mae", "multimae", "fourm", "generalist", "dinov2-s14", "dinov2-b14", "clip-b16", "4m21-b"]
 COLUMNS = {"seg_miou": "seg mIoU", "det_map": "det mAP", "det_ap50": "det AP50", "caption_cider_d": "caption CIDEr-D"}
+HEADLINE = [m for m in COLUMNS if m != "det_ap50"]  # one per task: the curves' panels
+REFERENCE = "scratch"  # the row every other row is tested against
+MARKER = "*"
+SCALE = 100  # every metric x100, as published tables show mIoU, mAP and CIDEr-D
 
 
 @dataclass
 class TransferResult:
-    """One tracked transfer run: its backbone, label fraction, seed, metrics and run folder."""
+    """One tracked transfer run: its backbone, label fraction, seed, metrics, run folder, and the length
+    of the pretraining its backbone had (None for scratch, the generalists and runs without the tag)."""
 
     backbone: str
     fraction: float
@@ -39,6 +49,7 @@ class TransferResult:
     metrics: dict[str, float]
     run_dir: Path | None = None
     space: str = ""
+    pretrain_steps: int | None = None
 
 
 @dataclass
@@ -53,12 +64,43 @@ class Cell:
     def std(self) -> float:
         return float(np.std(self.values, ddof=1)) if len(self.values) > 1 else 0.0
 
-    def text(self, scale: float) -> str:
+    def text(self, scale: float, marker: str = "") -> str:
         if not self.values:
             return "–"
-        if len(self.values) == 1:
-            return f"{self.mean * scale:.1f}"
-        return f"{self.mean * scale:.1f} ± {self.std * scale:.1f}"
+        body = f"{self.mean * scale:.1f}"
+        if len(self.values) > 1:
+            body += f" ± {self.std * scale:.1f}"
+        return f"{body} {marker}" if marker else body
+
+
+@dataclass
+class Gap:
+    """The difference of two cells' means and the noise it is judged against: 2σ, σ the larger of the
+    two seed stds; sigma is None when either cell rests on one seed (no std, so no verdict)."""
+
+    gap: float
+    sigma: float | None
+
+    @property
+    def significant(self) -> bool:
+        return self.sigma is not None and abs(self.gap) > 2 * self.sigma
+
+    def text(self, scale: float) -> str:
+        """e.g. 'gap 3.3, 2σ = 1.2: significant' or 'gap 3.3, single seed: within noise'."""
+        noise = "single seed" if self.sigma is None else f"2σ = {2 * self.sigma * scale:.1f}"
+        verdict = "significant" if self.significant else "within noise"
+        return f"gap {self.gap * scale:.1f}, {noise}: {verdict}"
+
+
+def compare(cell: Cell, other: Cell) -> Gap:
+    """cell - other, judged against the larger seed std of the two (both cells must have values)."""
+    sigma = max(cell.std, other.std) if min(len(cell.values), len(other.values)) > 1 else None
+    return Gap(cell.mean - other.mean, sigma)
+
+
+def _pretrain_steps(tags: dict[str, str]) -> int | None:
+    value = tags.get("pretrain_steps")
+    return int(float(value)) if value not in (None, "", "None") else None
 
 
 def tracked_results(cfg: DictConfig, space: str | None) -> list[TransferResult]:
@@ -77,7 +119,7 @@ def tracked_results(cfg: DictConfig, space: str | None) -> list[TransferResult]:
             continue
         results.append(TransferResult(tags["backbone"], float(tags.get("fraction", 1.0)), int(tags.get("seed", 0)),
                                       dict(run.data.metrics), Path(tags["artifact_dir"]) if "artifact_dir" in tags
-                                      else None, tags.get("space", "")))
+                                      else None, tags.get("space", ""), _pretrain_steps(tags)))
     return results
 
 
@@ -85,6 +127,46 @@ def backbone_order(results: list[TransferResult]) -> list[str]:
     names = {r.backbone for r in results}
     return [n for n in ROW_ORDER if n in names] + sorted(names - set(ROW_ORDER))
 
+
+def seeds_caption(results: list[TransferResult]) -> str:
+    """'seeds 0, 1, 2', plus the backbones resting on one seed: every figure names its seeds."""
+    seeds = ", ".join(str(s) for s in sorted({r.seed for r in results}))
+    single = [name for name in backbone_order(results) if len({r.seed for r in results if r.backbone == name}) == 1]
+    return f"seeds {seeds}" + (f"; one seed only: {', '.join(single)}" if single else "")
+
+
+# Pretraining length ------------------------------------------------------------------------------------
+
+def pretraining_lengths(results: list[TransferResult], fraction: float) -> dict[str, list[int | None]]:
+    """backbone -> the distinct pretrain_steps of its runs at `fraction` (None: untagged), for every
+    backbone with at least one tagged run; longest last."""
+    lengths: dict[str, set[int | None]] = {}
+    for r in results:
+        if r.fraction == fraction:
+            lengths.setdefault(r.backbone, set()).add(r.pretrain_steps)
+    return {name: sorted(steps, key=lambda s: -1 if s is None else s)
+            for name, steps in lengths.items() if steps - {None}}
+
+
+def at_longest_pretraining(results: list[TransferResult], fraction: float) -> list[TransferResult]:
+    """The runs of each pretrained backbone at its longest pretraining (at `fraction`), so no row or curve
+    mixes pretraining lengths; backbones without the tag are kept whole."""
+    longest = {name: steps[-1] for name, steps in pretraining_lengths(results, fraction).items()}
+    return [r for r in results if r.backbone not in longest or r.pretrain_steps == longest[r.backbone]]
+
+
+def length_notes(results: list[TransferResult], fraction: float) -> list[str]:
+    """One line per backbone run at several pretraining lengths: which length the table shows."""
+    notes = []
+    for name, steps in pretraining_lengths(results, fraction).items():
+        if len(steps) > 1:
+            others = ", ".join("untagged" if s is None else str(s) for s in steps[:-1])
+            notes.append(f"{name}: the table uses its runs at its longest pretraining, {steps[-1]} steps "
+                         f"(also run: {others}; see pretrain_length.png).")
+    return notes
+
+
+# Tables -------------------------------------------------------------------------------------------------
 
 def table(results: list[TransferResult], fraction: float) -> dict[str, dict[str, Cell]]:
     """backbone -> metric -> Cell over the runs at `fraction`."""
@@ -99,104 +181,243 @@ def table(results: list[TransferResult], fraction: float) -> dict[str, dict[str,
     return {name: cells for name, cells in rows.items() if any(c.values for c in cells.values())}
 
 
-def markdown(rows: dict[str, dict[str, Cell]], fraction: float, space: str) -> str:
-    """The table as Markdown; every metric x100, as published tables show mIoU, mAP and CIDEr-D."""
+def versus_reference(rows: dict[str, dict[str, Cell]], name: str, metric: str) -> Gap | None:
+    """The gap of rows[name][metric] to the scratch cell of the column; None for the scratch row itself or
+    when either cell is empty."""
+    cell, reference = rows[name][metric], rows.get(REFERENCE, {}).get(metric, Cell())
+    if name == REFERENCE or not cell.values or not reference.values:
+        return None
+    return compare(cell, reference)
+
+
+def marker(rows: dict[str, dict[str, Cell]], name: str, metric: str) -> str:
+    gap = versus_reference(rows, name, metric)
+    return MARKER if gap is not None and gap.significant else ""
+
+
+def winner_line(rows: dict[str, dict[str, Cell]], metric: str) -> str | None:
+    """'seg mIoU: fourm wins (21.3 vs next best multimae 18.0; gap 3.3, 2σ = 1.2: significant)'; None for
+    a column without runs."""
+    ranked = sorted(((cells[metric], name) for name, cells in rows.items() if cells[metric].values),
+                    key=lambda pair: -pair[0].mean)
+    if not ranked:
+        return None
+    (best, winner), label = ranked[0], COLUMNS[metric]
+    if len(ranked) == 1:
+        return f"{label}: {winner} is the only backbone with runs ({best.mean * SCALE:.1f})."
+    second, runner_up = ranked[1]
+    return (f"{label}: {winner} wins ({best.mean * SCALE:.1f} vs next best {runner_up} "
+            f"{second.mean * SCALE:.1f}; {compare(best, second).text(SCALE)}).")
+
+
+def single_seed_rows(rows: dict[str, dict[str, Cell]]) -> list[str]:
+    """The rows with a cell resting on one run: no std there, so no verdict against (or by) them."""
+    return [name for name, cells in rows.items() if any(len(c.values) == 1 for c in cells.values())]
+
+
+def marker_note(rows: dict[str, dict[str, Cell]]) -> str:
+    """The line under the table that explains the marker and says which rows rest on one seed."""
+    if REFERENCE in rows:
+        note = (f"{MARKER}: differs from the {REFERENCE} cell of its column by more than 2σ, σ the larger of the "
+                "two cells' seed std (the means give the direction).")
+    else:
+        note = f"No {REFERENCE} row at this fraction: no cell is marked."
+    single = [name for name in single_seed_rows(rows) if name != REFERENCE]
+    if single:
+        note += f" Rows resting on one seed (no std, so those cells get no marker): {', '.join(single)}."
+    lone = [label for m, label in COLUMNS.items() if len(rows.get(REFERENCE, {}).get(m, Cell()).values) == 1]
+    if lone:
+        note += f" {REFERENCE} rests on one seed in {', '.join(lone)}: no cell of those columns can be marked."
+    return note
+
+
+def markdown(rows: dict[str, dict[str, Cell]], fraction: float, space: str, used: list[TransferResult],
+             notes: list[str] = ()) -> str:
+    """The table as Markdown (metrics x100), the marker's legend, one winner line per column and `notes`;
+    `used` are the runs the table rests on (for its seeds)."""
     lines = [f"# TST results — {space}, transfer fraction {fraction:g}", "",
-             "Mean ± std over seeds; metrics x100. The generalist row is EfficientNet-Lite0 (ImageNet-supervised), "
-             "the offline stand-in for internet-pretrained generalists.", "",
-             "| backbone | " + " | ".join(COLUMNS.values()) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+             f"Mean ± sample std over seeds ({seeds_caption(used)}); metrics x100. The generalist row is "
+             "EfficientNet-Lite0 (ImageNet-supervised), the offline stand-in for internet-pretrained generalists.",
+             "", "| backbone | " + " | ".join(COLUMNS.values()) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for name, cells in rows.items():
-        lines.append(f"| {name} | " + " | ".join(cells[m].text(100) for m in COLUMNS) + " |")
+        lines.append(f"| {name} | " + " | ".join(cells[m].text(SCALE, marker(rows, name, m)) for m in COLUMNS) + " |")
+    lines += ["", marker_note(rows), ""]
+    lines += [f"- {line}" for line in (winner_line(rows, m) for m in COLUMNS) if line]
+    if notes:
+        lines += [""] + list(notes)
     return "\n".join(lines) + "\n"
 
 
 def csv_text(rows: dict[str, dict[str, Cell]], fraction: float) -> str:
+    """One line per backbone: per metric its mean, std, run count and verdict against scratch
+    (significant / within noise / single seed; empty for scratch itself or an empty cell)."""
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["backbone", "fraction"] + [f"{m}_{s}" for m in COLUMNS for s in ("mean", "std", "runs")])
+    writer.writerow(["backbone", "fraction"] + [f"{m}_{s}" for m in COLUMNS for s in ("mean", "std", "runs",
+                                                                                     "vs_scratch")])
     for name, cells in rows.items():
-        writer.writerow([name, fraction] + [v for m in COLUMNS for v in
-                                            ((f"{cells[m].mean:.6f}", f"{cells[m].std:.6f}", len(cells[m].values))
-                                             if cells[m].values else ("", "", 0))])
+        values = []
+        for m in COLUMNS:
+            cell, gap = cells[m], versus_reference(rows, name, m)
+            verdict = "" if gap is None else "single seed" if gap.sigma is None else \
+                "significant" if gap.significant else "within noise"
+            values += [f"{cell.mean:.6f}", f"{cell.std:.6f}", len(cell.values), verdict] if cell.values \
+                else ["", "", 0, ""]
+        writer.writerow([name, fraction] + values)
     return out.getvalue()
+
+
+def tokenizer_quality(directory: Path) -> str | None:
+    """The tokenizer quality table (Markdown) of the manifest `tst pretrain tokenizers` wrote in
+    `directory` (outputs.quality, see tst.pretrain.tokenizer_quality); None without one."""
+    if not (Path(directory) / MANIFEST).is_file():
+        return None
+    quality = read_manifest(directory).get("outputs", {}).get("quality")
+    if not quality:
+        return None
+    first = next(iter(quality.values()))
+    lines = ["## Tokenizers", "",
+             f"Over the {first['split']} split ({first['patches']} patches per modality); errors in reader units, "
+             "the baseline replaces every patch by its mean.", "",
+             "| modality | codes used / codebook (share %) | perplexity | error | patch-mean baseline "
+             "| beats baseline |",
+             "|---|---|---|---|---|---|"]
+    for name, q in quality.items():
+        share = 100 * q["codes_used"] / max(1, q["codebook"])
+        lines.append(f"| {name} | {q['codes_used']} / {q['codebook']} ({share:.0f}%) | {q['perplexity']:.1f} | "
+                     f"{q['error']:.4f} ({q['metric']}) | {q['baseline_error']:.4f} | "
+                     f"{'yes' if q['error'] < q['baseline_error'] else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
+# Figures ------------------------------------------------------------------------------------------------
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _png(figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(figure)
     return buffer.getvalue()
 
 
-def bar_chart(rows: dict[str, dict[str, Cell]], fraction: float) -> bytes:
+def _colours(results: list[TransferResult]) -> dict[str, str]:
+    """backbone -> matplotlib colour, in table order (the bar chart's colours)."""
+    return {name: f"C{k}" for k, name in enumerate(backbone_order(results))}
+
+
+def _legend(figure, colours: dict[str, str], dashed: tuple[str, ...] = ()) -> None:
+    """One entry per backbone above the panels; those in `dashed` drawn as dashed lines (a reference)."""
+    plt = _pyplot()
+    handles = [plt.Line2D([], [], color=c, label=n, **({"linestyle": "--"} if n in dashed else {"marker": "o"}))
+               for n, c in colours.items()]
+    figure.legend(handles=handles, loc="upper center", ncol=len(colours), fontsize=8, bbox_to_anchor=(0.5, 1.08))
+
+
+def _panels(metrics: list[str], title: str):
+    figure, axes = _pyplot().subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2), squeeze=False)
+    figure.suptitle(title, y=1.15, fontsize=10)
+    for axis, metric in zip(axes[0], metrics):
+        axis.set_title(COLUMNS[metric])
+    axes[0][0].set_ylabel(f"score x{SCALE}")
+    return figure, axes[0]
+
+
+def _curve(axis, points: list[tuple[float, Cell]], colour: str) -> None:
+    """Mean ± std of the non-empty cells against x."""
+    points = [(x, c) for x, c in points if c.values]
+    if points:
+        axis.errorbar([x for x, _ in points], [c.mean * SCALE for _, c in points],
+                      yerr=[c.std * SCALE for _, c in points], marker="o", capsize=2, color=colour)
+
+
+def bar_chart(rows: dict[str, dict[str, Cell]], fraction: float, used: list[TransferResult]) -> bytes:
     """One group of bars per metric, one bar per backbone, std as error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     metrics = [m for m in COLUMNS if any(cells[m].values for cells in rows.values())]
     figure, axis = plt.subplots(figsize=(1.8 + 1.6 * len(metrics), 3.4))
     width = 0.8 / max(1, len(rows))
     for k, (name, cells) in enumerate(rows.items()):
         x = np.arange(len(metrics)) + k * width
-        axis.bar(x, [cells[m].mean * 100 if cells[m].values else 0 for m in metrics], width,
-                 yerr=[cells[m].std * 100 for m in metrics], label=name, capsize=2)
+        axis.bar(x, [cells[m].mean * SCALE if cells[m].values else 0 for m in metrics], width,
+                 yerr=[cells[m].std * SCALE for m in metrics], label=name, capsize=2)
     axis.set_xticks(np.arange(len(metrics)) + width * (len(rows) - 1) / 2, [COLUMNS[m] for m in metrics])
-    axis.set_ylabel("score x100")
-    axis.set_title(f"TST transfer results (fraction {fraction:g})")
+    axis.set_ylabel(f"score x{SCALE}")
+    axis.set_title(f"TST transfer results (fraction {fraction:g})\n{seeds_caption(used)}", fontsize=10)
     axis.legend(fontsize=8)
-    data = _png(figure)
-    plt.close(figure)
-    return data
+    return _png(figure)
 
 
 def label_efficiency(results: list[TransferResult]) -> bytes:
     """Each headline metric against the label fraction (log x), one line per backbone, std error bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fractions = sorted({r.fraction for r in results})
-    metrics = [m for m in COLUMNS if m != "det_ap50" and any(m in r.metrics for r in results)]
-    figure, axes = plt.subplots(1, len(metrics), figsize=(3.6 * len(metrics), 3.2), squeeze=False)
-    colours = {name: f"C{k}" for k, name in enumerate(backbone_order(results))}
-    for axis, metric in zip(axes[0], metrics):
-        for name in backbone_order(results):
-            cells = [table([r for r in results if r.backbone == name], f).get(name, {}).get(metric, Cell())
-                     for f in fractions]
-            points = [(f, c) for f, c in zip(fractions, cells) if c.values]
-            if points:
-                axis.errorbar([f for f, _ in points], [c.mean * 100 for _, c in points],
-                              yerr=[c.std * 100 for _, c in points], marker="o", capsize=2, color=colours[name])
+    metrics = [m for m in HEADLINE if any(m in r.metrics for r in results)]
+    figure, axes = _panels(metrics, f"label efficiency ({seeds_caption(results)})")
+    colours = _colours(results)
+    for axis, metric in zip(axes, metrics):
+        for name in colours:
+            own = [r for r in results if r.backbone == name]
+            _curve(axis, [(f, table(own, f).get(name, {}).get(metric, Cell())) for f in fractions], colours[name])
         axis.set_xscale("log")
         axis.set_xlabel("fraction of transfer labels")
-        axis.set_title(COLUMNS[metric])
-    axes[0][0].set_ylabel("score x100")
-    figure.legend(handles=[plt.Line2D([], [], color=c, marker="o", label=n) for n, c in colours.items()],
-                  loc="upper center", ncol=len(colours), fontsize=8, bbox_to_anchor=(0.5, 1.08))
-    data = _png(figure)
-    plt.close(figure)
-    return data
+    _legend(figure, colours)
+    return _png(figure)
+
+
+def pretrain_length(results: list[TransferResult], fraction: float) -> bytes | None:
+    """Each headline metric against the pretraining steps, one line per pretrained backbone (mean ± std over
+    seeds) and scratch as a dashed line; None unless some backbone was run at two lengths or more."""
+    lengths = {name: [s for s in steps if s is not None]
+               for name, steps in pretraining_lengths(results, fraction).items()}
+    if not any(len(steps) > 1 for steps in lengths.values()):
+        return None
+    at_fraction = [r for r in results if r.fraction == fraction
+                   and (r.backbone == REFERENCE or r.pretrain_steps is not None)]
+    metrics = [m for m in HEADLINE if any(m in r.metrics for r in at_fraction)]
+    figure, axes = _panels(metrics, f"pretraining length, transfer fraction {fraction:g} "
+                                    f"({seeds_caption(at_fraction)})")
+    colours = _colours(at_fraction)
+    scratch = table([r for r in at_fraction if r.backbone == REFERENCE], fraction).get(REFERENCE)
+    for axis, metric in zip(axes, metrics):
+        for name in lengths:
+            cells = [(s, table([r for r in at_fraction if r.backbone == name and r.pretrain_steps == s], fraction)
+                      .get(name, {}).get(metric, Cell())) for s in lengths[name]]
+            _curve(axis, cells, colours[name])
+        if scratch and scratch[metric].values:  # scratch: its mean dashed, its std a band
+            mean, std = scratch[metric].mean * SCALE, scratch[metric].std * SCALE
+            axis.axhline(mean, color=colours[REFERENCE], linestyle="--")
+            axis.axhspan(mean - std, mean + std, color=colours[REFERENCE], alpha=0.12, linewidth=0)
+        axis.set_xticks(sorted({s for steps in lengths.values() for s in steps}))
+        axis.set_xlabel("pretraining steps")
+    _legend(figure, colours, dashed=(REFERENCE,))
+    return _png(figure)
 
 
 def qualitative(results: list[TransferResult], fraction: float) -> bytes | None:
     """Each backbone's predictions.png (eval rgb, truth and prediction per task, same eval frames for all
-    runs) stacked under a title, one run per backbone (the lowest seed)."""
+    runs) stacked under a title, one run per backbone (the lowest seed, named in the title)."""
     sections = []
     for name in backbone_order(results):
         runs = sorted((r for r in results if r.backbone == name and r.fraction == fraction and r.run_dir
                        and (r.run_dir / "predictions.png").is_file()), key=lambda r: r.seed)
         if runs:
-            sections.append((name, Image.open(runs[0].run_dir / "predictions.png").convert("RGB")))
+            sections.append((f"backbone: {name}, seed {runs[0].seed}",
+                             Image.open(runs[0].run_dir / "predictions.png").convert("RGB")))
     if not sections:
         return None
     title = 16
     width = max(image.width for _, image in sections)
     sheet = Image.new("RGB", (width, sum(image.height + title for _, image in sections)), "white")
     draw, y = ImageDraw.Draw(sheet), 0
-    for name, image in sections:
-        draw.text((4, y + 2), f"backbone: {name}", fill="black", font=ImageFont.load_default())
+    for caption, image in sections:
+        draw.text((4, y + 2), caption, fill="black", font=ImageFont.load_default())
         sheet.paste(image, (0, y + title))
         y += image.height + title
     buffer = io.BytesIO()
@@ -205,28 +426,34 @@ def qualitative(results: list[TransferResult], fraction: float) -> bytes | None:
 
 
 def report(cfg: DictConfig) -> Path:
-    """Write the report files; print the Markdown table. Returns the report folder."""
+    """Write the report files; print the Markdown. Returns the report folder."""
     space = space_name(cfg.space)
-    results = tracked_results(cfg, space)
-    if not results:
+    every = tracked_results(cfg, space)
+    if not every:
         raise TSTError(f"{tracking_uri(cfg)}: no tracked transfer runs of space {space}; run tst transfer first")
-    fractions = sorted({r.fraction for r in results})
+    fractions = sorted({r.fraction for r in every})
     fraction = float(cfg.report.fraction) if cfg.report.get("fraction") is not None else max(fractions)
+    results = at_longest_pretraining(every, fraction)
     rows = table(results, fraction)
     if not rows:
         raise TSTError(f"report.fraction: no transfer runs at fraction {fraction:g}; runs exist at "
                        f"{', '.join(f'{f:g}' for f in fractions)}")
     out = Path(str(cfg.report.out)) if cfg.report.get("out") else Path(cfg.workspace_dir) / space / "report"
     out.mkdir(parents=True, exist_ok=True)
-    text = markdown(rows, fraction, space)
+    used = [r for r in results if r.fraction == fraction]
+    text = markdown(rows, fraction, space, used, length_notes(every, fraction))
+    tokenizers = tokenizer_quality(Path(cfg.workspace_dir) / space / "pretrain" / "tokenizers")
+    if tokenizers:
+        text += "\n" + tokenizers
     atomic_write_bytes(out / "results.md", text.encode())
     atomic_write_bytes(out / "results.csv", csv_text(rows, fraction).encode())
-    atomic_write_bytes(out / "results.png", bar_chart(rows, fraction))
+    atomic_write_bytes(out / "results.png", bar_chart(rows, fraction, used))
     if len(fractions) > 1:
         atomic_write_bytes(out / "label_efficiency.png", label_efficiency(results))
-    pictures = qualitative(results, fraction)
-    if pictures:
-        atomic_write_bytes(out / "qualitative.png", pictures)
+    for name, picture in (("pretrain_length.png", pretrain_length(every, fraction)),
+                          ("qualitative.png", qualitative(results, fraction))):
+        if picture:
+            atomic_write_bytes(out / name, picture)
     print(text)
     console.print(f"report written to {out}")
     return out

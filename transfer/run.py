@@ -107,6 +107,7 @@ def run(cfg: DictConfig) -> Path:
     if t.mode not in ("full", "probe"):
         raise TSTError(f"transfer.mode: expected full or probe, got {t.mode!r}")
     settings = OmegaConf.to_container(t, resolve=True)
+    L.seed_everything(int(t.seed), workers=True, verbose=False)  # before any weight exists
     backbone, info, size = make_backbone(str(t.backbone), OmegaConf.to_container(cfg.model, resolve=True), settings)
     modalities = [m for name in names for m in {"seg": ["semantic"], "det": ["boxes"], "caption": ["caption"]}[name]]
     train, eval_frames, taxonomy, root, source = transfer_and_eval(cfg, modalities, size)
@@ -116,7 +117,6 @@ def run(cfg: DictConfig) -> Path:
         raise TSTError(f"{run_dir}: already exists; choose another run_name")
     vocabulary = caption_vocabulary(train, int(t.caption_min_count)) if "caption" in names else None
     tasks = build_tasks(names, taxonomy, settings, vocabulary)
-    L.seed_everything(int(t.seed), workers=True, verbose=False)
     module = TransferModule(backbone, tasks, settings)
     batch_size = int(cfg.data.batch_size)
     loader = DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=len(train) >= batch_size,
@@ -143,6 +143,8 @@ def run(cfg: DictConfig) -> Path:
                                                       "tasks": "tasks.json", "predictions": "predictions.png"})
     tags = {"task": "+".join(names), "backbone": info.name, "objective": info.objective,
             "fraction": str(float(t.fraction)), "seed": str(int(t.seed)), "mode": str(t.mode)}
+    if info.path is not None:  # the report's pretraining-length curve
+        tags["pretrain_steps"] = str(json.loads((info.path / "config.json").read_text())["pretrain"]["steps"])
     record_run(cfg, "transfer", root.parent.name, run_dir, {"dataset": str(root)},
                {"metrics": str(run_dir / "metrics.json")}, scalar_metrics(scores),
                images=[run_dir / "predictions.png"], tags=tags)

@@ -172,7 +172,7 @@ class CaptionTask(Task):
         from tst.transfer.captioning import caption_loss
 
         tokens = self.tokens(batch["caption"]).to(features.device)
-        return caption_loss(head(features, tokens[:, :-1]), tokens[:, 1:])
+        return caption_loss(head(features, tokens), tokens)  # caption_loss shifts by one itself
 
     def tokens(self, captions: list[str]) -> torch.Tensor:
         """(B, L) int64 <bos> words <eos>, padded with 0."""
