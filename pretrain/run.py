@@ -263,7 +263,7 @@ def load_run(run_dir: Path) -> tuple[PretrainModule, dict, Path]:
         load_checked(module.model, load_file(str(weights)), weights, config["model"])
     else:
         checkpoint = run_dir / "checkpoints" / "last.ckpt"
-        state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
         load_checked(module, state, checkpoint, config["model"])
     return module.eval(), config, data
 
