@@ -72,6 +72,14 @@ class PretrainModule(L.LightningModule):
                                    f"{available} tokens of its modalities ({N} each)")
         self._last_time: float | None = None
 
+    def train(self, mode: bool = True) -> "PretrainModule":
+        """Lightning switches every submodule to training mode; the frozen tokenizers stay in eval mode,
+        so their latent standardization keeps its trained statistics and the codes do not drift."""
+        super().train(mode)
+        if hasattr(self, "tokenizers"):
+            self.tokenizers.eval()
+        return self
+
     def selection(self, batch_size: int, step: int):
         generator = torch.Generator().manual_seed(
             int(np.random.default_rng([self.config["pretrain"]["seed"], step, self.global_rank]).integers(2**62)))

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import math
-import shutil
 from pathlib import Path
 
 import torch
@@ -16,7 +15,7 @@ from safetensors.torch import save_file
 
 from tst.sheets import grid_image
 from tst.tracking import record_run
-from tst.workspace import fingerprint, write_manifest
+from tst.workspace import fingerprint, staged_directory, write_manifest
 
 from tst.collect.dataset import FrameDataset, RandomResizedCropFlip, collate
 from tst.pretrain.normalize import from_network
@@ -87,23 +86,21 @@ def train_tokenizers(cfg: DictConfig) -> Path:
     console.print(quality_table(quality))
     held_out = _eval_batch(data, modalities, size, 4)
     rows = []
-    staging = out.parent / f".{out.name}.partial"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for name, tokenizer in tokenizers.items():
-        save_file({k: v.contiguous() for k, v in tokenizer.state_dict().items()}, str(staging / f"{name}.safetensors"))
-        with torch.no_grad():
-            decoded = from_network(name, tokenizer.decode(tokenizer.encode(held_out[name])))
-        rows += [[to_uint8(name, truth), to_uint8(name, image)] for truth, image in zip(held_out[name], decoded)]
-    image = grid_image(rows, ["eval frame", "tokenized + decoded"], [f"{m} #{b}" for m in modalities for b in range(4)])
-    image.save(staging / "reconstructions.png")
-    write_manifest(staging, "pretrain.tokenizers", cfg, {"dataset": data},
-                   {"dataset": str(data), "dataset_fingerprint": fingerprint(data), "modalities": modalities,
-                    "levels": list(config.levels), "patch": config.patch, "hidden": config.hidden,
-                    "vocab": config.vocab, "image_size": size, "quality": quality,
-                    "reconstruction_error": {m: q["error"] for m, q in quality.items()}})
-    shutil.rmtree(out, ignore_errors=True)  # a finished set of tokenizers replaces the old one whole
-    staging.rename(out)
+    with staged_directory(out, replace=True) as staging:  # a finished set replaces the old one whole
+        for name, tokenizer in tokenizers.items():
+            save_file({k: v.contiguous() for k, v in tokenizer.state_dict().items()},
+                      str(staging / f"{name}.safetensors"))
+            with torch.no_grad():
+                decoded = from_network(name, tokenizer.decode(tokenizer.encode(held_out[name])))
+            rows += [[to_uint8(name, truth), to_uint8(name, image)] for truth, image in zip(held_out[name], decoded)]
+        image = grid_image(rows, ["eval frame", "tokenized + decoded"],
+                           [f"{m} #{b}" for m in modalities for b in range(4)])
+        image.save(staging / "reconstructions.png")
+        write_manifest(staging, "pretrain.tokenizers", cfg, {"dataset": data},
+                       {"dataset": str(data), "dataset_fingerprint": fingerprint(data), "modalities": modalities,
+                        "levels": list(config.levels), "patch": config.patch, "hidden": config.hidden,
+                        "vocab": config.vocab, "image_size": size, "quality": quality,
+                        "reconstruction_error": {m: q["error"] for m, q in quality.items()}})
     record_run(cfg, "pretrain.tokenizers", _space_name(cfg), out, {"dataset": str(data)}, {"tokenizers": str(out)},
                {f"{key}_{m}": q[key] for m, q in quality.items() for key in ("error", "baseline_error", "perplexity",
                                                                              "codes_used")},

@@ -123,7 +123,7 @@ def test_same_seed_same_weights_and_metrics(workspace, capsys):
         run = workspace / "procedural-0" / "transfer" / name
         return json.loads((run / "metrics.json").read_text()), torch.load(run / "model.pt", weights_only=True)
 
-    (m0, w0), (m1, w1), (m2, w2) = transfer("t0-a", 0), transfer("t0-b", 0), transfer("t1", 1)
+    (m0, w0), (m1, w1), (_, w2) = transfer("t0-a", 0), transfer("t0-b", 0), transfer("t1", 1)
     assert m0["seg_miou"] == m1["seg_miou"] and m0["caption_cider_d"] == m1["caption_cider_d"]
     assert all(torch.equal(w0[k], w1[k]) for k in w0)
     assert any(not torch.equal(w0[k], w2[k]) for k in w0)
@@ -147,3 +147,18 @@ def test_caption_task_learns_its_captions():
         loss.backward()
         optimizer.step()
     assert task.predict(head, features, (16, 16)) == captions
+
+
+def test_frozen_tokenizers_stay_in_eval_mode_while_pretraining():
+    from omegaconf import OmegaConf
+
+    from tst.config import config_root
+    from tst.pretrain.module import PretrainModule
+
+    config = {"model": {"dim": 32, "encoder_depth": 1, "decoder_depth": 1, "heads": 2, "patch": 8, "image_size": 32,
+                        "mlp_ratio": 2.0},
+              "pretrain": OmegaConf.to_container(OmegaConf.load(config_root() / "pretrain" / "default.yaml"))
+              | {"objective": "fourm", "input_budget": 16, "target_budget": 16}}
+    tokenizers = {m: Tokenizer(m, TokenizerConfig((4, 4), 8, 8)) for m in ("rgb", "depth")}
+    module = PretrainModule(config, ["rgb", "depth"], tokenizers=tokenizers).train()
+    assert module.model.training and not any(t.training for t in module.tokenizers.values())

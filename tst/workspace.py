@@ -112,19 +112,22 @@ def read_manifest(directory: Path) -> dict:
 
 
 @contextmanager
-def staged_directory(final: Path) -> Iterator[Path]:
+def staged_directory(final: Path, replace: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling of `final` to fill; rename it to `final` only if the block succeeds.
 
     A failed or killed run leaves no `final` directory behind (at most a hidden `.tmp-` folder,
-    removed on failure).
+    removed on failure). An existing `final` is refused, or with `replace` swapped out whole only once
+    the new one is complete.
     """
     final = Path(final)
-    if final.exists():
+    if final.exists() and not replace:
         raise TSTError(f"{final}: already exists; choose another run name")
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         yield tmp
+        if final.exists():
+            shutil.rmtree(final)
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
