@@ -41,9 +41,20 @@ class EpochCrops(torch.utils.data.Dataset):
     (seed, epoch, index), so every epoch differs and a resumed run repeats exactly."""
 
     def __init__(self, frames: FrameDataset, transform: RandomResizedCropFlip, modalities: list[str], seed: int,
-                 codes: dict[str, dict[str, torch.Tensor]] | None = None):
+                 codes: dict[str, dict[str, torch.Tensor]] | None = None, cache_frames: bool = False):
         self.frames, self.transform, self.modalities, self.seed = frames, transform, modalities, seed
         self.codes = codes  # precomputed tokenizer codes by frame key (then the transform is fixed)
+        # Decoded frames by index, kept by each loader worker for the next epochs (PNG decoding is about
+        # a third of a small model's step on 2 cores); None = decode every time.
+        self.decoded: dict[int, dict] | None = {} if cache_frames else None
+
+    def frame(self, index: int) -> dict:
+        """Frame `index` decoded (from this process's cache when caching)."""
+        if self.decoded is None:
+            return self.frames[index]
+        if index not in self.decoded:
+            self.decoded[index] = self.frames[index]
+        return self.decoded[index]
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -51,7 +62,7 @@ class EpochCrops(torch.utils.data.Dataset):
     def __getitem__(self, position: int) -> dict:
         epoch, index = divmod(position, len(self.frames))
         generator = torch.Generator().manual_seed(int(np.random.default_rng([self.seed, epoch, index]).integers(2**62)))
-        out = self.transform(self.frames[index], generator)
+        out = self.transform(self.frame(index), generator)
         sample = {name: out[name] for name in self.modalities} | {"key": out["key"]}
         if self.codes is not None:
             sample |= {f"codes/{name}": codes for name, codes in self.codes[out["key"]].items()}
@@ -60,17 +71,18 @@ class EpochCrops(torch.utils.data.Dataset):
 
 class PretrainData(L.LightningDataModule):
     """Random resized crops of the pretrain split at the model's size, with only the trained modalities
-    (whole frames plus their precomputed codes when `codes` is given)."""
+    (whole frames plus their precomputed codes when `codes` is given); cache_frames: keep decoded frames
+    in memory (each loader worker holds the split: frames x pixels x 8 channels x 4 bytes)."""
 
     def __init__(self, root: Path, modalities: list[str], size: int, batch_size: int, num_workers: int,
                  crop_scale: tuple[float, float], seed: int, skip_corrupt: bool,
-                 codes: dict[str, dict[str, torch.Tensor]] | None = None):
+                 codes: dict[str, dict[str, torch.Tensor]] | None = None, cache_frames: bool = False):
         super().__init__()
         self.root, self.modalities, self.size = root, modalities, size
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         transform = whole_frame(size) if codes is not None else RandomResizedCropFlip(size, scale=tuple(crop_scale))
         self.train = EpochCrops(FrameDataset(root, "pretrain", modalities, skip_corrupt=skip_corrupt),
-                                transform, modalities, seed, codes)
+                                transform, modalities, seed, codes, cache_frames)
         if len(self.train.frames) == 0:
             raise TSTError(f"{root}: the pretrain split is empty; collect it first (tst collect)")
         self.start_step = 0

@@ -194,7 +194,7 @@ def run(cfg: DictConfig, overrides: list[str] = ()) -> Path:
         codes = load_tokens(_tokenizer_dir(OmegaConf.create(config)), data, config["model"]["image_size"])
     datamodule = PretrainData(data, module.modalities, config["model"]["image_size"], int(d["batch_size"]),
                               int(d["num_workers"]), tuple(d["crop_scale"]), int(p["seed"]), bool(d["skip_corrupt"]),
-                              codes)
+                              codes, bool(d.get("cache_frames", False)))
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_dir / "config.json", config)
     os.environ[RUN_DIR_VARIABLE] = str(run_dir)  # inherited by the worker processes Lightning starts

@@ -42,3 +42,18 @@ def test_a_second_run_skips_every_finished_stage(finished, capsys):
 def test_unknown_backbone_in_an_experiment(tmp_path, capsys):
     assert main(["run", "experiment=smoke", f"workspace_dir={tmp_path}", "experiment.backbones=[clip]"]) != 0
     assert "experiment.backbones: 'clip'" in capsys.readouterr().err
+
+
+def test_seed_pretraining_gives_every_seed_its_own_backbone(tmp_path):
+    assert main(["run", "experiment=smoke", f"workspace_dir={tmp_path}",
+                 "experiment.objectives=[mae]", "experiment.backbones=[mae]", "experiment.seeds=[0,1]",
+                 "experiment.seed_pretraining=true", "experiment.deploy_backbone=null"]) == 0
+    space = tmp_path / "procedural-0"
+    pretrained = sorted(p.name.rsplit("-", 1)[0] for p in (space / "pretrain").iterdir())
+    assert pretrained == ["mae-s0", "mae-s1"]
+    seeds = [json.loads((p / "config.json").read_text())["pretrain"]["seed"] for p in sorted((space / "pretrain").iterdir())]
+    assert seeds == [0, 1]
+    backbones = {json.loads((p / "metrics.json").read_text())["seed"]: json.loads((p / "manifest.json").read_text())
+                 for p in (space / "transfer").iterdir()}
+    used = {seed: m["inputs"]["backbone"]["path"] for seed, m in backbones.items()}
+    assert used[0] != used[1] and all(f"mae-s{seed}-" in path for seed, path in used.items())

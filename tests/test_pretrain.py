@@ -258,3 +258,28 @@ def test_empty_pretrain_split_is_refused(tmp_path, capsys):
     capsys.readouterr()
     assert pretrain(tmp_path, "pretrain.steps=1") != 0
     assert "no split 'pretrain'" in capsys.readouterr().err
+
+
+def test_cached_frames_give_the_same_samples_and_decode_once(workspace):
+    from tst.collect.dataset import FrameDataset, RandomResizedCropFlip
+    from tst.pretrain.data import EpochCrops
+
+    class CountingFrames(FrameDataset):
+        def __init__(self, *args):
+            super().__init__(*args)
+            self.decoded = []
+
+        def __getitem__(self, i):
+            self.decoded.append(i)
+            return super().__getitem__(i)
+
+    root = workspace / "procedural-0" / "data"
+    crops = RandomResizedCropFlip(32, scale=(0.6, 1.0))
+    plain = EpochCrops(FrameDataset(root, "pretrain", SENSORS), crops, SENSORS, seed=3)
+    cached = EpochCrops(CountingFrames(root, "pretrain", SENSORS), crops, SENSORS, seed=3, cache_frames=True)
+    size = len(plain)
+    for position in [0, 5, size, size + 5, 2 * size + 5]:  # frames 0 and 5 over three epochs
+        a, b = plain[position], cached[position]
+        assert all(torch.equal(a[m], b[m]) for m in SENSORS)
+    assert sorted(cached.frames.decoded) == [0, 5]
+    assert not torch.equal(plain[5]["rgb"], plain[size + 5]["rgb"])  # each epoch crops anew

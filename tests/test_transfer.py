@@ -28,7 +28,8 @@ def test_miou_matches_a_hand_computed_confusion_matrix():
     assert result["miou"] == pytest.approx((0.25 + 0.5 + 0.5) / 3)
 
 
-def test_segmentation_head_overfits_eight_frames():
+@pytest.mark.parametrize("head", ["pyramid", "linear"])
+def test_segmentation_head_overfits_eight_frames(head):
     torch.manual_seed(0)
     rgb = torch.rand(8, 3, 32, 32)
     semantic = torch.zeros(8, 32, 32, dtype=torch.long)
@@ -38,7 +39,7 @@ def test_segmentation_head_overfits_eight_frames():
         rgb[i, :, y:y + 12, x:x + 12] = 1.0
         semantic[i, y:y + 12, x:x + 12] = 2
     backbone = ScratchViT(ModelConfig(dim=48, encoder_depth=2, decoder_depth=1, heads=2, patch=8, image_size=32))
-    task = SegmentationTask(Taxonomy([SemanticClass("background", False), SemanticClass("square", True)]))
+    task = SegmentationTask(Taxonomy([SemanticClass("background", False), SemanticClass("square", True)]), head=head)
     module = TransferModule(backbone, [task], {"mode": "full", "lr": 2e-3, "backbone_lr_scale": 1.0,
                                                "weight_decay": 0.0, "warmup_steps": 1, "steps": 150})
     head = module.heads["seg"]
@@ -87,6 +88,7 @@ def test_transfer_run_end_to_end(workspace, capsys):
     (["transfer.backbone=/no/such/run"], "neither 'scratch'"),
     (["transfer.backbone=dinov2-s14"], "TST_WEIGHTS_DIR"),
     (["transfer.fraction=0"], "transfer.fraction"),
+    (["transfer.seg_head=mlp"], "transfer.seg_head"),
 ])
 def test_bad_input(workspace, extra, message, capsys):
     assert main(["transfer", f"workspace_dir={workspace}", "transfer.steps=1", "tracking.enabled=false", *extra]) != 0

@@ -29,3 +29,17 @@ class SegmentationHead(nn.Module):
                   for scale in self.scales]
         logits = self.classify(self.fuse(torch.cat(levels, dim=1)))
         return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+class LinearSegmentationHead(nn.Module):
+    """One linear layer per patch feature (a 1x1 convolution), upsampled bilinearly to the image:
+    (B, dim, g, g) -> (B, classes, H, W) logits. Every bit of spatial reasoning must come from the
+    backbone, so the score measures the backbone (as a linear decoder does in DINOv2's and Segmenter's
+    evaluations) rather than a small CNN trained on top of it."""
+
+    def __init__(self, dim: int, classes: int):
+        super().__init__()
+        self.classify = nn.Conv2d(dim, classes, 1)
+
+    def forward(self, features: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return F.interpolate(self.classify(features), size=size, mode="bilinear", align_corners=False)

@@ -49,7 +49,7 @@ def build_tasks(names: list[str], taxonomy: Taxonomy, settings: dict, vocabulary
     tasks: list[Task] = []
     for name in names:
         if name == "seg":
-            tasks.append(SegmentationTask(taxonomy, width))
+            tasks.append(SegmentationTask(taxonomy, width, str(settings.get("seg_head", "pyramid"))))
         elif name == "det":
             tasks.append(DetectionTask(taxonomy, float(settings["det_score_threshold"]),
                                        float(settings["det_iou_threshold"]), width))

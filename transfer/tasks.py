@@ -18,10 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tst.errors import TSTError
 from tst.taxonomy import Taxonomy
 from tst.pretrain.visualize import to_uint8
 
-from tst.transfer.heads import SegmentationHead
+from tst.transfer.heads import LinearSegmentationHead, SegmentationHead
 from tst.transfer.metrics import SegmentationScore
 from tst.transfer.visualize import caption_panel, draw_boxes
 
@@ -58,14 +59,20 @@ class Task(ABC):
 
 
 class SegmentationTask(Task):
-    """Per-pixel classes; cross-entropy with class 0 (unlabeled) ignored; mIoU over the split."""
+    """Per-pixel classes; cross-entropy with class 0 (unlabeled) ignored; mIoU over the split.
+    head: "pyramid" (SegmentationHead, `width` channels) or "linear" (LinearSegmentationHead)."""
 
     name, modalities, headline = "seg", ("semantic",), "seg_miou"
+    HEADS = ("pyramid", "linear")
 
-    def __init__(self, taxonomy: Taxonomy, width: int = 64):
-        self.taxonomy, self.width = taxonomy, width
+    def __init__(self, taxonomy: Taxonomy, width: int = 64, head: str = "pyramid"):
+        if head not in self.HEADS:
+            raise TSTError(f"transfer.seg_head: expected one of {', '.join(self.HEADS)}, got {head!r}")
+        self.taxonomy, self.width, self.head = taxonomy, width, head
 
     def build_head(self, dim: int) -> nn.Module:
+        if self.head == "linear":
+            return LinearSegmentationHead(dim, len(self.taxonomy))
         return SegmentationHead(dim, len(self.taxonomy), self.width)
 
     def loss(self, head, features, batch):

@@ -154,8 +154,22 @@ def _overview() -> str:
     return "\n".join(lines)
 
 
+def _quiet_libraries() -> None:
+    """Silence library chatter that is not the user's business: Lightning's accelerator lines and its
+    cloud-logging tip, a deprecation inside Lightning's own pytree helper, and its note on modules in eval
+    mode (fourm's frozen tokenizers are meant to be)."""
+    import logging
+    import warnings
+
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    _quiet_libraries()
     if not args or args[0] in ("-h", "--help", "help"):
         print(_overview())
         return 0

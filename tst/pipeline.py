@@ -90,16 +90,19 @@ class Pipeline:
             return out
         return train_tokenizers(cfg)
 
-    def pretrain(self, objective: str, data: Path, tokenizers: Path | None) -> Path:
+    def pretrain(self, objective: str, data: Path, tokenizers: Path | None, seed: int | None) -> Path:
+        """One pretraining run; seed None keeps the preset's pretrain.seed (one run shared by every
+        transfer seed), an int gives this seed its own pretraining (experiment.seed_pretraining)."""
         from tst.pretrain.run import run
 
         inputs = [fingerprint(data)] + ([fingerprint(tokenizers)] if tokenizers else [])
-        name = f"{objective}-{_identity(self.overrides('pretrain'), inputs)}"
+        overrides = self.overrides("pretrain") + ([] if seed is None else [f"pretrain.seed={seed}"])
+        name = f"{objective}-{'' if seed is None else f's{seed}-'}{_identity(overrides, inputs)}"
         run_dir = self.root / "pretrain" / name
         if _finished(run_dir):
             console.print(f"pretraining {run_dir} is finished: skipped")
             return run_dir
-        overrides = self.overrides("pretrain") + [f"pretrain.objective={objective}"]
+        overrides = overrides + [f"pretrain.objective={objective}"]
         if (run_dir / "checkpoints" / "last.ckpt").is_file():
             console.print(f"resuming {run_dir}")
             return run(load("pretrain", overrides + [f"resume={run_dir}"]), overrides)
@@ -139,14 +142,17 @@ class Pipeline:
         e = self.e
         data = self.stage("collect", self.collect)
         tokenizers = self.stage("tokenizers", self.tokenizers) if "fourm" in e.objectives else None
-        backbones = {}
+        pretrain_seeds = [int(seed) for seed in e.seeds] if e.get("seed_pretraining") else [None]
+        backbones: dict[tuple[str, int | None], str] = {}
         for objective in e.objectives:
-            backbones[objective] = str(self.stage(f"pretrain {objective}",
-                                                  lambda o=objective: self.pretrain(o, data, tokenizers)))
-        specs = {name: backbones.get(name, name) for name in e.backbones}
+            for seed in pretrain_seeds:
+                title = f"pretrain {objective}" + ("" if seed is None else f" seed {seed}")
+                backbones[objective, seed] = str(self.stage(
+                    title, lambda o=objective, s=seed: self.pretrain(o, data, tokenizers, s)))
         transferred: dict[str, Path] = {}
-        for name, spec in specs.items():
+        for name in e.backbones:
             for seed in e.seeds:
+                spec = backbones.get((name, int(seed) if e.get("seed_pretraining") else None), name)
                 for fraction in e.fractions:
                     run_dir = self.stage(f"transfer {name} seed {seed} fraction {fraction:g}",
                                          lambda n=name, s=spec, sd=seed, f=fraction: self.transfer(n, s, int(sd), float(f), data))
