@@ -24,7 +24,7 @@ from tst.envs.registry import make_space
 from tst.modalities import MODALITIES, get
 from tst.sheets import contact_sheet
 from tst.tracking import record_run
-from tst.workspace import atomic_write_bytes, atomic_write_json, fingerprint, write_manifest
+from tst.workspace import artifact_dir, atomic_write_bytes, atomic_write_json, fingerprint, write_manifest
 
 from tst.collect.dataset import FrameDataset
 from tst.collect.executors import make_executor
@@ -88,7 +88,7 @@ def _validate(cfg: DictConfig) -> None:
 
 
 def _output_dir(cfg: DictConfig, space_name: str) -> Path:
-    out = Path(str(cfg.collect.out)) if cfg.collect.out else Path(cfg.workspace_dir) / space_name / "data"
+    out = Path(str(cfg.collect.out)) if cfg.collect.out else artifact_dir(cfg.workspace_dir, space_name, "data")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"

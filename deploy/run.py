@@ -16,7 +16,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from tst.errors import TSTError
 from tst.sheets import grid_image
 from tst.tracking import record_run
-from tst.workspace import atomic_write_json, new_run_name, read_manifest, staged_directory, write_manifest
+from tst.workspace import artifact_dir, atomic_write_json, new_run_name, read_manifest, staged_directory, write_manifest
 
 from tst.collect.dataset import FrameDataset
 from tst.deploy.export import export
@@ -35,7 +35,7 @@ def transfer_run(cfg: DictConfig) -> Path:
     """deploy.model, or the newest transfer run of the space holding every head in deploy.tasks."""
     if cfg.deploy.get("model"):
         return Path(str(cfg.deploy.model))
-    folder = Path(cfg.workspace_dir) / space_name(cfg.space) / "transfer"
+    folder = artifact_dir(cfg.workspace_dir, space_name(cfg.space), "transfer")
     wanted = set(cfg.deploy.tasks)
     candidates = [run for run in (folder.iterdir() if folder.is_dir() else []) if (run / "tasks.json").is_file()
                   and wanted <= set(json.loads((run / "tasks.json").read_text())["tasks"])]
@@ -48,7 +48,8 @@ def transfer_run(cfg: DictConfig) -> Path:
 def export_folder(cfg: DictConfig, model_dir: Path) -> Path:
     if cfg.deploy.get("export_dir"):
         return Path(str(cfg.deploy.export_dir))
-    return Path(cfg.workspace_dir) / space_name(cfg.space) / "deploy" / "exports" / model_dir.name
+    return artifact_dir(cfg.workspace_dir, space_name(cfg.space), "deploy/exports", model_dir.name,
+                        run_key="deploy.model")
 
 
 def make_predictor(cfg: DictConfig) -> Predictor:
@@ -117,7 +118,7 @@ def deploy(cfg: DictConfig) -> Path:
     goal = search_goal(predictor.taxonomy, str(d.target), float(d.score_threshold), float(d.success_distance),
                        int(cfg.collect.min_box_pixels)) if d.task == "find" else None
     name = cfg.run_name or f"{d.task}-{predictor.model.run_dir.name}-{new_run_name()}"
-    run_dir = Path(cfg.workspace_dir) / space_name(cfg.space) / "deploy" / name
+    run_dir = artifact_dir(cfg.workspace_dir, space_name(cfg.space), "deploy", name)
     if run_dir.exists():
         raise TSTError(f"{run_dir}: already exists; choose another run_name")
     _set_threads(cfg)

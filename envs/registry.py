@@ -10,6 +10,7 @@ from typing import Callable
 from omegaconf import DictConfig
 
 from tst.errors import TSTError
+from tst.workspace import folder_name
 
 from tst.envs.base import TestSpace
 
@@ -82,19 +83,23 @@ BACKENDS: dict[str, Backend] = {
 def space_name(cfg: DictConfig) -> str:
     """The name a `space:` config's space has (its workspace folder), without building it:
     space.name if set, else the backend's default (procedural-<seed>, the mesh file's stem,
-    scannetpp-<scene>, replica-<scene>, habitat-<scene file stem>, the THOR scene or house file stem)."""
-    if cfg.get("name"):
-        return str(cfg.name)
+    scannetpp-<scene>, replica-<scene>, habitat-<scene file stem>, the THOR scene or house file stem).
+    A TSTError unless the name is a single folder name (see `folder_name`)."""
+    if cfg.get("name") is not None:
+        return folder_name(cfg.name, "space.name")
     backend = cfg.get("backend")
     if backend == "procedural":
-        return f"procedural-{cfg.get('seed', 0)}"
-    if backend in ("scannetpp", "replica"):
-        return f"{backend}-{cfg.get('scene')}"
-    if backend == "habitat":
-        return f"habitat-{Path(str(cfg.get('scene'))).name.split('.')[0]}"
-    if backend == "thor":
-        return Path(str(cfg.house)).stem if cfg.get("house") else str(cfg.get("scene") or "FloorPlan201")
-    return Path(str(cfg.get("path"))).stem
+        name, source = f"procedural-{cfg.get('seed', 0)}", "space.seed"
+    elif backend in ("scannetpp", "replica"):
+        name, source = f"{backend}-{cfg.get('scene')}", "space.scene"
+    elif backend == "habitat":
+        name, source = f"habitat-{Path(str(cfg.get('scene'))).name.split('.')[0]}", "space.scene"
+    elif backend == "thor":
+        name, source = (Path(str(cfg.house)).stem, "space.house") if cfg.get("house") else \
+            (str(cfg.get("scene") or "FloorPlan201"), "space.scene")
+    else:
+        name, source = Path(str(cfg.get("path"))).stem, "space.path"
+    return folder_name(name, f"space name (from {source})")
 
 
 def make_space(cfg: DictConfig) -> TestSpace:

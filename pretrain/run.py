@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from tst.errors import TSTError
 from tst.tracking import tracking_uri
-from tst.workspace import atomic_write_json, fingerprint, new_run_name, read_manifest, write_manifest
+from tst.workspace import artifact_dir, atomic_write_json, fingerprint, new_run_name, read_manifest, write_manifest
 
 from tst.collect.dataset import FrameDataset, RandomResizedCropFlip, collate
 from tst.pretrain.data import PretrainData
@@ -41,7 +41,7 @@ def _space_name(cfg: DictConfig) -> str:
 
 
 def dataset_dir(cfg: DictConfig) -> Path:
-    root = Path(str(cfg.data_dir)) if cfg.get("data_dir") else Path(cfg.workspace_dir) / _space_name(cfg) / "data"
+    root = Path(str(cfg.data_dir)) if cfg.get("data_dir") else artifact_dir(cfg.workspace_dir, _space_name(cfg), "data")
     if not (root / "manifest.json").is_file():
         raise TSTError(f"{root}: no collected dataset there (no manifest.json); run tst collect for this space "
                        "first or point data_dir at one")
@@ -59,7 +59,7 @@ def _modalities(cfg: DictConfig) -> list[str]:
 def _tokenizer_dir(cfg: DictConfig) -> Path:
     if cfg.pretrain.get("tokenizers"):
         return Path(str(cfg.pretrain.tokenizers))
-    return Path(cfg.workspace_dir) / _space_name(cfg) / "pretrain" / "tokenizers"
+    return artifact_dir(cfg.workspace_dir, _space_name(cfg), "pretrain", "tokenizers")
 
 
 def load_tokenizers(directory: Path, data: Path, modalities: list[str], patch: int) -> dict[str, Tokenizer]:
@@ -133,7 +133,7 @@ def _run_config(cfg: DictConfig, overrides: list[str]) -> tuple[dict, Path, str 
         if RUN_DIR_VARIABLE in os.environ:  # a DDP worker started by the primary process: same run
             return config, Path(os.environ[RUN_DIR_VARIABLE]), None
         name = cfg.run_name or f"{cfg.pretrain.objective}-{new_run_name()}"
-        run_dir = Path(cfg.workspace_dir) / _space_name(cfg) / "pretrain" / name
+        run_dir = artifact_dir(cfg.workspace_dir, _space_name(cfg), "pretrain", name)
         if run_dir.exists():
             raise TSTError(f"{run_dir}: already exists; resume it with resume={run_dir} or choose another run_name")
         return config, run_dir, None

@@ -12,7 +12,7 @@ from torch.utils.data import Subset
 
 from tst.errors import TSTError
 from tst.taxonomy import Taxonomy
-from tst.workspace import read_manifest
+from tst.workspace import artifact_dir, read_manifest
 
 from tst.envs.registry import space_name
 from tst.collect.dataset import FrameDataset, RandomResizedCropFlip
@@ -23,7 +23,7 @@ def dataset_root(cfg: DictConfig) -> Path:
     if cfg.get("data_dir"):
         root = Path(str(cfg.data_dir))
     else:
-        root = Path(cfg.workspace_dir) / space_name(cfg.space) / "data"
+        root = artifact_dir(cfg.workspace_dir, space_name(cfg.space), "data")
     if not (root / "manifest.json").is_file():
         raise TSTError(f"{root}: no collected dataset there (no manifest.json); run tst collect first")
     return root

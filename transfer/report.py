@@ -25,7 +25,7 @@ from rich.console import Console
 
 from tst.errors import TSTError
 from tst.tracking import tracking_uri
-from tst.workspace import MANIFEST, atomic_write_bytes, read_manifest
+from tst.workspace import MANIFEST, artifact_dir, atomic_write_bytes, read_manifest
 
 from tst.envs.registry import space_name
 
@@ -438,11 +438,11 @@ def report(cfg: DictConfig) -> Path:
     if not rows:
         raise TSTError(f"report.fraction: no transfer runs at fraction {fraction:g}; runs exist at "
                        f"{', '.join(f'{f:g}' for f in fractions)}")
-    out = Path(str(cfg.report.out)) if cfg.report.get("out") else Path(cfg.workspace_dir) / space / "report"
+    out = Path(str(cfg.report.out)) if cfg.report.get("out") else artifact_dir(cfg.workspace_dir, space, "report")
     out.mkdir(parents=True, exist_ok=True)
     used = [r for r in results if r.fraction == fraction]
     text = markdown(rows, fraction, space, used, length_notes(every, fraction))
-    tokenizers = tokenizer_quality(Path(cfg.workspace_dir) / space / "pretrain" / "tokenizers")
+    tokenizers = tokenizer_quality(artifact_dir(cfg.workspace_dir, space, "pretrain", "tokenizers"))
     if tokenizers:
         text += "\n" + tokenizers
     atomic_write_bytes(out / "results.md", text.encode())

@@ -8,6 +8,7 @@ multi-task model the deploy stage runs).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import lightning as L
@@ -20,7 +21,7 @@ from tst.errors import TSTError
 from tst.sheets import grid_image
 from tst.taxonomy import Taxonomy
 from tst.tracking import record_run
-from tst.workspace import atomic_write_json, new_run_name, staged_directory, write_manifest
+from tst.workspace import artifact_dir, atomic_write_json, new_run_name, staged_directory, write_manifest
 
 from tst.collect.dataset import FrameDataset, collate
 from tst.pretrain.visualize import to_uint8
@@ -112,7 +113,8 @@ def run(cfg: DictConfig) -> Path:
     modalities = [m for name in names for m in {"seg": ["semantic"], "det": ["boxes"], "caption": ["caption"]}[name]]
     train, eval_frames, taxonomy, root, source = transfer_and_eval(cfg, modalities, size)
     name = cfg.run_name or f"{'+'.join(names)}-{info.name}-f{t.fraction}-s{t.seed}-{new_run_name()}"
-    run_dir = Path(cfg.workspace_dir) / root.parent.name / "transfer" / name
+    space = Path(os.path.abspath(root)).parent.name  # <space>/data, or the folder holding data_dir
+    run_dir = artifact_dir(cfg.workspace_dir, space, "transfer", name, space_key="space name (from data_dir)")
     if run_dir.exists():
         raise TSTError(f"{run_dir}: already exists; choose another run_name")
     vocabulary = caption_vocabulary(train, int(t.caption_min_count)) if "caption" in names else None
@@ -145,7 +147,7 @@ def run(cfg: DictConfig) -> Path:
             "fraction": str(float(t.fraction)), "seed": str(int(t.seed)), "mode": str(t.mode)}
     if info.path is not None:  # the report's pretraining-length curve
         tags["pretrain_steps"] = str(json.loads((info.path / "config.json").read_text())["pretrain"]["steps"])
-    record_run(cfg, "transfer", root.parent.name, run_dir, {"dataset": str(root)},
+    record_run(cfg, "transfer", space, run_dir, {"dataset": str(root)},
                {"metrics": str(run_dir / "metrics.json")}, scalar_metrics(scores),
                images=[run_dir / "predictions.png"], tags=tags)
     headline = ", ".join(f"{task.headline} {scores[task.headline]:.3f}" for task in tasks)

@@ -25,13 +25,13 @@ def _load(stage: str, overrides: list[str]):
 
 def _sweep(stage: str, args: list[str]):
     """Configs to run: one, or with -m/--multirun one per combination of comma-separated sweep values
-    (`tst collect -m space.seed=0,1,2`), run one after another."""
+    (`tst collect -m space.seed=0,1,2`), run one after another. All are composed (and so checked)
+    before the first runs, so a bad value anywhere in a sweep stops it before anything is written."""
     from tst.config import expand_sweeps
 
     multirun = any(a in ("-m", "--multirun") for a in args)
     overrides = [a for a in args if a not in ("-m", "--multirun")]
-    for combination in (expand_sweeps(overrides) if multirun else [overrides]):
-        yield _load(stage, combination)
+    yield from [_load(stage, combination) for combination in (expand_sweeps(overrides) if multirun else [overrides])]
 
 
 def _spaces(args: list[str]) -> int:

@@ -12,11 +12,15 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from tst.errors import TSTError
+from tst.workspace import folder_name
 
 CONFIG_MODULE = "tst.configs"
 
 # Which config groups stand for which kind of thing, for error messages ("unknown space 'foo'").
 GROUP_NOUNS = {"space": "space"}
+
+# Keys whose values become one folder of the workspace (<workspace_dir>/<space.name>/<stage>/<run_name>).
+FOLDER_NAME_KEYS = ("run_name", "space.name")
 
 
 def config_root() -> Path:
@@ -68,6 +72,10 @@ def load(stage: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
         raise TSTError(f"bad override for 'tst {stage}': {reason}") from None
     finally:
         GlobalHydra.instance().clear()
+    for key in FOLDER_NAME_KEYS:  # refused at compose time, before any stage writes a thing
+        value = OmegaConf.select(cfg, key)
+        if value is not None:
+            folder_name(value, key)
     return cfg
 
 

@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 import time
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
@@ -80,9 +80,40 @@ def new_run_name() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + os.urandom(2).hex()
 
 
-def artifact_dir(workspace_dir: str | Path, space: str, stage_folder: str, run: str) -> Path:
-    """<workspace_dir>/<space>/<stage_folder>/<run>."""
-    return Path(workspace_dir) / space / stage_folder / run
+def folder_name(value: Any, key: str) -> str:
+    """`value` (a config value that becomes one path component, such as run_name or space.name) as a
+    folder name; a TSTError naming `key` and the value unless it is exactly one path component:
+    a string or number, not empty, not '.' or '..', no '/' or '\\', not absolute (no root, no drive)."""
+    name = str(value)
+    one_component = (isinstance(value, (str, int, float)) and not isinstance(value, bool)
+                     and name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
+                     and not os.path.isabs(name) and not PureWindowsPath(name).drive)
+    if not one_component:
+        raise TSTError(f"{key}: {name!r} is not a folder name; expected exactly one path component "
+                       "(not empty, not '.' or '..', no '/' or '\\', not an absolute path)")
+    return name
+
+
+def inside(path: str | Path, root: str | Path, key: str) -> Path:
+    """`path`, once checked to lie under `root` (or be `root`); a TSTError naming `key` otherwise.
+
+    Both are made absolute and normalized by their text ('..' folded, symlinks not followed), so a
+    workspace may hold symlinked folders but no path that climbs out of it.
+    """
+    if not Path(os.path.abspath(path)).is_relative_to(os.path.abspath(root)):
+        raise TSTError(f"{key}: {path} lies outside {root}; expected every output to stay under it")
+    return Path(path)
+
+
+def artifact_dir(workspace_dir: str | Path, space: str, stage_folder: str, run: str | None = None, *,
+                 space_key: str = "space.name", run_key: str = "run_name") -> Path:
+    """<workspace_dir>/<space>/<stage_folder>[/<run>], checked before anything is written there:
+    `space` and `run` must be single folder names (`space_key` and `run_key` name the config keys
+    they came from, for the error) and the result must lie under workspace_dir."""
+    path = Path(workspace_dir) / folder_name(space, space_key) / stage_folder
+    if run is not None:
+        path = path / folder_name(run, run_key)
+    return inside(path, workspace_dir, "workspace_dir")
 
 
 def write_manifest(directory: Path, stage: str, cfg: DictConfig | dict, inputs: dict[str, Path],
