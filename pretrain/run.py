@@ -14,6 +14,7 @@ from rich.console import Console
 from safetensors.torch import load_file, save_file
 
 from tst.errors import TSTError
+from tst.weights import read_torch_file
 from tst.tracking import tracking_uri
 from tst.workspace import artifact_dir, atomic_write_json, fingerprint, new_run_name, read_manifest, write_manifest
 
@@ -214,7 +215,9 @@ def run(cfg: DictConfig, overrides: list[str] = ()) -> Path:
         loggers[0].log_hyperparams({k: v for k, v in _flat(config).items()})
     trainer = _trainer(config, run_dir, callbacks, loggers, int(p["steps"]))
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint)
+        if checkpoint:  # refused in one line before Lightning reads it, if it is not weights-only
+            read_torch_file(checkpoint)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint, weights_only=True)
     finally:
         os.environ.pop(RUN_DIR_VARIABLE, None)
     if trainer.global_rank == 0:
@@ -263,7 +266,7 @@ def load_run(run_dir: Path) -> tuple[PretrainModule, dict, Path]:
         load_checked(module.model, load_file(str(weights)), weights, config["model"])
     else:
         checkpoint = run_dir / "checkpoints" / "last.ckpt"
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+        state = read_torch_file(checkpoint)["state_dict"]
         load_checked(module, state, checkpoint, config["model"])
     return module.eval(), config, data
 

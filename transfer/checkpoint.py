@@ -6,9 +6,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
 from tst.errors import TSTError
+from tst.weights import read_torch_file
 from tst.taxonomy import Taxonomy
 from tst.workspace import read_manifest
 
@@ -50,7 +50,7 @@ def load_transfer(run_dir: str | Path, required_tasks: tuple[str, ...] = ()) -> 
         vocabulary = Vocabulary.from_dict(saved["tasks"]["caption"]["vocabulary"])
     backbone, info, size = make_backbone(str(settings["backbone"]), config["model"], settings)
     module = TransferModule(backbone, build_tasks(list(saved["tasks"]), taxonomy, settings, vocabulary), settings)
-    state = torch.load(run_dir / "model.pt", map_location="cpu", weights_only=True)
+    state = read_torch_file(run_dir / "model.pt")
     missing_keys, unexpected = module.load_state_dict(state, strict=False)
     if missing_keys or unexpected:
         raise TSTError(f"{run_dir / 'model.pt'}: does not match the run's model (missing {missing_keys[:3]}, "

@@ -33,6 +33,7 @@ from typing import Callable
 import torch
 
 from tst.errors import TSTError
+from tst.weights import read_torch_file
 from tst.transfer.vit import CLIP_MEAN, CLIP_STD, PlainViT, ViTConfig, sincos_4m
 
 WEIGHTS_ENV = "TST_WEIGHTS_DIR"
@@ -332,7 +333,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         return load_file(str(path))
     if _is_torchscript(path):
         return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
-    state_dict = torch.load(path, map_location="cpu", weights_only=True)
+    state_dict = read_torch_file(path)
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise TSTError(f"{path}: not a state dict of tensors")
     return state_dict

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from tst.errors import TSTError
+from tst.weights import read_torch_file
 
 # (repeats, kernel, stride, expand ratio, input channels, output channels) per stage, as in EfficientNet-B0;
 # Lite variants drop squeeze-and-excitation and use ReLU6.
@@ -88,5 +89,5 @@ def shipped_weights() -> Path:
 def load_generalist() -> EfficientNetLite0:
     """EfficientNet-Lite0 with the shipped ImageNet weights (strict: every key must match)."""
     model = EfficientNetLite0()
-    model.load_state_dict(torch.load(shipped_weights(), map_location="cpu", weights_only=True), strict=True)
+    model.load_state_dict(read_torch_file(shipped_weights()), strict=True)
     return model.eval()
