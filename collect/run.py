@@ -24,6 +24,7 @@ from tst.envs.registry import make_space
 from tst.modalities import MODALITIES, get
 from tst.sheets import contact_sheet
 from tst.tracking import record_run
+from tst.validate import check
 from tst.workspace import artifact_dir, atomic_write_bytes, atomic_write_json, fingerprint, write_manifest
 
 from tst.collect.dataset import FrameDataset
@@ -66,6 +67,9 @@ def _identity(cfg: DictConfig) -> str:
 
 
 def _validate(cfg: DictConfig) -> None:
+    """The collect-specific checks on top of the per-key rules `tst.config.load` applies (applied here
+    too, for configs built without it)."""
+    check("collect", cfg)
     c = cfg.collect
     for name in c.modalities:
         get(name)
@@ -75,20 +79,14 @@ def _validate(cfg: DictConfig) -> None:
     unknown = [s for s in c.splits if s not in SPLITS]
     if unknown:
         raise TSTError(f"collect.splits: unknown split(s) {unknown}; expected a subset of {list(SPLITS)}")
-    for key in ("size", "shard_size"):
-        if isinstance(c[key], bool) or not isinstance(c[key], int) or c[key] <= 0:
-            raise TSTError(f"collect.{key}: expected a positive integer, got {c[key]!r}")
-    if isinstance(c.workers, bool) or not isinstance(c.workers, int) or c.workers < 0:
-        raise TSTError(f"collect.workers: expected 0 (one per core) or a positive integer, got {c.workers!r}")
-    if c.get("poses", "sampled") not in ("sampled", "scene"):
-        raise TSTError(f"collect.poses: expected 'sampled' or 'scene', got {c.poses!r}")
-    if not isinstance(c.get("real_rgb", True), bool):
-        raise TSTError(f"collect.real_rgb: expected true or false, got {c.real_rgb!r}")
     frame_counts(c)
 
 
-def _output_dir(cfg: DictConfig, space_name: str) -> Path:
+def _output_dir(cfg: DictConfig, space_name: str) -> tuple[Path, Path | None]:
+    """The dataset directory, created and checked writable, and the topmost folder this call created
+    (None if the directory existed), which a run refused before rendering removes again."""
     out = Path(str(cfg.collect.out)) if cfg.collect.out else artifact_dir(cfg.workspace_dir, space_name, "data")
+    created = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
@@ -96,7 +94,11 @@ def _output_dir(cfg: DictConfig, space_name: str) -> Path:
         probe.unlink()
     except OSError as error:
         raise TSTError(f"collect.out: cannot write to {out} ({error.strerror or error})") from None
-    return out
+    return out, created
+
+
+def _nothing_rendered(out: Path) -> bool:
+    return not (out / "manifest.json").exists() and not any((out / split).exists() for split in SPLITS)
 
 
 def _load_or_make_plan(cfg: DictConfig, out: Path, space, test_space_cfg: dict) -> Plan:
@@ -107,7 +109,7 @@ def _load_or_make_plan(cfg: DictConfig, out: Path, space, test_space_cfg: dict) 
         if stored.get("identity") == identity:
             console.print(f"resuming the collection in {out}")
             return Plan.from_dict(stored["plan"])
-        if not cfg.collect.overwrite:
+        if not cfg.collect.overwrite and not _nothing_rendered(out):  # a plan alone is cheap to replace
             raise TSTError(f"collect.out: {out} holds a dataset collected with a different config; "
                            "choose another collect.out or set collect.overwrite=true")
         for entry in [out / PLAN, out / "manifest.json", *[out / s for s in SPLITS]]:
@@ -211,8 +213,13 @@ def run(cfg: DictConfig) -> Path:
     _validate(cfg)
     test_space_cfg = OmegaConf.to_container(cfg.space, resolve=True)
     space = make_space(cfg.space)
-    out = _output_dir(cfg, space.name)
-    plan = _load_or_make_plan(cfg, out, space, test_space_cfg)
+    out, created = _output_dir(cfg, space.name)
+    try:
+        plan = _load_or_make_plan(cfg, out, space, test_space_cfg)
+    except BaseException:  # refused or interrupted while planning: leave nothing that blocks the next run
+        if created is not None:
+            shutil.rmtree(created, ignore_errors=True)
+        raise
     splits = [s for s in cfg.collect.splits if plan.frames[s]]
     workers = cfg.collect.workers or os.cpu_count() or 1
     settings = worker_settings(cfg.collect, plan, out, render_threads=1 if workers > 1 else 0)

@@ -33,6 +33,7 @@ class LabelMap:
     face_class: str | None = None
     face_class_ids: dict[int, int] | None = None  # file id -> taxonomy id
     face_instance: str | None = None
+    source: str | None = None  # the label map file, for errors
 
     def class_for(self, *names: str | None) -> int:
         """Class id of the first pattern matching any of `names` (node, mesh, material), else 0."""
@@ -81,7 +82,13 @@ def load_label_map(path: str | Path | None) -> LabelMap:
     if not isinstance(match, dict):
         raise TSTError(f"{path}: 'match' must map name patterns to class names")
     patterns = [(str(p), taxonomy.id(str(c), f"{path}: match '{p}'")) for p, c in match.items()]
-    ids = None
-    if data.get("face_class_names") is not None:
-        ids = {i: taxonomy.id(str(n), f"{path}: face_class_names[{i}]") for i, n in enumerate(data["face_class_names"])}
-    return LabelMap(taxonomy, patterns, data.get("face_class"), ids, data.get("face_instance"))
+    for key in ("face_class", "face_instance"):
+        if data.get(key) is not None and not isinstance(data[key], str):
+            raise TSTError(f"{path}: {key}: expected the name of a PLY face property, got {data[key]!r}")
+    names, ids = data.get("face_class_names"), None
+    if names is not None:
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise TSTError(f"{path}: face_class_names: expected a list of class names (index = id in the file), "
+                           f"got {names!r}")
+        ids = {i: taxonomy.id(n, f"{path}: face_class_names[{i}]") for i, n in enumerate(names)}
+    return LabelMap(taxonomy, patterns, data.get("face_class"), ids, data.get("face_instance"), str(path))

@@ -68,6 +68,17 @@ def _part(geometry: trimesh.Trimesh, transform: np.ndarray, node: str, geometry_
                        vertex_colors=vertex_colors)
 
 
+def _check_patterns_match(labels: LabelMap, names: list[tuple[str, str, str]], path: Path) -> None:
+    """Refuse a label map whose `match` patterns match no part of the scene at `path` (names: node, mesh
+    and material name per part): every part would be unlabeled, almost certainly by mistake."""
+    if not labels.patterns or any(labels.class_for(*part) for part in names):
+        return
+    seen = sorted({name for part in names for name in part if name})
+    shown = ", ".join(seen[:8]) + (f" (and {len(seen) - 8} more)" if len(seen) > 8 else "")
+    raise TSTError(f"{labels.source or 'space.labels'}: no part of {path.name} matches any 'match' pattern "
+                   f"({', '.join(p for p, _ in labels.patterns)}); part names seen: {shown}")
+
+
 def load_mesh(path: str | Path, labels: LabelMap, up_axis: str = "auto") -> LabeledMesh:
     """Read a glTF/GLB, PLY or OBJ scene: every node with its transform, materials and textures,
     classes from the label map, one instance per node (or per-face instance attributes).
@@ -91,15 +102,18 @@ def load_mesh(path: str | Path, labels: LabelMap, up_axis: str = "auto") -> Labe
         raise TSTError(f"space.path: cannot read {path} as {FORMATS[suffix]} ({reason})") from None
     up = ("y" if FORMATS[suffix] == "glTF" else "z") if up_axis == "auto" else up_axis
     root = Y_UP_TO_Z_UP if up == "y" else np.eye(4)
-    parts = []
+    parts, names = [], []  # names: (node, mesh, material) of each part
     for instance, node in enumerate(scene.graph.nodes_geometry, start=1):
         transform, geometry_name = scene.graph[node]
         geometry = scene.geometry[geometry_name]
         if not isinstance(geometry, trimesh.Trimesh) or len(geometry.faces) == 0:
             continue
-        parts.append(_part(geometry, root @ transform, str(node), str(geometry_name), labels, instance, path))
+        part = _part(geometry, root @ transform, str(node), str(geometry_name), labels, instance, path)
+        parts.append(part)
+        names.append((str(node), str(geometry_name), part.materials[0].name))
     if not parts:
         raise TSTError(f"space.path: {path} holds no triangles; expected a non-empty triangle mesh")
+    _check_patterns_match(labels, names, path)
     mesh = concatenate(parts)
     mesh.validate(str(path))
     return mesh

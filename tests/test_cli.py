@@ -109,7 +109,7 @@ BAD_INPUTS = [
     (["spaces", "render", "space.backend=habitatx"], "unknown space backend 'habitatx'"),
     (["spaces", "render", "space.seed=abc"], "space.seed: expected an integer, got 'abc'"),
     (["spaces", "render", "space.seed=2.5"], "space.seed: expected an integer, got 2.5"),
-    (["spaces", "render", "size=0"], "size: expected a positive integer, got 0"),
+    (["spaces", "render", "size=0"], "size: expected a positive integer of at most 2048"),
     (["spaces", "render", "views=-1"], "views: expected a positive integer"),
     (["spaces", "render", "space=mesh"], "space.path: missing"),
     (["spaces", "render", "space=mesh", "space.path=/no/such/scene.glb"], "does not exist"),

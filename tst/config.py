@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from tst.errors import TSTError
+from tst.validate import check, check_presets
 from tst.workspace import folder_name
 
 CONFIG_MODULE = "tst.configs"
@@ -53,7 +54,8 @@ def _check_group_choices(overrides: list[str]) -> None:
 
 
 def load(stage: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """Compose and resolve the config of `stage` (e.g. "spaces") with Hydra `overrides`."""
+    """Compose and resolve the config of `stage` (e.g. "spaces") with Hydra `overrides`, then check every
+    key's value (`tst.validate`; for `run`, every stage its experiment preset composes)."""
     if stage not in stages():
         raise TSTError(f"no config for stage '{stage}': expected one of {', '.join(stages())}")
     overrides = list(overrides)
@@ -76,6 +78,9 @@ def load(stage: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
         value = OmegaConf.select(cfg, key)
         if value is not None:
             folder_name(value, key)
+    check(stage, cfg)
+    if stage == "run":
+        check_presets(cfg)
     return cfg
 
 
