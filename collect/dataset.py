@@ -32,6 +32,10 @@ from tst.collect.codecs import codecs
 IMAGE_MODALITIES = ("rgb", "depth", "normals", "edges", "semantic", "instance")
 
 
+class CorruptSample(TSTError):
+    """A sample whose bytes are intact in the tar but do not decode (a corrupt PNG or JSON member)."""
+
+
 def to_tensors(values: dict) -> dict:
     """Decoded numpy/python values of one sample -> tensors in the units of the module docstring."""
     out: dict = {}
@@ -188,9 +192,24 @@ class CollectedData:
             for _, tar in opened:
                 tar.close()
 
-    def decode(self, key: str, raw: dict[str, bytes]) -> dict:
-        values = {m: self.coders[m].decode(data) for m, data in raw.items()}
-        sample = to_tensors(values)
+    def decode_values(self, shard: int, key: str, raw: dict[str, bytes]) -> dict:
+        """Sample `key` of shard `shard` decoded to numpy / python values; a member that does not decode
+        is a one-line CorruptSample naming the shard file, the key and the modality."""
+        values = {}
+        for modality, data in raw.items():
+            try:
+                values[modality] = self.coders[modality].decode(data)
+                to_tensors({modality: values[modality]})  # a value of the wrong shape or type fails here too
+            except Exception as error:  # cv2.error, json / unicode errors, ValueError, KeyError, ...
+                reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+                raise CorruptSample(f"{self.shard_file(modality, shard)}: sample '{key}' ({modality}) does not decode "
+                                    f"({reason}); re-collect the dataset, or set data.skip_corrupt=true to skip "
+                                    "such samples") from None
+        return values
+
+    def decode(self, shard: int, key: str, raw: dict[str, bytes]) -> dict:
+        """Sample `key` of shard `shard` as tensors (module docstring); CorruptSample if it does not decode."""
+        sample = to_tensors(self.decode_values(shard, key, raw))
         sample["key"] = key
         return sample
 
@@ -234,18 +253,30 @@ class ShardStream(IterableDataset):
                 _corrupt(self.data, index, error, self.skip_corrupt)
                 continue
             for key, raw in samples:
-                sample = self.data.decode(key, raw)
+                try:
+                    sample = self.data.decode(index, key, raw)
+                except CorruptSample as error:
+                    if not self.skip_corrupt:
+                        raise
+                    warnings.warn(f"skipping {error}", stacklevel=2)
+                    continue
                 yield self.transform(sample) if self.transform else sample
 
 
 class FrameDataset(Dataset):
     """Random access to a split (for evaluation): indexes the shards once, then reads each sample's
-    members at their byte offsets."""
+    members at their byte offsets.
+
+    Samples are decoded only when read (decoding every sample at index time would cost a full pass), so
+    a sample whose member does not decode is found in __getitem__: a one-line CorruptSample naming the
+    shard file, key and modality, or with `skip_corrupt` the next decodable sample (cyclically) is
+    returned in its place, with one warning per corrupt sample. `len` stays the indexed count."""
 
     def __init__(self, root: str | Path, split: str, modalities: list[str] | None = None, transform=None,
                  skip_corrupt: bool = False):
         self.data = CollectedData(root, split, modalities)
-        self.transform = transform
+        self.transform, self.skip_corrupt = transform, skip_corrupt
+        self.warned: set[str] = set()
         self.index: list[tuple[str, dict[str, tuple[int, int, int]]]] = []  # key -> modality -> (shard, offset, size)
         for shard in self.data.shards:
             try:
@@ -267,20 +298,34 @@ class FrameDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def _raw(self, i: int) -> tuple[str, dict[str, bytes]]:
+    def _raw(self, i: int) -> tuple[int, str, dict[str, bytes]]:
         key, where = self.index[i]
         raw = {}
         for modality, (shard, offset, size) in where.items():
             with open(self.data.shard_file(modality, shard), "rb") as handle:
                 handle.seek(offset)
                 raw[modality] = handle.read(size)
-        return key, raw
+        return shard, key, raw
+
+    def _decodable(self, i: int, decode):
+        """decode(shard, key, raw) of sample `i`, or with skip_corrupt of the next decodable sample."""
+        i = range(len(self))[i]  # negative indices, and IndexError past the end
+        for step in range(len(self)):
+            try:
+                return decode(*self._raw((i + step) % len(self)))
+            except CorruptSample as error:
+                if not self.skip_corrupt:
+                    raise
+                key = self.index[(i + step) % len(self)][0]
+                if key not in self.warned:
+                    self.warned.add(key)
+                    warnings.warn(f"substituting the next sample for {error}", stacklevel=3)
+        raise TSTError(f"{self.data.root}: no sample of split '{self.data.split}' decodes; re-collect the dataset")
 
     def values(self, i: int) -> dict:
         """Sample `i` decoded to numpy / python values (the codecs' units), not tensors."""
-        _, raw = self._raw(i)
-        return {m: self.data.coders[m].decode(data) for m, data in raw.items()}
+        return self._decodable(i, self.data.decode_values)
 
     def __getitem__(self, i: int) -> dict:
-        sample = self.data.decode(*self._raw(i))
+        sample = self._decodable(i, self.data.decode)
         return self.transform(sample) if self.transform else sample

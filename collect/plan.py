@@ -197,3 +197,20 @@ def make_plan(cfg: DictConfig, test_space_cfg: dict, test_space: TestSpace, tran
                       for i, (c, s, p, t, *source) in enumerate(items)]
               for split, items in planned.items()}
     return Plan(spaces, names, frames, minimum)
+
+
+PLAN_EXPECTED = "the camera plan written by tst collect (delete it, or the dataset folder, and re-run tst collect)"
+
+
+def read_plan(path) -> tuple[object, Plan]:
+    """(identity, Plan) from a collect output's plan.json; a one-line TSTError naming the file when it is
+    missing, not valid JSON, or not a plan (no identity, missing fields)."""
+    from tst.workspace import read_json
+
+    stored = read_json(path, PLAN_EXPECTED)
+    if not isinstance(stored, dict) or "identity" not in stored or not isinstance(stored.get("plan"), dict):
+        raise TSTError(f"{path}: no 'identity' and 'plan' objects; expected {PLAN_EXPECTED}")
+    try:
+        return stored["identity"], Plan.from_dict(stored["plan"])
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as error:
+        raise TSTError(f"{path}: malformed plan ({type(error).__name__}: {error}); expected {PLAN_EXPECTED}") from None

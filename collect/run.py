@@ -29,7 +29,7 @@ from tst.workspace import artifact_dir, atomic_write_bytes, atomic_write_json, f
 
 from tst.collect.dataset import FrameDataset
 from tst.collect.executors import make_executor
-from tst.collect.plan import SPLITS, Plan, frame_counts, make_plan
+from tst.collect.plan import SPLITS, Plan, frame_counts, make_plan, read_plan
 from tst.collect.worker import Settings, Unit, shard_path, stored_modalities, unit_complete
 
 console = Console(stderr=True)
@@ -105,10 +105,15 @@ def _load_or_make_plan(cfg: DictConfig, out: Path, space, test_space_cfg: dict) 
     identity = _identity(cfg)
     path = out / PLAN
     if path.exists():
-        stored = json.loads(path.read_text())
-        if stored.get("identity") == identity:
+        try:
+            stored_identity, stored_plan = read_plan(path)
+        except TSTError:
+            if not cfg.collect.overwrite and not _nothing_rendered(out):
+                raise
+            stored_identity, stored_plan = None, None  # replaced: under overwrite, or when nothing is rendered
+        if stored_plan is not None and stored_identity == identity:
             console.print(f"resuming the collection in {out}")
-            return Plan.from_dict(stored["plan"])
+            return stored_plan
         if not cfg.collect.overwrite and not _nothing_rendered(out):  # a plan alone is cheap to replace
             raise TSTError(f"collect.out: {out} holds a dataset collected with a different config; "
                            "choose another collect.out or set collect.overwrite=true")

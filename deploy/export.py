@@ -8,10 +8,14 @@ Two graphs, both with fixed shapes:
                       (K, max_length, vocab); K = the beam width. Tokens are padded to max_length: the
                       decoder is causal, so the logits at position i do not depend on the padding after it.
 Box decoding, NMS and the beam search run in torch on the graphs' outputs, for both runtimes.
+
+The folder's manifest.json (stage "export") records the transfer model it came from (path and
+fingerprint) and each graph file's sha256; `deploy.runtime=onnx` checks both before loading a graph.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +23,52 @@ import torch
 from torch import nn
 
 from tst.errors import TSTError
-from tst.workspace import staged_directory
+from tst.workspace import MANIFEST, fingerprint, read_manifest, staged_directory, write_manifest
 
 from tst.transfer.module import TransferModule
 
 DET_KEYS = ("logits", "log_ltrb", "centerness", "points", "strides", "limits")
 TOLERANCE = 1e-4  # max abs difference allowed between ONNX Runtime and PyTorch outputs
+GRAPH_FILES = ("dense.pt2", "dense.onnx", "caption.pt2", "caption.onnx")
+REEXPORT = "re-run tst deploy export (after removing the folder)"
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_export(folder: Path, model_dir: Path | None, graphs: list[str]) -> None:
+    """The export in `folder` was made from `model_dir` (its fingerprint) and each of `graphs` is there
+    with the sha256 its manifest records; a one-line TSTError naming the file otherwise."""
+    folder = Path(folder)
+    if not (folder / MANIFEST).is_file():
+        raise TSTError(f"{folder / MANIFEST}: missing; expected the export manifest written by tst deploy export; "
+                       f"{REEXPORT}")
+    try:
+        manifest = read_manifest(folder)
+    except TSTError as error:
+        raise TSTError(f"{error}; {REEXPORT}") from None
+    recorded = manifest["outputs"].get("graphs")
+    model = (manifest.get("inputs") or {}).get("model")
+    if manifest.get("stage") != "export" or not isinstance(recorded, dict) or (
+            model_dir is not None and not isinstance(model, dict)):
+        raise TSTError(f"{folder / MANIFEST}: not an export manifest (no model fingerprint and graph hashes); {REEXPORT}")
+    if model_dir is not None and model.get("fingerprint") != fingerprint(model_dir):
+        raise TSTError(f"{folder / MANIFEST}: the export was made from another model than {model_dir} (fingerprint "
+                       f"{model.get('fingerprint')}, the model's is {fingerprint(model_dir)}); {REEXPORT}")
+    for name in graphs:
+        path = folder / name
+        if name not in recorded:
+            raise TSTError(f"{path}: not in the export manifest {folder / MANIFEST}; {REEXPORT}")
+        if not path.is_file():
+            raise TSTError(f"{path}: missing; the export manifest lists it; {REEXPORT}")
+        if sha256(path) != recorded[name]:
+            raise TSTError(f"{path}: does not match the export manifest (sha256 differs: corrupt, replaced or "
+                           f"edited); {REEXPORT}")
 
 
 def dense_names(module: TransferModule) -> list[str]:
@@ -134,9 +178,10 @@ class OnnxGraphs:
     """ONNX Runtime sessions of an export folder; __call__(rgb (1, 3, S, S)) -> predictions as
     TransferModule.forward gives them."""
 
-    def __init__(self, folder: Path, module: TransferModule):
-        if not (folder / "dense.onnx").is_file():
-            raise TSTError(f"{folder}: no dense.onnx; run tst deploy export first")
+    def __init__(self, folder: Path, module: TransferModule, model_dir: Path | None = None):
+        if not folder.is_dir():
+            raise TSTError(f"{folder}: no export there; run tst deploy export first")
+        check_export(folder, model_dir, ["dense.onnx"] + (["caption.onnx"] if "caption" in module.tasks else []))
         self.module, self.names = module, dense_names(module)
         self.dense = _session(folder / "dense.onnx")
         self.caption = None
@@ -166,10 +211,12 @@ def _max_difference(expected: np.ndarray, actual: np.ndarray) -> float:
     return float(np.nan_to_num(difference, nan=np.inf).max()) if difference.size else 0.0
 
 
-def export(module: TransferModule, image_size: int, frames: list[torch.Tensor], out: Path) -> dict:
+def export(module: TransferModule, image_size: int, frames: list[torch.Tensor], out: Path,
+           model_dir: Path | None = None) -> dict:
     """Write dense/caption graphs (.pt2 and .onnx) to `out` iff ONNX Runtime matches PyTorch within
     TOLERANCE on every frame (each (3, S, S) in [0, 1]) and every output; returns the differences.
-    A failing check raises TSTError and writes nothing."""
+    A failing check raises TSTError and writes nothing. With `model_dir` (the transfer run) the folder's
+    manifest records its fingerprint; it records each graph's sha256 either way."""
     module = module.cpu().eval()
     dense = DenseGraph(module, image_size).eval()
     example = (frames[0][None].float(),)
@@ -205,4 +252,8 @@ def export(module: TransferModule, image_size: int, frames: list[torch.Tensor], 
         if differences[worst] > TOLERANCE:
             raise TSTError(f"export: ONNX Runtime differs from PyTorch on '{worst}' by {differences[worst]:.2e} "
                            f"(> {TOLERANCE:g}) over {len(frames)} eval frames; nothing written")
+        graphs = {name: sha256(tmp / name) for name in GRAPH_FILES if (tmp / name).is_file()}
+        write_manifest(tmp, "export", {"image_size": image_size, "tasks": list(module.tasks)},
+                       {"model": model_dir} if model_dir is not None else {},
+                       {"graphs": graphs, "max_abs_difference": differences})
     return differences

@@ -89,7 +89,8 @@ class Predictor:
 
             if precision != "fp32":
                 raise TSTError("deploy.precision: the onnx runtime runs the fp32 export; use deploy.precision=fp32")
-            self.onnx = OnnxGraphs(Path(export_dir) if export_dir else model.run_dir / "export", self.module)
+            self.onnx = OnnxGraphs(Path(export_dir) if export_dir else model.run_dir / "export", self.module,
+                                   model.run_dir)
         elif compile:
             mode = "reduce-overhead" if self.device.type == "cuda" else None
             self.module.backbone = torch.compile(self.module.backbone, mode=mode)

@@ -19,6 +19,7 @@ from tst.tracking import record_run
 from tst.workspace import artifact_dir, atomic_write_json, new_run_name, read_manifest, staged_directory, write_manifest
 
 from tst.collect.dataset import FrameDataset
+from tst.collect.plan import read_plan
 from tst.deploy.export import export
 from tst.deploy.loop import latency_summary, run_loop, search_goal
 from tst.deploy.observations import PathSettings, RenderProcess
@@ -62,12 +63,15 @@ def make_predictor(cfg: DictConfig) -> Predictor:
 def _pretrain_positions(cfg: DictConfig) -> np.ndarray | None:
     """Pretraining camera positions (N, 3) from the collected dataset's plan, if there is one."""
     try:
-        plan = json.loads((dataset_root(cfg) / "plan.json").read_text())["plan"]
-    except (TSTError, FileNotFoundError):
+        path = dataset_root(cfg) / "plan.json"
+    except TSTError:
+        path = None
+    if path is None or not path.exists():
         console.print("[yellow]no collected dataset: the agent's path does not avoid pretraining cameras[/yellow]")
         return None
-    positions = [f["camera"]["world_from_camera"] for f in plan["frames"].get("pretrain", [])]
-    return np.array([[row[3] for row in pose[:3]] for pose in positions]) if positions else None
+    _, plan = read_plan(path)  # a broken plan.json is a one-line error, not silently ignored
+    positions = [np.asarray(f.camera.world_from_camera, float)[:3, 3] for f in plan.frames.get("pretrain", [])]
+    return np.array(positions) if positions else None
 
 
 def path_settings(cfg: DictConfig, size: int, steps: int) -> PathSettings:
@@ -171,7 +175,7 @@ def export_command(cfg: DictConfig) -> Path:
     if len(eval_frames) == 0:
         raise TSTError(f"{root}: the eval split is empty; the export check needs eval frames")
     frames = [eval_frames[i]["rgb"] for i in range(min(int(cfg.deploy.export_frames), len(eval_frames)))]
-    differences = export(model.module, model.image_size, frames, out)
+    differences = export(model.module, model.image_size, frames, out, model_dir)
     console.print(f"[green]export[/green] {out}: ONNX Runtime vs PyTorch max abs difference "
                   f"{max(differences.values()):.2e} over {len(frames)} eval frames")
     print(json.dumps({"export_dir": str(out), "frames": len(frames), "max_abs_difference": differences}))

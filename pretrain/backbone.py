@@ -42,21 +42,20 @@ def rgb_encoder_state(run_dir: str | Path) -> tuple[dict, dict[str, torch.Tensor
     embedding, RGB's modality embedding (1, dim), the encoder blocks and norm -- the tensors of a
     one-modality MultimodalMaskedModel([rgb pixels]) encoder, for every objective (fourm reads RGB
     pixels too). Decoder, output adapters and other modalities' inputs are left behind."""
-    import json
-
-    from safetensors.torch import load_file
-
-    from tst.workspace import read_manifest
+    from tst.workspace import load_safetensors, read_json, read_manifest
 
     run_dir = Path(run_dir)
     weights = run_dir / "encoder.safetensors"
     if not weights.is_file():
         raise TSTError(f"{run_dir}: no encoder.safetensors; is the pretraining run finished?")
-    config = json.loads((run_dir / "config.json").read_text())
+    config = read_json(run_dir / "config.json", "the config of a tst pretrain run")
     modalities = list(read_manifest(run_dir)["outputs"]["modalities"])
     if "rgb" not in modalities:
         raise TSTError(f"{run_dir}: the run was not trained on rgb (it has {modalities})")
-    stored = load_file(str(weights))
+    stored = load_safetensors(weights, "the encoder weights of a finished tst pretrain run")
+    if "input_adapters.rgb.weight" not in stored or "modality_embedding" not in stored:
+        raise TSTError(f"{weights}: no RGB input adapter or modality embedding; expected the encoder of a tst "
+                       "pretrain run")
     if stored["input_adapters.rgb.weight"].ndim != 2 or "input_adapters.rgb.bias" not in stored:
         raise TSTError(f"{run_dir}: its RGB input is not a pixel patch embedding (a run from before fourm read "
                        "RGB pixels); pretrain it again")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -11,12 +12,13 @@ import torch
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from tst.errors import TSTError
 from tst.weights import read_torch_file
 from tst.tracking import tracking_uri
-from tst.workspace import artifact_dir, atomic_write_json, fingerprint, new_run_name, read_manifest, write_manifest
+from tst.workspace import (artifact_dir, atomic_write_json, fingerprint, load_safetensors, new_run_name, read_json,
+                           read_manifest, write_manifest)
 
 from tst.collect.dataset import FrameDataset, RandomResizedCropFlip, collate
 from tst.pretrain.data import PretrainData
@@ -77,14 +79,16 @@ def load_tokenizers(directory: Path, data: Path, modalities: list[str], patch: i
         if name not in outputs["modalities"]:
             raise TSTError(f"{directory}: no tokenizer for '{name}'; it has {list(outputs['modalities'])}")
         tokenizer = Tokenizer(name, TokenizerConfig(tuple(outputs["levels"]), patch, outputs["hidden"]))
-        tokenizer.load_state_dict(load_file(directory / f"{name}.safetensors"))
+        tokenizer.load_state_dict(load_safetensors(directory / f"{name}.safetensors",
+                                                   f"the '{name}' tokenizer weights written by tst pretrain tokenizers"))
         tokenizers[name] = tokenizer.eval()
     return tokenizers
 
 
-def _eval_batch(data: Path, modalities: list[str], size: int, count: int) -> dict:
+def _eval_batch(data: Path, modalities: list[str], size: int, count: int, skip_corrupt: bool = False) -> dict:
     """The first `count` eval frames, centre-cropped square and resized to the model's size."""
-    frames = FrameDataset(data, "eval", modalities, transform=RandomResizedCropFlip(size, (1.0, 1.0), (1.0, 1.0), 0.0))
+    frames = FrameDataset(data, "eval", modalities, transform=RandomResizedCropFlip(size, (1.0, 1.0), (1.0, 1.0), 0.0),
+                          skip_corrupt=skip_corrupt)
     if len(frames) == 0:
         raise TSTError(f"{data}: the eval split is empty")
     return collate([frames[i] for i in range(min(count, len(frames)))])
@@ -196,14 +200,27 @@ def run(cfg: DictConfig, overrides: list[str] = ()) -> Path:
     datamodule = PretrainData(data, module.modalities, config["model"]["image_size"], int(d["batch_size"]),
                               int(d["num_workers"]), tuple(d["crop_scale"]), int(p["seed"]), bool(d["skip_corrupt"]),
                               codes, bool(d.get("cache_frames", False)))
+    eval_batch = _eval_batch(data, module.modalities, config["model"]["image_size"], 4,
+                             bool(d["skip_corrupt"]))  # read before the run folder is made
+    created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _train(config, run_dir, module, datamodule, eval_batch, checkpoint, data)
+    except BaseException:
+        if created and not any((run_dir / "checkpoints").glob("*.ckpt")):
+            shutil.rmtree(run_dir, ignore_errors=True)  # failed before its first checkpoint: nothing to resume
+        raise
+
+
+def _train(config: dict, run_dir: Path, module: PretrainModule, datamodule: PretrainData, eval_batch: dict,
+           checkpoint: str | None, data: Path) -> Path:
+    p = config["pretrain"]
     atomic_write_json(run_dir / "config.json", config)
     os.environ[RUN_DIR_VARIABLE] = str(run_dir)  # inherited by the worker processes Lightning starts
     callbacks = [ModelCheckpoint(dirpath=run_dir / "checkpoints", every_n_train_steps=int(p["checkpoint_every"]),
                                  save_last=True, save_top_k=-1, filename="step-{step:06d}",
                                  auto_insert_metric_name=False),
-                 PredictionImages(_eval_batch(data, module.modalities, config["model"]["image_size"], 4),
-                                  run_dir / "images", int(p["image_every"]))]
+                 PredictionImages(eval_batch, run_dir / "images", int(p["image_every"]))]
     loggers = []
     if config["tracking"]["enabled"]:
         Path(config["workspace_dir"]).mkdir(parents=True, exist_ok=True)
@@ -258,14 +275,18 @@ def load_run(run_dir: Path) -> tuple[PretrainModule, dict, Path]:
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         raise TSTError(f"ckpt: {run_dir} is not a pretraining run (no config.json)")
-    config = json.loads(config_path.read_text())
+    config = read_json(config_path, "the config of a tst pretrain run")
+    weights = run_dir / "model.safetensors"
+    checkpoint = run_dir / "checkpoints" / "last.ckpt"
+    if not weights.is_file() and not checkpoint.is_file():
+        raise TSTError(f"{run_dir}: no weights (neither model.safetensors nor checkpoints/last.ckpt); expected a "
+                       "finished or checkpointed tst pretrain run")
     data = dataset_dir(OmegaConf.create(config))
     module = build_module(config, data)
-    weights = run_dir / "model.safetensors"
     if weights.is_file():
-        load_checked(module.model, load_file(str(weights)), weights, config["model"])
+        load_checked(module.model, load_safetensors(weights, "the weights of a finished tst pretrain run"),
+                     weights, config["model"])
     else:
-        checkpoint = run_dir / "checkpoints" / "last.ckpt"
         state = read_torch_file(checkpoint)["state_dict"]
         load_checked(module, state, checkpoint, config["model"])
     return module.eval(), config, data

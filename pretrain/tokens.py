@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 from rich.console import Console
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from tst.errors import TSTError
-from tst.workspace import atomic_write_json, fingerprint
+from tst.workspace import atomic_write_json, fingerprint, load_safetensors
 
 from tst.collect.dataset import FrameDataset, RandomResizedCropFlip, collate
 
@@ -55,5 +55,5 @@ def load_tokens(directory: Path, data: Path, size: int) -> dict[str, dict[str, t
     if meta["dataset_fingerprint"] != fingerprint(data) or meta["size"] != size:
         raise TSTError(f"{directory / TOKENS}: computed for another dataset or size ({meta['size']} px); "
                        "run tst pretrain tokens again")
-    codes = load_file(str(directory / TOKENS))
+    codes = load_safetensors(directory / TOKENS, "the codes written by tst pretrain tokens")
     return {key: {name: table[row].long() for name, table in codes.items()} for row, key in enumerate(meta["keys"])}

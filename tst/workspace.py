@@ -132,14 +132,46 @@ def write_manifest(directory: Path, stage: str, cfg: DictConfig | dict, inputs: 
     return manifest
 
 
-def read_manifest(directory: Path) -> dict:
-    path = Path(directory) / MANIFEST
+def read_json(path: Path, expected: str) -> Any:
+    """The JSON value in `path`; a one-line TSTError naming the file and `expected` (what should be
+    there) when it is missing, unreadable or not valid JSON."""
+    path = Path(path)
     try:
         return json.loads(path.read_text())
     except FileNotFoundError:
-        raise TSTError(f"{path}: missing; expected an artifact directory written by a tst stage") from None
+        raise TSTError(f"{path}: missing; expected {expected}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise TSTError(f"{path}: unreadable ({getattr(error, 'strerror', None) or error}); expected {expected}") from None
     except json.JSONDecodeError as error:
-        raise TSTError(f"{path}: not valid JSON ({error.msg} at line {error.lineno})") from None
+        raise TSTError(f"{path}: not valid JSON ({error.msg} at line {error.lineno}); expected {expected}") from None
+
+
+def read_manifest(directory: Path) -> dict:
+    """<directory>/manifest.json, checked to be an object with an `outputs` object (every tst stage
+    writes one); a one-line TSTError naming the file otherwise."""
+    path = Path(directory) / MANIFEST
+    expected = "a manifest written by a tst stage"
+    manifest = read_json(path, expected)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("outputs"), dict):
+        raise TSTError(f"{path}: no 'outputs' object; expected {expected} (re-run the stage that made "
+                       f"{Path(directory).name})")
+    return manifest
+
+
+def load_safetensors(path: Path, expected: str = "safetensors weights") -> dict:
+    """Tensors of a .safetensors file; a one-line TSTError naming the file when it is missing,
+    truncated or not safetensors (safetensors' own errors are caught)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise TSTError(f"{path}: missing; expected {expected}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise TSTError(f"{path}: truncated or not a safetensors file ({reason}); expected {expected}") from None
 
 
 @contextmanager
