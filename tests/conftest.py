@@ -41,3 +41,22 @@ def collect_small(workspace, pretrain: int, eval: int, transfer: int, size: int,
                  f"collect.frames.eval={eval}", f"collect.frames.transfer={transfer}", "collect.transfer_spaces=[1]",
                  f"collect.size={size}", "collect.workers=1", "tracking.enabled=false", "collect.sheet_samples=1",
                  *extra]) == 0
+
+
+TINY_MODEL = ["model.dim=32", "model.encoder_depth=1", "model.decoder_depth=1", "model.heads=2", "model.image_size=32",
+              "data.num_workers=0", "data.batch_size=4", "tracking.enabled=false"]
+
+
+def tiny_runs(workspace, tasks: str = "[seg,det,caption]"):
+    """A 32-px dataset, a pretraining run `mm` (2 steps, a checkpoint each step) and a transfer run `multi`
+    holding `tasks`, in `workspace`; returns (pretraining run, transfer run) folders."""
+    from tst.cli import main
+
+    collect_small(workspace, 8, 4, 4, 32)
+    common = [f"workspace_dir={workspace}", *TINY_MODEL]
+    assert main(["pretrain", "pretrain.steps=2", "pretrain.checkpoint_every=1", "pretrain.input_budget=8",
+                 "pretrain.target_budget=8", "run_name=mm", *common]) == 0
+    assert main(["transfer", f"transfer.task={tasks}", "transfer.steps=1", "run_name=multi",
+                 "transfer.max_caption_words=8", *common]) == 0
+    space = workspace / "procedural-0"
+    return space / "pretrain" / "mm", space / "transfer" / "multi"

@@ -11,11 +11,9 @@ import tarfile
 
 import pytest
 
-from conftest import collect_small
+from conftest import TINY_MODEL, tiny_runs
 from tst.cli import main
 
-TINY = ["model.dim=32", "model.encoder_depth=1", "model.heads=2", "data.num_workers=0", "data.batch_size=4",
-        "tracking.enabled=false"]
 BUDGETS = ["pretrain.input_budget=8", "pretrain.target_budget=8"]
 
 
@@ -23,14 +21,8 @@ BUDGETS = ["pretrain.input_budget=8", "pretrain.target_budget=8"]
 def ws(tmp_path_factory):
     """A tiny dataset, a finished pretraining run, a transfer run on it and the transfer run's ONNX export."""
     workspace = tmp_path_factory.mktemp("inputs")
-    collect_small(workspace, 8, 4, 4, 32)
-    space = workspace / "procedural-0"
-    common = [f"workspace_dir={workspace}", "model.image_size=32", *TINY]
-    assert main(["pretrain", "pretrain.steps=1", "pretrain.checkpoint_every=1", "pretrain.input_budget=8",
-                 "pretrain.target_budget=8", "run_name=mm", *common]) == 0
-    assert main(["transfer", "transfer.task=[seg,caption]", "transfer.steps=1", "run_name=multi",
-                 "transfer.max_caption_words=8", *common]) == 0
-    assert main(["deploy", "export", f"workspace_dir={workspace}", f"deploy.model={space / 'transfer' / 'multi'}",
+    _, transferred = tiny_runs(workspace, "[seg,caption]")
+    assert main(["deploy", "export", f"workspace_dir={workspace}", f"deploy.model={transferred}",
                  "deploy.tasks=[seg,caption]", f"deploy.export_dir={workspace / 'export'}", "deploy.export_frames=1",
                  "tracking.enabled=false"]) == 0
     return workspace
@@ -73,7 +65,7 @@ def test_pretraining_on_a_corrupt_png_names_shard_key_and_modality(ws, tmp_path,
     before = tree(runs)
     capsys.readouterr()
     assert main(["pretrain", f"data_dir={data}", "pretrain.steps=2", "run_name=corrupt", f"workspace_dir={ws}",
-                 "model.image_size=32", *BUDGETS, *TINY]) != 0
+                 *BUDGETS, *TINY_MODEL]) != 0
     line = one_error_line(capsys)
     assert str(shard) in line and key in line and "(rgb)" in line and "data.skip_corrupt=true" in line
     assert tree(runs) == before  # the refused run's folder is removed
@@ -125,7 +117,7 @@ def test_a_dataset_manifest_without_outputs_is_named(ws, tmp_path, capsys, text,
     before = tree(runs)
     capsys.readouterr()
     assert main(["pretrain", f"data_dir={data}", "pretrain.steps=1", "run_name=nomanifest", f"workspace_dir={ws}",
-                 "model.image_size=32", *BUDGETS, *TINY]) != 0
+                 *BUDGETS, *TINY_MODEL]) != 0
     line = one_error_line(capsys)
     assert f"{data / 'manifest.json'}: {message}" in line
     assert tree(runs) == before
@@ -141,26 +133,25 @@ def _truncate(path):
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
-def test_a_truncated_model_safetensors_is_named(ws, capsys):
-    run = _run_copy(ws, "truncated-model")
+def _truncated_model(run):
     _truncate(run / "model.safetensors")
-    before = tree(ws)
-    capsys.readouterr()
-    assert main(["pretrain", "predict", f"ckpt={run}", "predict_frames=2", f"workspace_dir={ws}"]) != 0
-    line = one_error_line(capsys)
-    assert f"{run / 'model.safetensors'}: truncated or not a safetensors file" in line
-    assert tree(ws) == before
+    return f"{run / 'model.safetensors'}: truncated or not a safetensors file"
 
 
-def test_a_pretraining_run_without_weights_is_named(ws, capsys):
-    run = _run_copy(ws, "no-weights")
+def _no_weights(run):
     (run / "model.safetensors").unlink()
     shutil.rmtree(run / "checkpoints")
+    return f"{run}: no weights (neither model.safetensors nor checkpoints/last.ckpt)"
+
+
+@pytest.mark.parametrize("damage", [_truncated_model, _no_weights])
+def test_predict_names_a_run_with_broken_or_missing_weights(ws, capsys, damage):
+    run = _run_copy(ws, damage.__name__.strip("_"))
+    message = damage(run)
     before = tree(ws)
     capsys.readouterr()
     assert main(["pretrain", "predict", f"ckpt={run}", "predict_frames=2", f"workspace_dir={ws}"]) != 0
-    line = one_error_line(capsys)
-    assert f"{run}: no weights (neither model.safetensors nor checkpoints/last.ckpt)" in line
+    assert message in one_error_line(capsys)
     assert tree(ws) == before
 
 
@@ -170,7 +161,7 @@ def test_a_truncated_encoder_safetensors_is_named(ws, capsys):
     before = tree(ws)
     capsys.readouterr()
     assert main(["transfer", f"transfer.backbone={run}", "transfer.steps=1", "run_name=from-truncated",
-                 f"workspace_dir={ws}", "model.image_size=32", *TINY]) != 0
+                 f"workspace_dir={ws}", *TINY_MODEL]) != 0
     line = one_error_line(capsys)
     assert f"{run / 'encoder.safetensors'}: truncated or not a safetensors file" in line
     assert tree(ws) == before

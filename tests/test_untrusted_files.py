@@ -9,10 +9,8 @@ import torch
 
 from tst.cli import main
 
-from conftest import collect_small
+from conftest import TINY_MODEL, tiny_runs
 
-TINY = ["model.dim=32", "model.encoder_depth=1", "model.decoder_depth=1", "model.heads=2", "data.num_workers=0",
-        "data.batch_size=4", "tracking.enabled=false"]
 
 
 class RunsAShellCommand:
@@ -33,14 +31,7 @@ def plant(path, marker) -> None:
 def runs(tmp_path_factory):
     """A finished pretraining run and a finished multi-task transfer run in a tiny workspace."""
     workspace = tmp_path_factory.mktemp("untrusted")
-    collect_small(workspace, 8, 4, 4, 32)
-    space = workspace / "procedural-0"
-    common = [f"workspace_dir={workspace}", "model.image_size=32", *TINY]
-    assert main(["pretrain", "pretrain.steps=2", "pretrain.checkpoint_every=1", "pretrain.input_budget=8",
-                 "pretrain.target_budget=8", "run_name=mm", *common]) == 0
-    assert main(["transfer", "transfer.task=[seg,det,caption]", "transfer.steps=1", "run_name=multi",
-                 "transfer.max_caption_words=8", *common]) == 0
-    return workspace, space / "pretrain" / "mm", space / "transfer" / "multi"
+    return (workspace, *tiny_runs(workspace))
 
 
 def one_error_line(capsys) -> str:
@@ -73,7 +64,7 @@ def test_predict_and_transfer_refuse_a_planted_checkpoint(runs, tmp_path, capsys
     # transfer reads the encoder's safetensors only: with it gone the planted checkpoint is still never read
     (run / "encoder.safetensors").unlink()
     assert main(["transfer", f"transfer.backbone={run}", "transfer.steps=1", f"workspace_dir={workspace}",
-                 "model.image_size=32", *TINY]) != 0
+                 *TINY_MODEL]) != 0
     assert "encoder.safetensors" in one_error_line(capsys) and not marker.exists()
 
 
