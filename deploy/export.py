@@ -15,7 +15,6 @@ fingerprint) and each graph file's sha256; `deploy.runtime=onnx` checks both bef
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ import torch
 from torch import nn
 
 from tst.errors import TSTError
-from tst.workspace import MANIFEST, fingerprint, read_manifest, staged_directory, write_manifest
+from tst.workspace import MANIFEST, file_sha256, fingerprint, read_manifest, staged_directory, write_manifest
 
 from tst.transfer.module import TransferModule
 
@@ -31,14 +30,6 @@ DET_KEYS = ("logits", "log_ltrb", "centerness", "points", "strides", "limits")
 TOLERANCE = 1e-4  # max abs difference allowed between ONNX Runtime and PyTorch outputs
 GRAPH_FILES = ("dense.pt2", "dense.onnx", "caption.pt2", "caption.onnx")
 REEXPORT = "re-run tst deploy export (after removing the folder)"
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def check_export(folder: Path, model_dir: Path | None, graphs: list[str]) -> None:
@@ -66,7 +57,7 @@ def check_export(folder: Path, model_dir: Path | None, graphs: list[str]) -> Non
             raise TSTError(f"{path}: not in the export manifest {folder / MANIFEST}; {REEXPORT}")
         if not path.is_file():
             raise TSTError(f"{path}: missing; the export manifest lists it; {REEXPORT}")
-        if sha256(path) != recorded[name]:
+        if file_sha256(path) != recorded[name]:
             raise TSTError(f"{path}: does not match the export manifest (sha256 differs: corrupt, replaced or "
                            f"edited); {REEXPORT}")
 
@@ -252,7 +243,7 @@ def export(module: TransferModule, image_size: int, frames: list[torch.Tensor], 
         if differences[worst] > TOLERANCE:
             raise TSTError(f"export: ONNX Runtime differs from PyTorch on '{worst}' by {differences[worst]:.2e} "
                            f"(> {TOLERANCE:g}) over {len(frames)} eval frames; nothing written")
-        graphs = {name: sha256(tmp / name) for name in GRAPH_FILES if (tmp / name).is_file()}
+        graphs = {name: file_sha256(tmp / name) for name in GRAPH_FILES if (tmp / name).is_file()}
         write_manifest(tmp, "export", {"image_size": image_size, "tasks": list(module.tasks)},
                        {"model": model_dir} if model_dir is not None else {},
                        {"graphs": graphs, "max_abs_difference": differences})

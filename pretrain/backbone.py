@@ -42,7 +42,8 @@ def rgb_encoder_state(run_dir: str | Path) -> tuple[dict, dict[str, torch.Tensor
     embedding, RGB's modality embedding (1, dim), the encoder blocks and norm -- the tensors of a
     one-modality MultimodalMaskedModel([rgb pixels]) encoder, for every objective (fourm reads RGB
     pixels too). Decoder, output adapters and other modalities' inputs are left behind."""
-    from tst.workspace import load_safetensors, read_json, read_manifest
+    from tst.weights import load_safetensors
+    from tst.workspace import read_json, read_manifest
 
     run_dir = Path(run_dir)
     weights = run_dir / "encoder.safetensors"

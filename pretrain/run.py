@@ -17,7 +17,8 @@ from safetensors.torch import save_file
 from tst.errors import TSTError
 from tst.weights import read_torch_file
 from tst.tracking import tracking_uri
-from tst.workspace import (artifact_dir, atomic_write_json, fingerprint, load_safetensors, new_run_name, read_json,
+from tst.weights import load_safetensors
+from tst.workspace import (artifact_dir, atomic_write_json, fingerprint, new_run_name, read_json,
                            read_manifest, write_manifest)
 
 from tst.collect.dataset import FrameDataset, RandomResizedCropFlip, collate

@@ -15,7 +15,8 @@ from rich.console import Console
 from safetensors.torch import save_file
 
 from tst.errors import TSTError
-from tst.workspace import atomic_write_json, fingerprint, load_safetensors
+from tst.weights import load_safetensors
+from tst.workspace import atomic_write_json, fingerprint
 
 from tst.collect.dataset import FrameDataset, RandomResizedCropFlip, collate
 

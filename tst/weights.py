@@ -1,4 +1,5 @@
-"""Reading torch checkpoint files without ever unpickling arbitrary objects."""
+"""Reading weight files (torch checkpoints without ever unpickling arbitrary objects, safetensors) with
+one-line errors naming the file."""
 
 from __future__ import annotations
 
@@ -26,3 +27,19 @@ def read_torch_file(path: str | Path) -> Any:
                        "arbitrary objects") from None
     except (RuntimeError, EOFError, OSError, ValueError) as error:
         raise TSTError(f"{path}: not a readable torch checkpoint ({str(error).strip().splitlines()[0][:160]})") from None
+
+
+def load_safetensors(path: Path, expected: str = "safetensors weights") -> dict:
+    """Tensors of a .safetensors file; a one-line TSTError naming the file when it is missing,
+    truncated or not safetensors (safetensors' own errors are caught)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise TSTError(f"{path}: missing; expected {expected}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise TSTError(f"{path}: truncated or not a safetensors file ({reason}); expected {expected}") from None

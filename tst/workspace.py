@@ -43,21 +43,27 @@ def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_bytes(path, (json.dumps(data, indent=2, default=str) + "\n").encode())
 
 
+def file_sha256(path: Path) -> str:
+    """Full sha256 hex digest of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def fingerprint(path: Path) -> str:
     """sha256 (16 hex digits) of a file's bytes, or of a directory's manifest (else all its files)."""
     path = Path(path)
     if not path.exists():
         raise TSTError(f"{path}: no such file or directory")
+    if not path.is_dir():
+        return file_sha256(path)[:16]
     digest = hashlib.sha256()
-    if path.is_dir():
-        files = [path / MANIFEST] if (path / MANIFEST).exists() else sorted(p for p in path.rglob("*") if p.is_file())
-        for file in files:
-            digest.update(str(file.relative_to(path)).encode())
-            digest.update(bytes.fromhex(fingerprint(file)))
-    else:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+    files = [path / MANIFEST] if (path / MANIFEST).exists() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        digest.update(str(file.relative_to(path)).encode())
+        digest.update(bytes.fromhex(fingerprint(file)))
     return digest.hexdigest()[:16]
 
 
@@ -156,22 +162,6 @@ def read_manifest(directory: Path) -> dict:
         raise TSTError(f"{path}: no 'outputs' object; expected {expected} (re-run the stage that made "
                        f"{Path(directory).name})")
     return manifest
-
-
-def load_safetensors(path: Path, expected: str = "safetensors weights") -> dict:
-    """Tensors of a .safetensors file; a one-line TSTError naming the file when it is missing,
-    truncated or not safetensors (safetensors' own errors are caught)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    path = Path(path)
-    if not path.is_file():
-        raise TSTError(f"{path}: missing; expected {expected}")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise TSTError(f"{path}: truncated or not a safetensors file ({reason}); expected {expected}") from None
 
 
 @contextmanager
