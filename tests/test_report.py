@@ -9,7 +9,7 @@ from PIL import Image
 from tst.cli import main
 from tst.config import load
 from tst.tracking import record_run
-from tst.transfer.report import COLUMNS, Cell, TransferResult, compare, markdown, tokenizer_quality
+from tst.transfer.report import COLUMNS, Cell, TransferResult, compare, markdown, paired, tokenizer_quality
 from tst.workspace import write_manifest
 
 QUALITY = {"rgb": {"codes_used": 200, "codebook": 256, "perplexity": 150.25, "metric": "mae", "error": 0.05,
@@ -63,7 +63,7 @@ def written(store):
 
 def _rows(text):
     """backbone -> its cells, from the main table of results.md."""
-    lines = [line for line in text.split("## Tokenizers")[0].splitlines() if line.startswith("| ")][1:]
+    lines = [line for line in text.split("\n## ")[0].splitlines() if line.startswith("| ")][1:]
     return {cells[1].strip(): [c.strip() for c in cells[2:-1]] for cells in (line.split("|") for line in lines)}
 
 
@@ -102,6 +102,33 @@ def test_winner_lines(written):
     assert "- seg mIoU: fourm wins (32.0 vs next best generalist 25.0; gap 7.0, single seed: within noise)." in text
     assert "- det mAP: fourm wins (21.0 vs next best scratch 6.0; gap 15.0, 2σ = 2.0: significant)." in text
     assert "- caption CIDEr-D: fourm wins (23.0 vs next best scratch 22.0; gap 1.0, 2σ = 4.0: within noise)." in text
+
+
+def test_paired_table(written):
+    out, text = written
+    paired = {cells[1].strip(): [c.strip() for c in cells[2:-1]] for cells in
+              (line.split("|") for line in text.split("## Paired by seed, against scratch")[1].split("\n## ")[0]
+               .splitlines() if line.startswith("| "))}
+    assert list(paired) == ["backbone", "mae", "fourm"]  # the generalist shares one seed with scratch: no row
+    assert paired["fourm"][0].startswith("+21.0 ± 1.0 (3 seeds, p = 0.00") and paired["fourm"][0].endswith("†")
+    assert paired["mae"][0] == "+1.5 ± 2.1 (2 seeds, p = 0.500)"  # seeds 0 and 1: differences 0.00 and 0.03
+    assert paired["fourm"][3] == "+1.0 ± 2.0 (3 seeds, p = 0.478)"  # t = 0.87, df = 2
+    assert paired["mae"][1] == "–"  # mae has no det runs
+    with open(out / "results.csv") as handle:
+        records = {r["backbone"]: r for r in csv.DictReader(handle)}
+    assert float(records["fourm"]["seg_miou_paired_difference"]) == pytest.approx(0.21)
+    assert float(records["mae"]["seg_miou_paired_p"]) == pytest.approx(0.5)
+    assert records["generalist"]["seg_miou_paired_p"] == "" and records["scratch"]["seg_miou_paired_p"] == ""
+
+
+def test_paired_differences_cancel_shared_seed_noise():
+    """Seeds that move every backbone alike: unpaired 2σ sees noise, the paired test sees the steady lead."""
+    scratch = Cell([0.06, 0.10, 0.09], [0, 1, 2])
+    mae = Cell([0.065, 0.108, 0.099], [0, 1, 2])
+    assert not compare(mae, scratch).significant
+    pair = paired(mae, scratch)
+    assert pair.differences == pytest.approx([0.005, 0.008, 0.009]) and pair.significant
+    assert paired(mae, Cell([0.1], [0])) is None  # one shared seed: no test
 
 
 def test_tokenizer_table(written, tmp_path):

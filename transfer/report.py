@@ -5,7 +5,9 @@ the mean ± sample std over every tracked run of that backbone (seeds) at the ta
 pretrained backbone run at several pretraining lengths (tag `pretrain_steps`) enters the table with its
 longest one only. A cell that differs from the scratch cell of its column by more than 2σ (σ = the larger
 of the two cells' seed std) is marked `*`; under the table one line per column names its winner and
-whether its lead is beyond noise. Written into <workspace>/<space>/report/: results.md, results.csv,
+whether its lead is beyond noise. Because one seed draws the same labelled subset for every backbone, a
+second table pairs each backbone with scratch seed by seed (mean difference, paired t-test, `†` at
+p < 0.05): the test that seed-to-seed swings shared by all backbones cannot drown. Written into <workspace>/<space>/report/: results.md, results.csv,
 results.png (bar chart), label_efficiency.png (when several fractions were run), pretrain_length.png (when
 a backbone was run at several pretraining lengths) and qualitative.png (each backbone's eval predictions,
 stacked). results.md also holds the tokenizer quality table of <workspace>/<space>/pretrain/tokenizers.
@@ -35,6 +37,8 @@ COLUMNS = {"seg_miou": "seg mIoU", "det_map": "det mAP", "det_ap50": "det AP50",
 HEADLINE = [m for m in COLUMNS if m != "det_ap50"]  # one per task: the curves' panels
 REFERENCE = "scratch"  # the row every other row is tested against
 MARKER = "*"
+PAIRED_MARKER = "†"
+PAIRED_ALPHA = 0.05  # two-sided significance level of the paired t-test
 SCALE = 100  # every metric x100, as published tables show mIoU, mAP and CIDEr-D
 
 
@@ -54,7 +58,18 @@ class TransferResult:
 
 @dataclass
 class Cell:
+    """The runs of one backbone on one metric: values[i] came from seed seeds[i] (seeds may be empty when
+    unknown, e.g. in cells built by hand)."""
+
     values: list[float] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+
+    def by_seed(self) -> dict[int, float]:
+        """seed -> the mean of that seed's values."""
+        grouped: dict[int, list[float]] = {}
+        for seed, value in zip(self.seeds, self.values):
+            grouped.setdefault(seed, []).append(value)
+        return {seed: float(np.mean(values)) for seed, values in grouped.items()}
 
     @property
     def mean(self) -> float:
@@ -96,6 +111,50 @@ def compare(cell: Cell, other: Cell) -> Gap:
     """cell - other, judged against the larger seed std of the two (both cells must have values)."""
     sigma = max(cell.std, other.std) if min(len(cell.values), len(other.values)) > 1 else None
     return Gap(cell.mean - other.mean, sigma)
+
+
+@dataclass
+class Paired:
+    """Per-seed differences of one cell to the reference cell of its column, over the seeds both share.
+    A transfer seed fixes the labelled subset and the head's initialization for every backbone, so the
+    backbones of one seed share most of their noise: differences within a seed cancel it, and a paired
+    t-test over them is far more sensitive than comparing the two cells' spreads."""
+
+    differences: list[float]
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.differences))
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.differences, ddof=1))
+
+    @property
+    def p_value(self) -> float:
+        """Two-sided one-sample t-test of the differences against 0 (df = seeds - 1)."""
+        if self.std < 1e-12:  # equal differences (up to rounding): no spread for a t statistic
+            return 1.0 if abs(self.mean) < 1e-12 else 0.0
+        from scipy.stats import ttest_1samp
+
+        return float(ttest_1samp(self.differences, 0.0).pvalue)
+
+    @property
+    def significant(self) -> bool:
+        return self.p_value < PAIRED_ALPHA
+
+    def text(self, scale: float) -> str:
+        """e.g. '+0.8 ± 0.3 (3 seeds, p = 0.050) †'."""
+        body = (f"{self.mean * scale:+.1f} ± {self.std * scale:.1f} ({len(self.differences)} seeds, "
+                f"p = {self.p_value:.3f})")
+        return f"{body} {PAIRED_MARKER}" if self.significant else body
+
+
+def paired(cell: Cell, reference: Cell) -> Paired | None:
+    """cell - reference seed by seed; None when they share fewer than two seeds."""
+    mine, theirs = cell.by_seed(), reference.by_seed()
+    shared = sorted(set(mine) & set(theirs))
+    return Paired([mine[s] - theirs[s] for s in shared]) if len(shared) > 1 else None
 
 
 def _pretrain_steps(tags: dict[str, str]) -> int | None:
@@ -178,6 +237,7 @@ def table(results: list[TransferResult], fraction: float) -> dict[str, dict[str,
                 for metric in COLUMNS:
                     if metric in r.metrics:
                         rows[name][metric].values.append(r.metrics[metric])
+                        rows[name][metric].seeds.append(r.seed)
     return {name: cells for name, cells in rows.items() if any(c.values for c in cells.values())}
 
 
@@ -188,6 +248,31 @@ def versus_reference(rows: dict[str, dict[str, Cell]], name: str, metric: str) -
     if name == REFERENCE or not cell.values or not reference.values:
         return None
     return compare(cell, reference)
+
+
+def paired_versus_reference(rows: dict[str, dict[str, Cell]], name: str, metric: str) -> Paired | None:
+    """rows[name][metric] - the scratch cell, seed by seed; None for scratch itself or under two shared seeds."""
+    if name == REFERENCE or REFERENCE not in rows:
+        return None
+    return paired(rows[name][metric], rows[REFERENCE][metric])
+
+
+def paired_markdown(rows: dict[str, dict[str, Cell]]) -> str | None:
+    """The table of per-seed differences to scratch (mean ± std, seeds, p) with its legend; None when no
+    row shares two seeds with scratch."""
+    cells = {name: {m: paired_versus_reference(rows, name, m) for m in COLUMNS} for name in rows}
+    cells = {name: row for name, row in cells.items() if any(row.values())}
+    if not cells:
+        return None
+    lines = [f"## Paired by seed, against {REFERENCE}", "",
+             f"Per seed, the backbone's score minus {REFERENCE}'s (the same seed draws the same labelled "
+             "subset and head initialization for every backbone); mean ± sample std of those differences "
+             f"over the seeds both rows share, and the two-sided paired t-test's p. {PAIRED_MARKER}: "
+             f"p < {PAIRED_ALPHA:g}.", "",
+             "| backbone | " + " | ".join(COLUMNS.values()) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for name, row in cells.items():
+        lines.append(f"| {name} | " + " | ".join(d.text(SCALE) if d else "–" for d in row.values()) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def marker(rows: dict[str, dict[str, Cell]], name: str, metric: str) -> str:
@@ -245,24 +330,29 @@ def markdown(rows: dict[str, dict[str, Cell]], fraction: float, space: str, used
     lines += [f"- {line}" for line in (winner_line(rows, m) for m in COLUMNS) if line]
     if notes:
         lines += [""] + list(notes)
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    pairs = paired_markdown(rows)
+    return text + ("\n" + pairs if pairs else "")
 
 
 def csv_text(rows: dict[str, dict[str, Cell]], fraction: float) -> str:
-    """One line per backbone: per metric its mean, std, run count and verdict against scratch
-    (significant / within noise / single seed; empty for scratch itself or an empty cell)."""
+    """One line per backbone: per metric its mean, std, run count, verdict against scratch (significant /
+    within noise / single seed; empty for scratch itself or an empty cell), and the paired comparison to
+    scratch: mean per-seed difference and its t-test p (empty under two shared seeds)."""
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["backbone", "fraction"] + [f"{m}_{s}" for m in COLUMNS for s in ("mean", "std", "runs",
-                                                                                     "vs_scratch")])
+    writer.writerow(["backbone", "fraction"] + [f"{m}_{s}" for m in COLUMNS for s in (
+        "mean", "std", "runs", "vs_scratch", "paired_difference", "paired_p")])
     for name, cells in rows.items():
         values = []
         for m in COLUMNS:
             cell, gap = cells[m], versus_reference(rows, name, m)
             verdict = "" if gap is None else "single seed" if gap.sigma is None else \
                 "significant" if gap.significant else "within noise"
+            pair = paired_versus_reference(rows, name, m)
             values += [f"{cell.mean:.6f}", f"{cell.std:.6f}", len(cell.values), verdict] if cell.values \
                 else ["", "", 0, ""]
+            values += [f"{pair.mean:.6f}", f"{pair.p_value:.6f}"] if pair else ["", ""]
         writer.writerow([name, fraction] + values)
     return out.getvalue()
 
