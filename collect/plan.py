@@ -6,19 +6,22 @@ a resumed collection renders exactly the frames the interrupted one would have.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from omegaconf import DictConfig
+from rich.console import Console
 from scipy.spatial import cKDTree
 
 from tst.camera import Camera
 from tst.errors import TSTError
 from tst.envs.base import TestSpace
+from tst.taxonomy import map_by_name
 
 from tst.collect.trajectories import NavGrid, WalkSettings, walk
 from tst.collect.views import ViewSettings, sample_views
 
+console = Console(stderr=True)
 SPLITS = ("pretrain", "eval", "transfer")
 VIEW_PATH = -1  # path id of frames from independent views
 
@@ -71,21 +74,26 @@ def square_image(image: np.ndarray, size: int) -> np.ndarray:
 @dataclass
 class Plan:
     """spaces: space configs (index 0 = the test space). frames: split -> planned frames.
-    eval_min_distance: the actual smallest distance (metres) between an eval and a pretrain camera."""
+    eval_min_distance: the actual smallest distance (metres) between an eval and a pretrain camera.
+    class_maps: per space, how its classes map onto the test space's taxonomy by name
+    (`ClassMapping.to_dict()`), or None where the taxonomies are equal (always for the test space)."""
 
     spaces: list[dict]
     space_names: list[str]
     frames: dict[str, list[PlannedFrame]]
     eval_min_distance: float | None
+    class_maps: list[dict | None] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {"spaces": self.spaces, "space_names": self.space_names, "eval_min_distance": self.eval_min_distance,
+                "class_maps": self.class_maps,
                 "frames": {split: [f.to_dict() for f in frames] for split, frames in self.frames.items()}}
 
     @classmethod
     def from_dict(cls, d: dict) -> Plan:
         frames = {split: [PlannedFrame.from_dict(f) for f in fs] for split, fs in d["frames"].items()}
-        return cls(d["spaces"], d["space_names"], frames, d["eval_min_distance"])
+        class_maps = d.get("class_maps") or [None] * len(d["spaces"])  # plans written before class maps
+        return cls(d["spaces"], d["space_names"], frames, d["eval_min_distance"], class_maps)
 
 
 def view_settings(cfg: DictConfig) -> ViewSettings:
@@ -157,6 +165,23 @@ def _scene_frames(space: TestSpace, counts: dict[str, int], cfg: DictConfig,
             for split, chosen in (("eval", eval_indices), ("pretrain", pretrain_indices))}
 
 
+def class_map(space: TestSpace, test_space: TestSpace, min_shared: int) -> dict | None:
+    """How a transfer space's classes map onto the test space's taxonomy (one dataset, one taxonomy):
+    None when the taxonomies are equal, else `ClassMapping.to_dict()`, reported on the console. Refused
+    when fewer than `min_shared` classes share a name."""
+    if space.taxonomy == test_space.taxonomy:
+        return None
+    mapping = map_by_name(space.taxonomy, test_space.taxonomy)
+    if len(mapping.shared) < min_shared:
+        raise TSTError(f"collect.transfer_spaces: space {space.name} shares {len(mapping.shared)} class name(s) with "
+                       f"{test_space.name} ({', '.join(mapping.shared) or 'none'}); expected at least {min_shared} "
+                       f"(collect.min_shared_classes). {test_space.name} has: {', '.join(test_space.taxonomy.names[1:])}")
+    dropped = ", ".join(mapping.dropped[:8]) + (" ..." if len(mapping.dropped) > 8 else "")
+    console.print(f"transfer space {space.name}: {len(mapping.shared)} of {len(space.taxonomy) - 1} classes map onto "
+                  f"{test_space.name}'s taxonomy by name" + (f"; unlabeled: {dropped}" if dropped else ""))
+    return mapping.to_dict()
+
+
 def make_plan(cfg: DictConfig, test_space_cfg: dict, test_space: TestSpace, transfer_space_cfgs: list[dict],
               build_space) -> Plan:
     """Plan eval first, then pretrain at least `eval_min_distance` from every eval camera, then the
@@ -166,6 +191,7 @@ def make_plan(cfg: DictConfig, test_space_cfg: dict, test_space: TestSpace, tran
     counts = frame_counts(cfg)
     spaces = [test_space_cfg] + transfer_space_cfgs
     names = [test_space.name]
+    class_maps: list[dict | None] = [None]
     planned: dict[str, list] = {}
     rng = lambda split, index=0: np.random.default_rng([int(cfg.seed), SPLITS.index(split), index])  # noqa: E731
     poses = str(cfg.get("poses", "sampled"))
@@ -187,6 +213,7 @@ def make_plan(cfg: DictConfig, test_space_cfg: dict, test_space: TestSpace, tran
         for index, (space_cfg, share) in enumerate(zip(transfer_space_cfgs, shares), start=1):
             with build_space(space_cfg) as space:
                 names.append(space.name)
+                class_maps.append(class_map(space, test_space, int(cfg.get("min_shared_classes", 1))))
                 planned["transfer"] += _split_frames(space, index, "transfer", len(share), cfg, rng("transfer", index),
                                                      None, 20_000 + 1000 * index)
     minimum = None
@@ -196,7 +223,7 @@ def make_plan(cfg: DictConfig, test_space_cfg: dict, test_space: TestSpace, tran
     frames = {split: [PlannedFrame(f"{split}_{i:07d}", split, s, c, p, t, *source)
                       for i, (c, s, p, t, *source) in enumerate(items)]
               for split, items in planned.items()}
-    return Plan(spaces, names, frames, minimum)
+    return Plan(spaces, names, frames, minimum, class_maps)
 
 
 PLAN_EXPECTED = "the camera plan written by tst collect (delete it, or the dataset folder, and re-run tst collect)"

@@ -38,21 +38,47 @@ RUNTIME_KEYS = ("out", "splits", "workers", "executor", "ray_address", "overwrit
 SPLIT_COLOURS = {"pretrain": (30, 90, 220), "eval": (235, 120, 0), "transfer": (20, 160, 60)}
 
 
+def _space_defaults(backend: str, where: str) -> dict:
+    """The shipped defaults of a space backend (configs/space/<backend>.yaml)."""
+    from tst.config import config_root
+
+    path = config_root() / "space" / f"{backend}.yaml"
+    if not path.is_file():
+        options = ", ".join(sorted(p.stem for p in path.parent.glob("*.yaml")))
+        raise TSTError(f"{where}.backend: unknown backend {backend!r}; expected one of {options}")
+    return OmegaConf.to_container(OmegaConf.load(path))
+
+
 def _transfer_space_configs(cfg: DictConfig, test_space_cfg: dict) -> list[dict]:
+    """The transfer spaces as complete space configs. An integer is a procedural apartment of that seed (the
+    test space's procedural settings when it is procedural itself); a mapping is merged over its backend's
+    defaults, so `{backend: mesh, path: other.glb}` is enough."""
     configs = []
-    for entry in cfg.collect.transfer_spaces:
+    for index, entry in enumerate(cfg.collect.transfer_spaces):
+        where = f"collect.transfer_spaces[{index}]"
         if isinstance(entry, int) and not isinstance(entry, bool):
-            if test_space_cfg.get("backend") != "procedural":
-                raise TSTError(f"collect.transfer_spaces: {entry} is a procedural seed, but the test space is "
-                               f"'{test_space_cfg.get('backend')}'; give full space configs instead")
-            if entry == test_space_cfg.get("seed"):
-                raise TSTError(f"collect.transfer_spaces: seed {entry} is the test space itself; "
-                               "transfer data must come from OTHER spaces")
-            configs.append(dict(test_space_cfg, seed=entry))
+            if test_space_cfg.get("backend") == "procedural":
+                if entry == test_space_cfg.get("seed"):
+                    raise TSTError(f"{where}: seed {entry} is the test space itself; "
+                                   "transfer data must come from OTHER spaces")
+                configs.append(dict(test_space_cfg, seed=entry))
+            else:
+                configs.append(dict(_space_defaults("procedural", where), seed=entry))
         elif isinstance(entry, DictConfig):
-            configs.append(OmegaConf.to_container(entry, resolve=True))
+            given = OmegaConf.to_container(entry, resolve=True)
+            backend = given.get("backend")
+            if not isinstance(backend, str):
+                raise TSTError(f"{where}: no 'backend'; expected a procedural seed (e.g. 1) or a space config "
+                               "such as {backend: mesh, path: other.glb}")
+            merged = _space_defaults(backend, where) | given
+            missing = [key for key, value in merged.items() if value == "???"]
+            if missing:
+                raise TSTError(f"{where}: {backend} spaces need {', '.join(missing)} "
+                               f"(e.g. {{backend: {backend}, {missing[0]}: ...}})")
+            configs.append(merged)
         else:
-            raise TSTError(f"collect.transfer_spaces: expected seeds or space configs, got {entry!r}")
+            raise TSTError(f"{where}: expected a procedural seed (e.g. 1) or a space config such as "
+                           f"{{backend: mesh, path: other.glb}}, got {entry!r}")
     return configs
 
 
@@ -189,10 +215,12 @@ def _png_bytes(image) -> bytes:
     return buffer.getvalue()
 
 
-def worker_settings(collect: DictConfig, plan: Plan, out: Path, render_threads: int) -> Settings:
+def worker_settings(collect: DictConfig, plan: Plan, out: Path, render_threads: int, taxonomy) -> Settings:
+    """What every worker needs; `taxonomy`: the test space's, which every split's labels are written in."""
     return Settings(str(out), plan.spaces, list(collect.modalities), collect.rgb_format,
                     (float(collect.edges.low), float(collect.edges.high)), int(collect.min_box_pixels),
-                    int(collect.seed), render_threads, bool(collect.get("real_rgb", True)))
+                    int(collect.seed), render_threads, bool(collect.get("real_rgb", True)), taxonomy.to_dict(),
+                    tuple(plan.class_maps))
 
 
 def dataset_outputs(out: Path, plan: Plan, units: list[Unit], settings: Settings, space) -> dict:
@@ -205,6 +233,8 @@ def dataset_outputs(out: Path, plan: Plan, units: list[Unit], settings: Settings
                      for m in settings.modalities},
         "camera_model": "pinhole, OpenCV axes (x right, y down, z forward), world z-up, metres",
         "spaces": plan.space_names, "eval_min_distance": plan.eval_min_distance,
+        "class_maps": {name: {k: mapping[k] for k in ("shared", "dropped")}
+                       for name, mapping in zip(plan.space_names, plan.class_maps) if mapping is not None},
         "splits": {s: {"frames": len(plan.frames[s]),
                        "shards": [{"index": u.shard, "frames": len(u.frames),
                                    "fingerprints": {m: fingerprint(shard_path(out, s, m, u.shard))
@@ -227,7 +257,7 @@ def run(cfg: DictConfig) -> Path:
         raise
     splits = [s for s in cfg.collect.splits if plan.frames[s]]
     workers = cfg.collect.workers or os.cpu_count() or 1
-    settings = worker_settings(cfg.collect, plan, out, render_threads=1 if workers > 1 else 0)
+    settings = worker_settings(cfg.collect, plan, out, 1 if workers > 1 else 0, space.taxonomy)
     units = make_units(plan, splits, cfg.collect.shard_size)
     fps = _render(units, settings, cfg)
     outputs = dataset_outputs(out, plan, units, settings, space)

@@ -18,6 +18,7 @@ from tst.envs.base import TestSpace
 from tst.envs.registry import make_space
 from tst.frame import Frame
 from tst.modalities import RENDERED
+from tst.taxonomy import Taxonomy
 
 from tst.collect.captions import make_caption, visible_objects
 from tst.collect.codecs import codecs
@@ -49,6 +50,8 @@ class Settings:
     seed: int
     render_threads: int
     real_rgb: bool = True  # use the space's real image of a scene camera as rgb when it has one
+    taxonomy: dict | None = None  # the test space's taxonomy (Taxonomy.to_dict()): every frame's labels use it
+    class_maps: tuple = ()  # per space index: Plan.class_maps (None: the space already uses that taxonomy)
 
 
 def shard_path(out: str | Path, split: str, modality: str, shard: int, extension: str = "tar") -> Path:
@@ -76,14 +79,19 @@ def _space(settings: Settings, index: int) -> TestSpace:
 def derive(frame: Frame, space: TestSpace, planned: PlannedFrame, settings: Settings) -> dict:
     """All requested modalities of one frame, as python/numpy values ready to encode."""
     m = dict(frame.modalities)
+    taxonomy = space.taxonomy
+    mapping = settings.class_maps[planned.space] if planned.space < len(settings.class_maps) else None
+    if mapping is not None:  # a transfer space with its own class list: relabel into the test space's
+        m["semantic"] = np.asarray(mapping["lookup"], dtype=m["semantic"].dtype)[m["semantic"]]
+        taxonomy = Taxonomy.from_dict(settings.taxonomy)
     if "edges" in settings.modalities:
         m["edges"] = canny_edges(m["rgb"], *settings.edges)
-    boxes = instance_boxes(m["semantic"], m["instance"], space.taxonomy, settings.min_box_pixels)
+    boxes = instance_boxes(m["semantic"], m["instance"], taxonomy, settings.min_box_pixels)
     m["boxes"] = [list(b) for b in boxes]
     if "caption" in settings.modalities:
         # A per-frame generator: the caption does not depend on which worker renders the frame.
         rng = np.random.default_rng([settings.seed, zlib.crc32(planned.key.encode())])
-        objects = visible_objects(m["rgb"], m["depth"], boxes, space.taxonomy, m["instance"],
+        objects = visible_objects(m["rgb"], m["depth"], boxes, taxonomy, m["instance"],
                                   space.instance_materials())
         m["caption"] = make_caption(objects, space.region_at(planned.camera.position), rng)
     m["camera"] = {**planned.camera.to_dict(), "space": space.name, "split": planned.split,

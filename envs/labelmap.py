@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from tst.errors import TSTError
-from tst.taxonomy import INDOOR, SemanticClass, Taxonomy
+from tst.taxonomy import INDOOR, SemanticClass, Taxonomy, normalized
 
 
 @dataclass
@@ -48,10 +48,10 @@ def _taxonomy(entries: object, source: str) -> Taxonomy:
         raise TSTError(f"{source}: 'classes' must be a non-empty list of class names")
     classes = []
     for entry in entries:
-        if isinstance(entry, str):
-            known = INDOOR.names
-            thing = INDOOR.is_thing(INDOOR.id(entry)) if entry in known else True
-            classes.append(SemanticClass(entry, thing))
+        if isinstance(entry, str):  # a known indoor class keeps its thing/stuff flag, however it is spelled
+            known = {normalized(name): index for index, name in enumerate(INDOOR.names)}
+            index = known.get(normalized(entry))
+            classes.append(SemanticClass(entry, INDOOR.is_thing(index) if index is not None else True))
         elif isinstance(entry, dict) and "name" in entry:
             classes.append(SemanticClass(str(entry["name"]), bool(entry.get("thing", True))))
         else:

@@ -15,6 +15,7 @@ from rich.console import Console
 from safetensors.torch import save_file
 
 from tst.errors import TSTError
+from tst.progress import StepProgressBar
 from tst.weights import read_torch_file
 from tst.tracking import tracking_uri
 from tst.weights import load_safetensors
@@ -166,7 +167,8 @@ def _trainer(config: dict, run_dir: Path, callbacks: list, loggers: list, max_st
     return L.Trainer(accelerator=t["accelerator"], devices=t["devices"], num_nodes=t["num_nodes"],
                      strategy=t["strategy"], precision=t["precision"], max_steps=max_steps,
                      gradient_clip_val=float(p["grad_clip"]), log_every_n_steps=int(p["log_every"]),
-                     callbacks=callbacks, logger=loggers or False, default_root_dir=str(run_dir),
+                     callbacks=[*callbacks, StepProgressBar("pretrain")], logger=loggers or False,
+                     default_root_dir=str(run_dir),
                      enable_model_summary=False, use_distributed_sampler=False,
                      enable_progress_bar=True, num_sanity_val_steps=0)
 

@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from torch.utils.data import Subset
 
 from tst.errors import TSTError
-from tst.taxonomy import Taxonomy
+from tst.taxonomy import Taxonomy, map_by_name
 from tst.workspace import artifact_dir, read_manifest
 
 from tst.envs.registry import space_name
@@ -41,7 +41,8 @@ def class_mapping(source: Taxonomy, target: Taxonomy, by_name: bool, where: str)
     """Lookup (len(source),) int64 from source class ids to target ids, or None when they are equal.
 
     Unequal taxonomies are refused, naming the differing classes, unless `by_name`: then each source
-    class maps to the target class of the same name, and classes the target lacks become 0 (unlabeled).
+    class maps to the target class of the same name (`tst.taxonomy.map_by_name`), and classes the target
+    lacks become 0 (unlabeled).
     """
     if source == target:
         return None
@@ -55,7 +56,7 @@ def class_mapping(source: Taxonomy, target: Taxonomy, by_name: bool, where: str)
             f"different ids: {', '.join(moved)}" if moved else "") if part) or "thing/stuff flags differ"
         raise TSTError(f"{where}: the transfer and eval taxonomies differ ({details}); "
                        "set transfer.map_by_name=true to map classes by name")
-    return torch.tensor([target.id(n) if n in target.names else 0 for n in source.names], dtype=torch.long)
+    return torch.tensor(map_by_name(source, target).lookup, dtype=torch.long)
 
 
 class Relabel:

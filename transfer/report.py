@@ -1,4 +1,5 @@
-"""`tst report`: the TST results table from the transfer runs tracked in MLflow.
+"""`tst report`: the TST results table from the transfer runs tracked in MLflow (with
+tracking.enabled=false: from the transfer run folders of the workspace).
 
 Rows are backbones (scratch, mae, multimae, fourm, the generalists), columns the task metrics; a cell is
 the mean ± sample std over every tracked run of that backbone (seeds) at the table's label fraction. A
@@ -179,6 +180,24 @@ def tracked_results(cfg: DictConfig, space: str | None) -> list[TransferResult]:
         results.append(TransferResult(tags["backbone"], float(tags.get("fraction", 1.0)), int(tags.get("seed", 0)),
                                       dict(run.data.metrics), Path(tags["artifact_dir"]) if "artifact_dir" in tags
                                       else None, tags.get("space", ""), _pretrain_steps(tags)))
+    return results
+
+
+def folder_results(cfg: DictConfig, space: str) -> list[TransferResult]:
+    """Every finished transfer run folder of `space` in the workspace (its metrics.json), for workspaces
+    run with tracking.enabled=false."""
+    from tst.workspace import read_json
+
+    results = []
+    for metrics_file in sorted(artifact_dir(cfg.workspace_dir, space, "transfer").glob(f"*/{MANIFEST}")):
+        run_dir = metrics_file.parent
+        m = read_json(run_dir / "metrics.json", "the metrics a transfer run writes")
+        if not isinstance(m, dict) or not {"backbone", "fraction", "seed"} <= set(m):
+            raise TSTError(f"{run_dir / 'metrics.json'}: expected the metrics a transfer run writes "
+                           "(backbone, fraction, seed and scores)")
+        scores = {k: float(v) for k, v in m.items() if k in COLUMNS and isinstance(v, (int, float))}
+        results.append(TransferResult(str(m["backbone"]), float(m["fraction"]), int(m["seed"]), scores, run_dir,
+                                      space, m.get("pretrain_steps")))
     return results
 
 
@@ -518,9 +537,12 @@ def qualitative(results: list[TransferResult], fraction: float) -> bytes | None:
 def report(cfg: DictConfig) -> Path:
     """Write the report files; print the Markdown. Returns the report folder."""
     space = space_name(cfg.space)
-    every = tracked_results(cfg, space)
+    tracked = bool(cfg.tracking.enabled)
+    every = tracked_results(cfg, space) if tracked else folder_results(cfg, space)
     if not every:
-        raise TSTError(f"{tracking_uri(cfg)}: no tracked transfer runs of space {space}; run tst transfer first")
+        where = tracking_uri(cfg) if tracked else artifact_dir(cfg.workspace_dir, space, "transfer")
+        raise TSTError(f"{where}: no {'tracked ' if tracked else ''}transfer runs of space {space}; "
+                       "run tst transfer first")
     fractions = sorted({r.fraction for r in every})
     fraction = float(cfg.report.fraction) if cfg.report.get("fraction") is not None else max(fractions)
     results = at_longest_pretraining(every, fraction)

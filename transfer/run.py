@@ -18,6 +18,7 @@ from rich.console import Console
 from torch.utils.data import DataLoader, Subset
 
 from tst.errors import TSTError
+from tst.progress import StepProgressBar
 from tst.sheets import grid_image
 from tst.taxonomy import Taxonomy
 from tst.tracking import record_run
@@ -126,12 +127,14 @@ def run(cfg: DictConfig) -> Path:
                         persistent_workers=int(cfg.data.num_workers) > 0)
     trainer = L.Trainer(accelerator=cfg.trainer.accelerator, devices=1, max_steps=int(t.steps), logger=False,
                         enable_checkpointing=False, enable_model_summary=False, precision=cfg.trainer.precision,
-                        gradient_clip_val=1.0)
+                        gradient_clip_val=1.0, callbacks=[StepProgressBar("transfer")])
     trainer.fit(module, loader)
     scores, rows = evaluate(module, eval_frames, int(t.eval_batch_size))
+    pretrain_steps = None if info.path is None else \
+        int(json.loads((info.path / "config.json").read_text())["pretrain"]["steps"])
     metrics = {"tasks": names, "backbone": info.name, "backbone_source": info.source, "objective": info.objective,
-               "fraction": float(t.fraction), "seed": int(t.seed), "mode": t.mode, "train_frames": len(train),
-               "eval_frames": len(eval_frames), "image_size": size} | scores
+               "pretrain_steps": pretrain_steps, "fraction": float(t.fraction), "seed": int(t.seed), "mode": t.mode,
+               "train_frames": len(train), "eval_frames": len(eval_frames), "image_size": size} | scores
     columns = ["eval rgb"] + [c for task in tasks for c in task.columns()]
     inputs = {"dataset": root} | ({"transfer_data": source} if source != root else {}) \
         | ({"backbone": info.path} if info.path else {})
@@ -145,8 +148,8 @@ def run(cfg: DictConfig) -> Path:
                                                       "tasks": "tasks.json", "predictions": "predictions.png"})
     tags = {"task": "+".join(names), "backbone": info.name, "objective": info.objective,
             "fraction": str(float(t.fraction)), "seed": str(int(t.seed)), "mode": str(t.mode)}
-    if info.path is not None:  # the report's pretraining-length curve
-        tags["pretrain_steps"] = str(json.loads((info.path / "config.json").read_text())["pretrain"]["steps"])
+    if pretrain_steps is not None:  # the report's pretraining-length curve
+        tags["pretrain_steps"] = str(pretrain_steps)
     record_run(cfg, "transfer", space, run_dir, {"dataset": str(root)},
                {"metrics": str(run_dir / "metrics.json")}, scalar_metrics(scores),
                images=[run_dir / "predictions.png"], tags=tags)

@@ -161,7 +161,9 @@ def _quiet_libraries() -> None:
     import logging
     import warnings
 
-    for name in ("lightning.pytorch", "lightning.fabric"):
+    # Lightning sets its package loggers back to INFO when it is imported (lazily, after this), so the
+    # levels go on the child loggers its info lines are emitted through.
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")

@@ -43,6 +43,25 @@ def groups() -> dict[str, list[str]]:
     }
 
 
+def override_value(value) -> str:
+    """A Python value (from a resolved config) written as the value of a Hydra override, so that
+    `key=<override_value(v)>` composes back to exactly `v`: None -> null, strings quoted, lists and
+    mappings element by element."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(override_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{override_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {value!r} as a Hydra override value")
+
+
 def _check_group_choices(overrides: list[str]) -> None:
     """Name the bad option and the valid ones when an override picks a missing group option."""
     available = groups()

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.rule import Rule
 
-from tst.config import load
+from tst.config import load, override_value
 from tst.errors import TSTError
 from tst.workspace import fingerprint, read_manifest
 
@@ -44,8 +44,11 @@ class Pipeline:
     def __init__(self, cfg: DictConfig):
         self.cfg, self.e = cfg, cfg.experiment
         space = OmegaConf.to_container(cfg.space, resolve=True)
-        self.shared = [f"workspace_dir={cfg.workspace_dir}", f"tracking.enabled={cfg.tracking.enabled}"] \
-            + [f"space.{k}={json.dumps(v) if isinstance(v, (list, dict)) else v}" for k, v in space.items()]
+        # The space's backend picks its config group; then every key of the run's space, so each stage
+        # composes exactly the space `tst run` was given.
+        self.shared = [f"workspace_dir={override_value(str(cfg.workspace_dir))}",
+                       f"tracking.enabled={override_value(bool(cfg.tracking.enabled))}",
+                       f"space={space['backend']}"] + [f"space.{k}={override_value(v)}" for k, v in space.items()]
         from tst.envs.registry import space_name
 
         self.space = space_name(cfg.space)

@@ -93,3 +93,33 @@ INDOOR = Taxonomy(
         ],
     )
 )
+
+
+def normalized(name: str) -> str:
+    """A class name compared across taxonomies: lower case, `_`/`-` as spaces, single spaces."""
+    return " ".join(name.lower().replace("_", " ").replace("-", " ").split())
+
+
+@dataclass(frozen=True)
+class ClassMapping:
+    """How one taxonomy's classes map onto another's by name.
+
+    lookup[i]: the target id of source class i (0 = unlabeled when the target has no class of that name).
+    shared: the source classes that map (names as the source spells them); dropped: those that become
+    unlabeled."""
+
+    lookup: tuple[int, ...]
+    shared: tuple[str, ...]
+    dropped: tuple[str, ...]
+
+    def to_dict(self) -> dict:
+        return {"lookup": list(self.lookup), "shared": list(self.shared), "dropped": list(self.dropped)}
+
+
+def map_by_name(source: Taxonomy, target: Taxonomy) -> ClassMapping:
+    """Each labeled class of `source` onto the `target` class of the same normalized name."""
+    target_ids = {normalized(name): index for index, name in enumerate(target.names) if index}
+    lookup = [0] + [target_ids.get(normalized(name), 0) for name in source.names[1:]]
+    shared = tuple(name for name, index in zip(source.names[1:], lookup[1:]) if index)
+    dropped = tuple(name for name, index in zip(source.names[1:], lookup[1:]) if not index)
+    return ClassMapping(tuple(lookup), shared, dropped)

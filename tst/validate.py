@@ -122,6 +122,7 @@ RULES: dict[str, Rule] = {
     "collect.edges.low": SHARE,
     "collect.edges.high": SHARE,
     "collect.min_box_pixels": NON_NEGATIVE,
+    "collect.min_shared_classes": POSITIVE,
     "collect.shard_size": integer(1, MAX_FRAMES, "frames per shard"),
     "collect.workers": WORKERS,
     "collect.executor": choice("local", "ray"),
