@@ -7,6 +7,9 @@ completes; each worker process builds and caches its own spaces (its own rendere
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
+import sys
 from typing import Iterator, Protocol
 
 from tst.errors import TSTError
@@ -29,6 +32,19 @@ class InProcessExecutor:
             close_spaces()
 
 
+def _die_with_parent(parent: int) -> None:
+    """Pool initializer: a worker is killed when the collecting process dies, even by SIGKILL, so no
+    orphan keeps writing shards into a dataset that a resumed run is completing. Linux's
+    PR_SET_PDEATHSIG does this; elsewhere orphans finish their current shard."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        os._exit(1)
+
+
 def _render_in_worker(job: tuple[Unit, Settings]) -> int:
     return render_unit(*job)
 
@@ -41,7 +57,7 @@ class LocalExecutor:
 
     def run(self, units: list[Unit], settings: Settings) -> Iterator[int]:
         context = multiprocessing.get_context("spawn")  # open3d and OpenMP threads do not survive fork
-        with context.Pool(self.workers) as pool:
+        with context.Pool(self.workers, initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
             yield from pool.imap_unordered(_render_in_worker, [(unit, settings) for unit in units])
 
 

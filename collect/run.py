@@ -85,8 +85,8 @@ def _transfer_space_configs(cfg: DictConfig, test_space_cfg: dict) -> list[dict]
 def _identity(cfg: DictConfig) -> str:
     """What determines the dataset's content: the space and every collect key but the runtime ones."""
     collect = {k: v for k, v in OmegaConf.to_container(cfg.collect, resolve=True).items() if k not in RUNTIME_KEYS}
-    for key, default in (("poses", "sampled"), ("real_rgb", True)):  # keys added later: at their defaults they
-        if collect.get(key) == default:                              # keep older datasets' identity
+    for key, default in (("poses", "sampled"), ("real_rgb", True), ("min_shared_classes", 3)):  # keys added later:
+        if collect.get(key) == default:  # at their defaults they keep older datasets' identity
             collect.pop(key)
     space = {k: v for k, v in OmegaConf.to_container(cfg.space, resolve=True).items() if k != "nthreads"}
     return hashlib.sha256(json.dumps({"space": space, "collect": collect}, sort_keys=True).encode()).hexdigest()[:16]
@@ -259,6 +259,8 @@ def run(cfg: DictConfig) -> Path:
     workers = cfg.collect.workers or os.cpu_count() or 1
     settings = worker_settings(cfg.collect, plan, out, 1 if workers > 1 else 0, space.taxonomy)
     units = make_units(plan, splits, cfg.collect.shard_size)
+    for partial in out.glob("*/*/.shard-*.tmp-*"):  # half-written by a killed run; its shard is re-rendered
+        partial.unlink(missing_ok=True)
     fps = _render(units, settings, cfg)
     outputs = dataset_outputs(out, plan, units, settings, space)
     write_manifest(out, "collect", cfg, {}, outputs)  # the readers below need it

@@ -231,6 +231,24 @@ def test_killed_collection_resumes_to_the_uninterrupted_result(tmp_path, dataset
     assert not list(out.rglob(".*tmp*"))
 
 
+def test_pool_workers_die_with_a_killed_collection(tmp_path):
+    """SIGKILL of `tst collect` with two workers: nothing is written after it, and a re-run completes."""
+    command = [sys.executable, "-m", "tst.cli", "collect", f"workspace_dir={tmp_path}", *SMALL,
+               "collect.workers=2", "collect.splits=[pretrain]", "collect.frames.pretrain=64", "collect.size=96"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = tmp_path / "procedural-0" / "data"
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list((out / "pretrain" / "camera").glob("shard-*.tar"))) < 1:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    written = sorted(out.rglob("*"))
+    time.sleep(3.0)  # orphaned workers would still be rendering and renaming shards now
+    assert sorted(out.rglob("*")) == written
+    assert subprocess.run(command, capture_output=True).returncode == 0
+    assert (out / "manifest.json").is_file() and not list(out.rglob(".*tmp*"))
+
+
 def test_multirun_overrides_expand():
     assert expand_sweeps(["space.seed=0,1,2", "collect.size=64"]) == [
         ["space.seed=0", "collect.size=64"], ["space.seed=1", "collect.size=64"], ["space.seed=2", "collect.size=64"]]
