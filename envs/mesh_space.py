@@ -48,11 +48,20 @@ class MeshSpace(TestSpace):
         return self.mesh.num_faces
 
     def _walkable_faces(self) -> np.ndarray:
-        """(F,) bool: faces a camera may stand above — labeled floor, else any up-facing face."""
+        """(F,) bool: faces a camera may stand above — labeled floor, else any up-facing face. A labeled
+        floor none of whose faces is level means the file was read with the wrong up axis: refused."""
         up = self.renderer.face_normals[:, 2] > UP_FACING
         if FLOOR_CLASS in self.taxonomy.names:
             floor = self.mesh.face_class == self.taxonomy.id(FLOOR_CLASS)
             if floor.any():
+                corners = self.mesh.vertices[self.mesh.faces[floor]].astype(np.float64)  # (n, 3, 3) metres
+                area = 0.5 * np.linalg.norm(np.cross(corners[:, 1] - corners[:, 0], corners[:, 2] - corners[:, 0]),
+                                            axis=1)
+                level = np.abs(self.renderer.face_normals[floor, 2]) > UP_FACING
+                if area[level].sum() < 0.5 * area.sum():
+                    raise TSTError(f"{self.name}: most of the area labeled {FLOOR_CLASS} stands vertical, so the "
+                                   "scene is stored with another up axis than it was read with; set "
+                                   "space.up_axis=z (or y)")
                 return floor & up
         return up
 

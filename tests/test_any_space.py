@@ -24,9 +24,9 @@ match:
 """
 
 
-def write_room(folder):
-    """A 6 x 5 x 2.6 m glTF room (y-up, as glTF is): walls, a floor, two sofas of three nodes each and a
-    lamp, all separate nodes."""
+def write_room(folder, z_up: bool = False):
+    """A 6 x 5 x 2.6 m glTF room (y-up, as glTF is; or z-up, as some tools export): walls, a floor, two
+    sofas of three nodes each and a lamp, all separate nodes."""
     room = trimesh.creation.box((6.0, 2.6, 5.0))
     room.invert()
     room.apply_translation([0, 1.3, 0])
@@ -44,6 +44,9 @@ def write_room(folder):
     lamp.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 2, [1, 0, 0]))
     lamp.apply_translation([2.5, 0.75, -2.0])
     scene.add_geometry(lamp, node_name="Lamp", geom_name="lamp")
+    if z_up:  # baked into the vertices (every node's transform is the identity), as such exports are
+        for geometry in scene.geometry.values():
+            geometry.apply_transform(trimesh.transformations.rotation_matrix(np.pi / 2, [1, 0, 0]))
     scene.export(folder / "room.glb")
     (folder / "labels.yaml").write_text(ROOM_LABELS)
     return folder / "room.glb", folder / "labels.yaml"
@@ -141,3 +144,13 @@ def test_map_by_name_ignores_case_and_separators():
 def test_override_values_compose_back_to_themselves(value):
     cfg = load("collect", [f"+probe={override_value(value)}"])
     assert OmegaConf.to_container(cfg)["probe"] == value
+
+
+def test_z_up_gltf_is_refused_with_the_up_axis_to_set(tmp_path, capsys):
+    glb, labels = write_room(tmp_path, z_up=True)
+    render = ["spaces", "render", "space=mesh", f"space.path={glb}", f"space.labels={labels}", "views=2", "size=32",
+              f"workspace_dir={tmp_path / 'ws'}", "tracking.enabled=false"]
+    assert main(render) != 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "most of the area labeled floor stands vertical" in err and "set space.up_axis=z (or y)" in err
+    assert main(render + ["space.up_axis=z"]) == 0, capsys.readouterr().err
