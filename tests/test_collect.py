@@ -212,16 +212,21 @@ def _shards(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*.tar"))}
 
 
-def test_killed_collection_resumes_to_the_uninterrupted_result(tmp_path, dataset):
-    command = [sys.executable, "-m", "tst.cli", "collect", f"workspace_dir={tmp_path}", *SMALL,
-               "collect.splits=[pretrain,eval]"]
+def _kill_after_first_shard(command: list[str], out: Path) -> None:
+    """Start `tst collect` (command) and SIGKILL it once its first pretrain shard is on disk in `out`."""
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    out = tmp_path / "procedural-0" / "data"
     deadline = time.time() + 300
     while time.time() < deadline and len(list((out / "pretrain" / "camera").glob("shard-*.tar"))) < 1:
         time.sleep(0.05)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
+
+
+def test_killed_collection_resumes_to_the_uninterrupted_result(tmp_path, dataset):
+    command = [sys.executable, "-m", "tst.cli", "collect", f"workspace_dir={tmp_path}", *SMALL,
+               "collect.splits=[pretrain,eval]"]
+    out = tmp_path / "procedural-0" / "data"
+    _kill_after_first_shard(command, out)
     assert not (out / "manifest.json").exists()
     assert subprocess.run(command, capture_output=True).returncode == 0
     resumed = _shards(out)
@@ -235,13 +240,8 @@ def test_pool_workers_die_with_a_killed_collection(tmp_path):
     """SIGKILL of `tst collect` with two workers: nothing is written after it, and a re-run completes."""
     command = [sys.executable, "-m", "tst.cli", "collect", f"workspace_dir={tmp_path}", *SMALL,
                "collect.workers=2", "collect.splits=[pretrain]", "collect.frames.pretrain=64", "collect.size=96"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     out = tmp_path / "procedural-0" / "data"
-    deadline = time.time() + 300
-    while time.time() < deadline and len(list((out / "pretrain" / "camera").glob("shard-*.tar"))) < 1:
-        time.sleep(0.05)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
+    _kill_after_first_shard(command, out)
     written = sorted(out.rglob("*"))
     time.sleep(3.0)  # orphaned workers would still be rendering and renaming shards now
     assert sorted(out.rglob("*")) == written
