@@ -213,7 +213,7 @@ def make_plan(cfg: DictConfig, test_space_cfg: dict, test_space: TestSpace, tran
         for index, (space_cfg, share) in enumerate(zip(transfer_space_cfgs, shares), start=1):
             with build_space(space_cfg) as space:
                 names.append(space.name)
-                class_maps.append(class_map(space, test_space, int(cfg.get("min_shared_classes", 1))))
+                class_maps.append(class_map(space, test_space, int(cfg.get("min_shared_classes", 3))))
                 planned["transfer"] += _split_frames(space, index, "transfer", len(share), cfg, rng("transfer", index),
                                                      None, 20_000 + 1000 * index)
     minimum = None

@@ -49,7 +49,7 @@ class MeshSpace(TestSpace):
 
     def _walkable_faces(self) -> np.ndarray:
         """(F,) bool: faces a camera may stand above — labeled floor, else any up-facing face. A labeled
-        floor none of whose faces is level means the file was read with the wrong up axis: refused."""
+        floor whose area is mostly vertical means the file was read with the wrong up axis: refused."""
         up = self.renderer.face_normals[:, 2] > UP_FACING
         if FLOOR_CLASS in self.taxonomy.names:
             floor = self.mesh.face_class == self.taxonomy.id(FLOOR_CLASS)

@@ -8,7 +8,8 @@ longest one only. A cell that differs from the scratch cell of its column by mor
 of the two cells' seed std) is marked `*`; under the table one line per column names its winner and
 whether its lead is beyond noise. Because one seed draws the same labelled subset for every backbone, a
 second table pairs each backbone with scratch seed by seed (mean difference, paired t-test, `†` at
-p < 0.05): the test that seed-to-seed swings shared by all backbones cannot drown. Written into <workspace>/<space>/report/: results.md, results.csv,
+p < 0.05): the test that seed-to-seed swings shared by all backbones cannot drown. Written into
+<workspace>/<space>/report/: results.md, results.csv,
 results.png (bar chart), label_efficiency.png (when several fractions were run), pretrain_length.png (when
 a backbone was run at several pretraining lengths) and qualitative.png (each backbone's eval predictions,
 stacked). results.md also holds the tokenizer quality table of <workspace>/<space>/pretrain/tokenizers.
