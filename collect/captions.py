@@ -4,6 +4,7 @@ and materials, and coarse left/right/front relations. Only visible objects are e
 from __future__ import annotations
 
 import colorsys
+import re
 from collections import Counter
 from dataclasses import dataclass
 
@@ -25,6 +26,19 @@ RELATIONS = ["The {a} is to the left of the {b}.", "To the right of the {a} ther
 POSITIONS = {"left": ["on the left", "at the left side"], "right": ["on the right", "at the right side"],
              "centre": ["in the middle", "in the centre of the view"]}
 DEPTHS = {"near": ["in the foreground", "close to the camera"], "far": ["in the background", "further back"]}
+
+
+_SIDE_WORD = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+
+
+def mirrored(caption: str) -> str:
+    """The caption of the horizontally flipped frame: every "left" and "right" swapped, case kept. Every
+    other phrase (objects, counts, colours, centre, near/far) is unchanged by a horizontal flip."""
+    def swap(match: re.Match) -> str:
+        word = match.group(0)
+        other = "right" if word.lower() == "left" else "left"
+        return other.capitalize() if word[0].isupper() else other
+    return _SIDE_WORD.sub(swap, caption)
 
 
 def plural(name: str) -> str:

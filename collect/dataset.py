@@ -27,6 +27,7 @@ from tst.errors import TSTError
 from tst.modalities import get
 from tst.workspace import read_manifest
 
+from tst.collect.captions import mirrored
 from tst.collect.codecs import codecs
 
 IMAGE_MODALITIES = ("rgb", "depth", "normals", "edges", "semantic", "instance")
@@ -68,7 +69,8 @@ class RandomResizedCropFlip:
     """One random crop (area fraction `scale`, aspect `ratio`) resized to `size` px and a horizontal
     flip with probability `flip`, applied identically to every modality of a sample: rgb and normals
     bilinear, depth, edges and labels nearest; boxes shifted, scaled, clipped (empty ones dropped);
-    normals' x negated under the flip; the camera intrinsics follow."""
+    normals' x negated under the flip; a caption's left and right swapped under the flip; the camera
+    intrinsics follow."""
 
     size: int
     scale: tuple[float, float] = (0.5, 1.0)
@@ -122,6 +124,8 @@ class RandomResizedCropFlip:
             out["boxes"] = b[keep]
             out["box_classes"] = sample["box_classes"][keep]
             out["box_instances"] = sample["box_instances"][keep]
+        if flip and "caption" in sample:
+            out["caption"] = mirrored(sample["caption"])
         if "camera" in sample:
             K = sample["camera"]["K"].clone()
             K[0] = K[0] * sx

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zipfile
 from pathlib import Path
 
 import lightning as L
@@ -16,9 +17,8 @@ from safetensors.torch import save_file
 
 from tst.errors import TSTError
 from tst.progress import StepProgressBar
-from tst.weights import read_torch_file
 from tst.tracking import tracking_uri
-from tst.weights import load_safetensors
+from tst.weights import load_safetensors, read_torch_file
 from tst.workspace import (artifact_dir, atomic_write_json, fingerprint, new_run_name, read_json,
                            read_manifest, write_manifest)
 
@@ -155,10 +155,22 @@ def _run_config(cfg: DictConfig, overrides: list[str]) -> tuple[dict, Path, str 
     if differ:
         raise TSTError(f"resume: this config differs from {run_dir} in {', '.join(differ)}; those must match")
     stored["pretrain"]["steps"] = config["pretrain"]["steps"] if "pretrain.steps" in explicit else stored["pretrain"]["steps"]
-    checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    if not checkpoint.is_file():
-        raise TSTError(f"resume: {checkpoint} does not exist")
+    checkpoint = newest_checkpoint(run_dir)
+    if checkpoint is None:
+        console.print(f"resume: {run_dir} was stopped before its first complete checkpoint; starting it over")
+        return stored, run_dir, None
     return stored, run_dir, str(checkpoint)
+
+
+def newest_checkpoint(run_dir: Path) -> Path | None:
+    """The most recently written complete checkpoint in <run_dir>/checkpoints, or None.
+
+    Lightning writes step-N.ckpt, then last.ckpt, each in place, so a kill can leave last.ckpt one
+    checkpoint behind step-N.ckpt, or either file cut short. A complete one is a readable zip archive
+    (torch.save's format, whose index sits at the end of the file)."""
+    candidates = sorted((run_dir / "checkpoints").glob("*.ckpt"), key=lambda path: (path.stat().st_mtime_ns, path.name),
+                        reverse=True)
+    return next((path for path in candidates if zipfile.is_zipfile(path)), None)
 
 
 def _trainer(config: dict, run_dir: Path, callbacks: list, loggers: list, max_steps: int) -> L.Trainer:
@@ -280,10 +292,10 @@ def load_run(run_dir: Path) -> tuple[PretrainModule, dict, Path]:
         raise TSTError(f"ckpt: {run_dir} is not a pretraining run (no config.json)")
     config = read_json(config_path, "the config of a tst pretrain run")
     weights = run_dir / "model.safetensors"
-    checkpoint = run_dir / "checkpoints" / "last.ckpt"
-    if not weights.is_file() and not checkpoint.is_file():
-        raise TSTError(f"{run_dir}: no weights (neither model.safetensors nor checkpoints/last.ckpt); expected a "
-                       "finished or checkpointed tst pretrain run")
+    checkpoint = newest_checkpoint(run_dir)
+    if not weights.is_file() and checkpoint is None:
+        raise TSTError(f"{run_dir}: no weights (neither model.safetensors nor a complete checkpoint in "
+                       "checkpoints/); expected a finished or checkpointed tst pretrain run")
     data = dataset_dir(OmegaConf.create(config))
     module = build_module(config, data)
     if weights.is_file():

@@ -293,3 +293,25 @@ def test_shards_are_webdataset_shards(dataset):
     samples = list(webdataset.WebDataset(str(shard), shardshuffle=False))
     assert [s["__key__"] for s in samples] == [f"eval_{i:07d}" for i in range(8)]
     assert np.abs(decode_depth(samples[0]["png"]) - FrameDataset(dataset, "eval", ["depth"])[0]["depth"][0].numpy()).max() == 0
+
+
+def test_a_flipped_frame_gets_the_mirrored_caption(dataset):
+    from tst.collect.captions import mirrored
+    from tst.transfer.data import training_view
+
+    assert mirrored("To the right of the bed there is the lamp. Left: a sofa. Bright, leftover.") == \
+        "To the left of the bed there is the lamp. Right: a sofa. Bright, leftover."
+    sample = FrameDataset(dataset, "eval", ["rgb", "caption"])[3]
+    sample["caption"] = "The sofa is to the left of the lamp."
+    flipped = RandomResizedCropFlip(48, scale=(1.0, 1.0), ratio=(1.0, 1.0), flip=1.0)(sample)
+    assert flipped["caption"] == "The sofa is to the right of the lamp."
+    assert RandomResizedCropFlip(48, flip=0.0)(sample)["caption"] == sample["caption"]
+    # With captions, transfer trains on whole frames (every captioned object stays in view), flipped half the time.
+    view = training_view(48, (0.3, 1.0), captions=True)
+    assert view.scale == (1.0, 1.0) and view.flip == 0.5
+    outs = [view(sample, torch.Generator().manual_seed(seed)) for seed in range(12)]
+    assert {o["caption"] for o in outs} == {"The sofa is to the left of the lamp.", "The sofa is to the right of the lamp."}
+    for out in outs:
+        flipped = out["caption"].endswith("right of the lamp.")
+        expected = sample["rgb"].flip(-1) if flipped else sample["rgb"]
+        assert torch.allclose(out["rgb"].float(), expected.float(), atol=1e-3)

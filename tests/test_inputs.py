@@ -141,7 +141,7 @@ def _truncated_model(run):
 def _no_weights(run):
     (run / "model.safetensors").unlink()
     shutil.rmtree(run / "checkpoints")
-    return f"{run}: no weights (neither model.safetensors nor checkpoints/last.ckpt)"
+    return f"{run}: no weights (neither model.safetensors nor a complete checkpoint in checkpoints/)"
 
 
 @pytest.mark.parametrize("damage", [_truncated_model, _no_weights])

@@ -57,3 +57,17 @@ def test_seed_pretraining_gives_every_seed_its_own_backbone(tmp_path):
                  for p in (space / "transfer").iterdir()}
     used = {seed: m["inputs"]["backbone"]["path"] for seed, m in backbones.items()}
     assert used[0] != used[1] and all(f"mae-s{seed}-" in path for seed, path in used.items())
+
+
+def test_a_pretraining_killed_between_checkpoints_is_resumed_not_deleted(finished, capsys):
+    workspace = finished  # a copy elsewhere would be another dataset (its identity holds the workspace path)
+    (run,) = (workspace / "procedural-0" / "pretrain").glob("mae-*")
+    # As a kill after step-2.ckpt and before last.ckpt and the export leaves it.
+    for name in ("model.safetensors", "encoder.safetensors", "manifest.json", "checkpoints/last.ckpt"):
+        (run / name).unlink()
+    kept = (run / "checkpoints" / "step-000002.ckpt").read_bytes()
+    capsys.readouterr()
+    assert main(["run", "experiment=smoke", f"workspace_dir={workspace}"]) == 0
+    assert f"resuming {run}" in capsys.readouterr().err.replace("\n", "")
+    assert (run / "checkpoints" / "step-000002.ckpt").read_bytes() == kept  # the folder was not started over
+    assert (run / "manifest.json").is_file() and (run / "checkpoints" / "last.ckpt").is_file()

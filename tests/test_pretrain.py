@@ -145,15 +145,24 @@ def test_pretrain_run_checkpoints_predict_and_resume(workspace, capsys):
     both = load_backbone(run, ("rgb", "depth"))({"rgb": batch["rgb"], "depth": batch["depth"]})
     assert both.shape == (2, 128, 64) and torch.isfinite(both).all()
 
-    # A run stopped after step 3 (its step-3 checkpoint is the last) and resumed reaches the same
-    # weights, step and learning rate as the 6 straight steps.
+    # A run killed after writing step-3.ckpt, before last.ckpt, and halfway through its next checkpoint,
+    # resumes from step 3 and reaches the same weights, step and learning rate as the 6 straight steps.
     halves = workspace / "procedural-0" / "pretrain" / "halves"
     (halves / "checkpoints").mkdir(parents=True)
     (halves / "config.json").write_bytes((run / "config.json").read_bytes())
-    (halves / "checkpoints" / "last.ckpt").write_bytes((run / "checkpoints" / "step-000003.ckpt").read_bytes())
+    (halves / "checkpoints" / "step-000003.ckpt").write_bytes((run / "checkpoints" / "step-000003.ckpt").read_bytes())
+    cut = (run / "checkpoints" / "step-000006.ckpt").read_bytes()
+    (halves / "checkpoints" / "last.ckpt").write_bytes(cut[:len(cut) // 2])
     assert main(["pretrain", f"resume={halves}", f"workspace_dir={workspace}"]) == 0
     a, b = load_file(run / "model.safetensors"), load_file(halves / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    # Killed before its first checkpoint (only config.json): resume starts it over, to the same weights.
+    bare = workspace / "procedural-0" / "pretrain" / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_bytes((run / "config.json").read_bytes())
+    assert main(["pretrain", f"resume={bare}", f"workspace_dir={workspace}"]) == 0
+    c = load_file(bare / "model.safetensors")
+    assert all(torch.allclose(a[k], c[k], atol=1e-6) for k in a)
     ckpt_a = torch.load(run / "checkpoints" / "step-000006.ckpt", map_location="cpu", weights_only=False)
     ckpt_b = torch.load(halves / "checkpoints" / "step-000006.ckpt", map_location="cpu", weights_only=False)
     assert ckpt_a["global_step"] == ckpt_b["global_step"] == 6

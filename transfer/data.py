@@ -95,9 +95,11 @@ def full_frame(size: int) -> RandomResizedCropFlip:
 
 
 def training_view(size: int, crop_scale: tuple[float, float], captions: bool) -> RandomResizedCropFlip:
-    """Random crops and flips for segmentation and detection; whole, unflipped frames when captions are
-    learned (they name left and right and every object in view)."""
-    return full_frame(size) if captions else RandomResizedCropFlip(size, crop_scale)
+    """Random crops and flips for segmentation and detection. When captions are learned, whole frames
+    (a caption names every object in view) flipped half the time, the caption's left and right swapped."""
+    if captions:
+        return RandomResizedCropFlip(size, (1.0, 1.0), (1.0, 1.0), flip=0.5)
+    return RandomResizedCropFlip(size, crop_scale)
 
 
 def transfer_and_eval(cfg: DictConfig, modalities: list[str], size: int) -> tuple:

@@ -156,8 +156,9 @@ def _overview() -> str:
 
 def _quiet_libraries() -> None:
     """Silence library chatter that is not the user's business: Lightning's accelerator lines and its
-    cloud-logging tip, a deprecation inside Lightning's own pytree helper, and its note on modules in eval
-    mode (fourm's frozen tokenizers are meant to be)."""
+    cloud-logging tip, a deprecation inside Lightning's own pytree helper, its note on modules in eval
+    mode (fourm's frozen tokenizers are meant to be), and its warning on resuming mid-epoch (pretraining's
+    sampler draws by global sample index, so a resumed run continues the same sequence)."""
     import logging
     import warnings
 
@@ -167,6 +168,7 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -106,10 +106,10 @@ class Pipeline:
             console.print(f"pretraining {run_dir} is finished: skipped")
             return run_dir
         overrides = overrides + [f"pretrain.objective={objective}"]
-        if (run_dir / "checkpoints" / "last.ckpt").is_file():
+        if (run_dir / "config.json").is_file():  # killed: resumes from its newest complete checkpoint, if any
             console.print(f"resuming {run_dir}")
             return run(load("pretrain", overrides + [f"resume={run_dir}"]), overrides)
-        if run_dir.exists():  # killed before its first checkpoint
+        if run_dir.exists():  # killed before it wrote its config
             shutil.rmtree(run_dir)
         return run(load("pretrain", overrides + [f"run_name={name}"]), overrides)
 
