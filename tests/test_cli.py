@@ -9,6 +9,7 @@ import trimesh
 from PIL import Image
 
 from tst.cli import SUBCOMMANDS, main
+from tst.errors import TSTError
 
 
 def run(args, capsys):
@@ -160,3 +161,24 @@ def test_console_script_is_installed(tmp_path):
     assert result.returncode != 0 and "no transfer run with the heads" in result.stderr
     result = subprocess.run(["tst", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "spaces" in result.stdout
+
+
+def test_an_unwritable_workspace_is_one_line(tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    small = ["views=1", "size=24"]
+    code, _, err = run(["spaces", "render", f"workspace_dir={blocker / 'ws'}", *small], capsys)
+    assert code == 2 and err.strip().splitlines()[-1] == (
+        f"tst spaces: error: {blocker / 'ws' / 'procedural-0' / 'spaces'}: not a directory; "
+        "a file stands where a folder is expected")
+    assert len([line for line in err.splitlines() if "error" in line]) == 1 and "Traceback" not in err
+    # A folder the system will not let anyone write to (sysfs is read-only, even for root).
+    if sys.platform.startswith("linux"):
+        code, _, err = run(["spaces", "render", "workspace_dir=/sys/tst-workspace", *small], capsys)
+        assert code == 2 and "/sys/tst-workspace: operation not permitted; expected a folder this user may write to" in err
+    # TST_DEBUG=1 keeps the traceback, for user errors too.
+    monkeypatch.setenv("TST_DEBUG", "1")
+    with pytest.raises(NotADirectoryError):
+        main(["spaces", "render", f"workspace_dir={blocker / 'ws'}", *small])
+    with pytest.raises(TSTError, match="size: expected a positive integer"):
+        main(["spaces", "render", "size=0", f"workspace_dir={tmp_path / 'ws'}"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from dataclasses import dataclass
 from typing import Callable
@@ -171,6 +173,22 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
 
 
+# Failures of the machine or the folders a user pointed TST at, not of TST: one line each, like a bad
+# setting. Any other exception is a bug and keeps its traceback (as does everything with TST_DEBUG=1).
+ENVIRONMENT_ERRORS = {errno.EACCES: "expected a folder this user may write to",
+                      errno.EPERM: "expected a folder this user may write to",
+                      errno.EROFS: "expected a writable file system",
+                      errno.ENOSPC: "the disk is full; free space and run the command again (it resumes)",
+                      errno.EDQUOT: "the disk quota is used up; free space and run the command again (it resumes)",
+                      errno.ENOTDIR: "a file stands where a folder is expected"}
+
+
+def environment_error(error: OSError) -> str:
+    """One line for an OSError a user can fix: the path, the system's words, what was expected."""
+    where = error.filename if error.filename is not None else "a file"
+    return f"{where}: {error.strerror.lower() if error.strerror else error}; {ENVIRONMENT_ERRORS[error.errno]}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     _quiet_libraries()
@@ -191,7 +209,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         return sub.run(rest)
     except TSTError as error:
+        if os.environ.get("TST_DEBUG") == "1":
+            raise
         print(f"tst {name}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        if error.errno not in ENVIRONMENT_ERRORS or os.environ.get("TST_DEBUG") == "1":
+            raise
+        print(f"tst {name}: error: {environment_error(error)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"tst {name}: interrupted", file=sys.stderr)
