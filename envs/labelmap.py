@@ -9,8 +9,14 @@ A label map is a YAML or JSON file:
     face_class: label                    # optional PLY face property holding class ids
     face_class_names: [unlabeled, wall]  # optional: names of those ids (default: ids are taxonomy ids)
     face_instance: object_id             # optional PLY face property holding instance ids
+    instances: connected                 # connected (default) | node: how parts become object instances
+    instance_gap: 0.05                   # metres: same-class parts this close are one object (connected)
 
-Parts that match nothing and have no face attribute are unlabeled (class 0).
+A part (a mesh node) whose names match no pattern takes the class of its nearest ancestor node that
+matches one, so `"Sofa*": sofa` labels a node `Sofa` and its unnamed children. Parts that match nothing
+and have no face attribute are unlabeled (class 0). With `instances: connected`, parts of one class whose
+bounding boxes touch or come within `instance_gap` are one instance (a sofa of three nodes is one sofa);
+`instances: node` makes every node its own instance. A `face_instance` property overrides both.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ class LabelMap:
     face_class_ids: dict[int, int] | None = None  # file id -> taxonomy id
     face_instance: str | None = None
     source: str | None = None  # the label map file, for errors
+    instances: str = "connected"  # connected | node
+    instance_gap: float = 0.05  # metres
 
     def class_for(self, *names: str | None) -> int:
         """Class id of the first pattern matching any of `names` (node, mesh, material), else 0."""
@@ -41,6 +49,9 @@ class LabelMap:
             if any(name and fnmatch.fnmatch(name.lower(), pattern.lower()) for name in names):
                 return class_id
         return 0
+
+
+KEYS = ("classes", "match", "face_class", "face_class_names", "face_instance", "instances", "instance_gap")
 
 
 def _taxonomy(entries: object, source: str) -> Taxonomy:
@@ -73,10 +84,9 @@ def load_label_map(path: str | Path | None) -> LabelMap:
         raise TSTError(f"{path}: not a readable YAML/JSON label map ({str(error).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise TSTError(f"{path}: expected a mapping with 'match', 'classes', 'face_class' or 'face_instance'")
-    unknown = set(data) - {"classes", "match", "face_class", "face_class_names", "face_instance"}
+    unknown = set(data) - set(KEYS)
     if unknown:
-        raise TSTError(f"{path}: unknown key(s) {sorted(unknown)}; expected classes, match, face_class, "
-                       "face_class_names, face_instance")
+        raise TSTError(f"{path}: unknown key(s) {sorted(unknown)}; expected {', '.join(KEYS)}")
     taxonomy = _taxonomy(data["classes"], str(path)) if "classes" in data else INDOOR
     match = data.get("match") or {}
     if not isinstance(match, dict):
@@ -91,4 +101,11 @@ def load_label_map(path: str | Path | None) -> LabelMap:
             raise TSTError(f"{path}: face_class_names: expected a list of class names (index = id in the file), "
                            f"got {names!r}")
         ids = {i: taxonomy.id(n, f"{path}: face_class_names[{i}]") for i, n in enumerate(names)}
-    return LabelMap(taxonomy, patterns, data.get("face_class"), ids, data.get("face_instance"), str(path))
+    instances = data.get("instances", "connected")
+    if instances not in ("connected", "node"):
+        raise TSTError(f"{path}: instances: expected connected or node, got {instances!r}")
+    gap = data.get("instance_gap", 0.05)
+    if isinstance(gap, bool) or not isinstance(gap, (int, float)) or not 0 <= gap <= 10:
+        raise TSTError(f"{path}: instance_gap: expected a distance in metres between 0 and 10, got {gap!r}")
+    return LabelMap(taxonomy, patterns, data.get("face_class"), ids, data.get("face_instance"), str(path),
+                    instances, float(gap))

@@ -13,7 +13,7 @@ from tst.errors import TSTError
 class Material:
     """Surface appearance.
 
-    color: (3,) float in [0, 1], multiplied with the texture or used alone.
+    color: (3,) float in [0, 1], sRGB-encoded (as displayed), multiplied with the texture or used alone.
     texture: (H, W, 3) uint8 image tiled over the face UVs (UV (0, 0) = the image's bottom-left), or None.
     vertex_colors: take the colour from the mesh's per-vertex colours instead (scans).
     """

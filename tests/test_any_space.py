@@ -73,6 +73,15 @@ def test_run_on_a_gltf_with_its_own_taxonomy(tmp_path, capsys):
     ids = np.unique(np.concatenate([transfer[i]["semantic"].numpy().ravel() for i in range(len(transfer))]))
     assert set(ids) <= {0, 1, 2, 3} and {1, 2} <= set(ids)
     assert "3 of 38 classes map onto room's taxonomy by name" in " ".join(err.split())
+    # The two sofas of three nodes each are two instances, and captions count two at most.
+    frames = FrameDataset(data, "pretrain", ["semantic", "instance", "caption"])
+    sofas, captions = set(), []
+    for index in range(len(frames)):
+        frame = frames[index]
+        sofas |= set(frame["instance"][frame["semantic"] == 3].unique().tolist())
+        captions.append(frame["caption"])
+    assert 1 <= len(sofas) <= 2, sofas
+    assert not any(word in caption for caption in captions for word in ("three sofas", "four sofas", "six sofas"))
     assert (tmp_path / "ws" / "room" / "report" / "results.md").is_file()  # read from the run folders
 
 

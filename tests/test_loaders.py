@@ -128,3 +128,79 @@ def test_unsupported_extension(tmp_path):
     path.write_bytes(b"x")
     with pytest.raises(TSTError, match="unsupported extension"):
         load_mesh(path, load_label_map(None))
+
+
+def furniture_scene(path):
+    """A glTF with a sofa of three touching nodes, two chairs 3 m apart, and a cabinet whose two meshes are
+    unnamed children ("Object_1", "Object_2", as Sketchfab-style exports name them) of a node `Cabinet`."""
+    scene = trimesh.Scene()
+    for j, dx in enumerate((0.0, 0.6, -0.6)):
+        scene.add_geometry(trimesh.creation.box((0.6, 0.9, 0.8)), node_name=f"Sofa_part{j}", geom_name=f"sofa{j}",
+                           transform=trimesh.transformations.translation_matrix([dx, 0.45, 0]))
+    for k, x in enumerate((3.0, 6.0)):
+        scene.add_geometry(trimesh.creation.box((0.4, 0.8, 0.4)), node_name=f"Chair.00{k}", geom_name=f"chair{k}",
+                           transform=trimesh.transformations.translation_matrix([x, 0.4, 0]))
+    scene.graph.update(frame_to="Cabinet", frame_from=scene.graph.base_frame,
+                       matrix=trimesh.transformations.translation_matrix([0, 0, 3.0]))
+    for k, y in enumerate((0.4, 1.2)):
+        scene.add_geometry(trimesh.creation.box((1.0, 0.8, 0.5)), node_name=f"Object_{k + 1}", geom_name=f"object{k}",
+                           parent_node_name="Cabinet", transform=trimesh.transformations.translation_matrix([0, y, 0]))
+    scene.export(path)
+    return path
+
+
+def test_nodes_of_one_object_are_one_instance(tmp_path):
+    path = furniture_scene(tmp_path / "furniture.glb")
+    rules = {"match": {"sofa*": "sofa", "chair*": "chair", "cabinet*": "cabinet"}}
+    mesh = load_mesh(path, load_label_map(write_label_map(tmp_path / "labels.yaml", rules)))
+
+    def instances(name):
+        return np.unique(mesh.face_instance[mesh.face_class == INDOOR.id(name)])
+
+    assert len(instances("sofa")) == 1 and len(instances("chair")) == 2
+    # The cabinet's unnamed children take its class from their parent node, and are one cabinet.
+    assert (mesh.face_class > 0).all() and len(instances("cabinet")) == 1
+    assert mesh.vertices[mesh.faces[mesh.face_class == INDOOR.id("cabinet")]][..., 1].mean() == pytest.approx(-3.0)
+    assert len(set(instances("sofa")) | set(instances("chair")) | set(instances("cabinet"))) == 4
+    # `instances: node` keeps one instance per node.
+    per_node = load_mesh(path, load_label_map(write_label_map(tmp_path / "nodes.yaml", rules | {"instances": "node"})))
+    assert len(np.unique(per_node.face_instance[per_node.face_class == INDOOR.id("sofa")])) == 3
+
+
+@pytest.mark.parametrize("rules, message", [
+    ({"instances": "group"}, "instances: expected connected or node, got 'group'"),
+    ({"instance_gap": "far"}, "instance_gap: expected a distance in metres between 0 and 10, got 'far'"),
+    ({"instance_gap": -1}, "instance_gap: expected a distance in metres"),
+])
+def test_bad_instance_rules(tmp_path, rules, message):
+    with pytest.raises(TSTError, match=message):
+        load_label_map(write_label_map(tmp_path / "labels.yaml", rules))
+
+
+def test_gltf_colours_are_decoded_as_the_spec_says(tmp_path):
+    """glTF base colour factors and vertex colours are linear, textures sRGB: a flat navy factor
+    (19, 25, 41)/255 renders as the navy it means, sRGB (77, 88, 112), not as stored; a texture with no
+    factor is used as it is; a grey texture under a 0.5 factor is halved in linear light."""
+    scene = trimesh.Scene()
+    flat = trimesh.creation.box((1, 1, 1))
+    flat.visual = trimesh.visual.TextureVisuals(
+        material=trimesh.visual.material.PBRMaterial(name="navy", baseColorFactor=[19, 25, 41, 255]))
+    scene.add_geometry(flat, node_name="Wall")
+    grey = np.full((2, 2, 3), 128, np.uint8)
+    scene.add_geometry(textured_quad(grey, "plain"), node_name="Plain")
+    halved = textured_quad(grey, "halved")
+    halved.visual.material.baseColorFactor = [128, 128, 128, 255]
+    scene.add_geometry(halved, node_name="Halved")
+    path = tmp_path / "colours.glb"
+    scene.export(path)
+    mesh = load_mesh(path, load_label_map(None))
+    by_name = {m.name: m for m in mesh.materials}
+    assert np.allclose(np.array(by_name["navy"].color) * 255, [77.2, 88.2, 111.6], atol=0.5)
+    assert by_name["plain"].color == (1.0, 1.0, 1.0) and (by_name["plain"].texture == 128).all()
+    # 128 -> 0.2159 linear, x 0.502 -> 0.1084, -> sRGB 0.3629 -> 92.5, rounded to 93
+    assert by_name["halved"].color == (1.0, 1.0, 1.0) and (by_name["halved"].texture == 93).all()
+    space = MeshSpace("colours", mesh, INDOOR)
+    frame = space.render(camera_looking_up(32, 32, hfov=60, position=(0.0, 0.0, -2.0)))
+    centre = frame["rgb"][16, 16].astype(float)
+    # Shading scales all channels alike: red/blue is the sRGB navy's 0.69, not the stored factor's 0.46.
+    assert centre[0] / centre[2] == pytest.approx(77.2 / 111.6, abs=0.03)
