@@ -19,7 +19,7 @@ from tst.envs.base import TestSpace
 from tst.taxonomy import map_by_name
 
 from tst.collect.trajectories import NavGrid, WalkSettings, walk
-from tst.collect.views import ViewSettings, sample_views
+from tst.collect.views import ViewSettings, informative, probe_pose, sample_views
 
 console = Console(stderr=True)
 SPLITS = ("pretrain", "eval", "transfer")
@@ -99,7 +99,7 @@ class Plan:
 def view_settings(cfg: DictConfig) -> ViewSettings:
     v = cfg.views
     return ViewSettings(tuple(v.height_range), v.min_clearance, v.spacing, tuple(v.pitch_deg), v.roll_deg,
-                        v.min_view_depth, cfg.hfov_deg)
+                        v.min_view_depth, cfg.hfov_deg, v.max_class_share)
 
 
 def walk_settings(cfg: DictConfig) -> WalkSettings:
@@ -133,8 +133,12 @@ def _split_frames(space: TestSpace, space_index: int, split: str, n: int, cfg: D
     frames = []
     if n - n_views:
         grid = NavGrid(space, walk_settings(cfg), avoid, distance)
+        settings = view_settings(cfg)
+
+        def keep(pose: np.ndarray) -> bool:  # walks pass the same view-quality rule as views
+            return informative(probe_pose(space, pose, settings.hfov_deg), settings)
         frames += [(camera, space_index, path, step) for camera, path, step in
-                   walk(grid, n - n_views, cfg.size, rng, walk_settings(cfg), first_path_id)]
+                   walk(grid, n - n_views, cfg.size, rng, walk_settings(cfg), first_path_id, keep)]
     near = np.array([c.position for c, *_ in frames]) if frames and split == "eval" else None
     if n_views:
         frames = [(camera, space_index, VIEW_PATH, 0) for camera in

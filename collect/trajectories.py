@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from scipy import ndimage, sparse
@@ -129,17 +130,22 @@ def _follow(poses: list, here: np.ndarray, heading: float, route: np.ndarray, sp
 
 
 def walk(grid: NavGrid, n: int, size: int, rng: np.random.Generator, settings: WalkSettings,
-         first_path_id: int = 0) -> list[tuple[Camera, int, int]]:
+         first_path_id: int = 0, keep: Callable[[np.ndarray], bool] | None = None) -> list[tuple[Camera, int, int]]:
     """`n` frames (camera, path id, step) of an agent that walks shortest paths between random
     navigable cells, turning `turn_deg` or stepping `step_m` per frame; a new path (a new random
-    start) every `frames_per_path` frames."""
+    start) every `frames_per_path` steps. `keep(pose)` (a (4, 4) camera pose) drops the steps whose view
+    fails it (the view-quality rule), so a path's steps may have gaps."""
     if len(grid.cells) < 3:
         raise TSTError(f"{grid.space.name}: too little navigable floor for agent walks")
     K = intrinsics_from_fov(size, size, settings.hfov_deg)
     turn, pitch = math.radians(settings.turn_deg), math.radians(settings.pitch_deg)
     frames: list[tuple[Camera, int, int]] = []
     path_id = first_path_id
+    fruitless = 0  # paths in a row that gave no frame
     while len(frames) < n:
+        if fruitless >= 50:
+            raise TSTError(f"{grid.space.name}: agent walks found only {len(frames)} of {n} views that pass the "
+                           "view-quality rule (collect.views.min_view_depth, collect.views.max_class_share)")
         here = grid.position(int(rng.integers(len(grid.cells))))
         heading = turn * int(rng.integers(round(2 * math.pi / turn)))
         poses: list[tuple[np.ndarray, float]] = []
@@ -151,8 +157,11 @@ def walk(grid: NavGrid, n: int, size: int, rng: np.random.Generator, settings: W
                 continue
             route_points = np.array([grid.position(cell) for cell in route])
             here, heading = _follow(poses, here, heading, route_points, grid.space, settings, turn)
-        for step, (position, yaw) in enumerate(poses[:min(settings.frames_per_path, n - len(frames))]):
-            eye = position + [0.0, 0.0, settings.camera_height]
-            frames.append((Camera(K, size, size, pose_from_yaw_pitch(eye, yaw, pitch)), path_id, step))
+        before = len(frames)
+        for step, (position, yaw) in enumerate(poses[:settings.frames_per_path]):
+            pose = pose_from_yaw_pitch(position + [0.0, 0.0, settings.camera_height], yaw, pitch)
+            if len(frames) < n and (keep is None or keep(pose)):
+                frames.append((Camera(K, size, size, pose), path_id, step))
+        fruitless = 0 if len(frames) > before else fruitless + 1
         path_id += 1
     return frames

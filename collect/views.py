@@ -1,5 +1,6 @@
 """Omnidata-style view sampling: Poisson-disc positions in free space, each camera aimed at a point
-of interest on an object, with a little roll; views that face a nearby wall are rejected."""
+of interest on an object, with a little roll; and the view-quality rule every sampled camera (views and
+walks) must pass: no view that faces a nearby wall or shows little but one class."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ class ViewSettings:
     """height_range: metres above the floor. min_clearance: metres to any geometry. spacing: Poisson
     radius between cameras (metres; shrunk when the space is too small). pitch_deg: (min, max), positive
     looks up. roll_deg: max |roll|. min_view_depth: a view's median depth must exceed this (metres).
-    hfov_deg: horizontal field of view."""
+    hfov_deg: horizontal field of view. max_class_share: the largest share of a view's pixels one class
+    may cover."""
 
     height_range: tuple[float, float] = (0.5, 1.8)
     min_clearance: float = 0.3
@@ -30,6 +32,7 @@ class ViewSettings:
     roll_deg: float = 5.0
     min_view_depth: float = 1.0
     hfov_deg: float = 75.0
+    max_class_share: float = 0.9
 
 
 def poisson_positions(space: TestSpace, n: int, rng: np.random.Generator, settings: ViewSettings,
@@ -69,14 +72,30 @@ def poisson_positions(space: TestSpace, n: int, rng: np.random.Generator, settin
 
 def _probe(space: TestSpace, position: np.ndarray, yaw: float, pitch: float, roll: float,
            hfov_deg: float) -> dict[str, np.ndarray]:
-    camera = Camera(intrinsics_from_fov(*PROBE, hfov_deg), *PROBE, pose_from_yaw_pitch(position, yaw, pitch, roll))
+    return probe_pose(space, pose_from_yaw_pitch(position, yaw, pitch, roll), hfov_deg)
+
+
+def probe_pose(space: TestSpace, pose: np.ndarray, hfov_deg: float) -> dict[str, np.ndarray]:
+    """Depth (H, W) metres and semantic (H, W) ids of a PROBE-sized render from a (4, 4) camera pose."""
+    camera = Camera(intrinsics_from_fov(*PROBE, hfov_deg), *PROBE, pose)
     return space.render(camera, ("depth", "semantic")).modalities
+
+
+def informative(probe: dict[str, np.ndarray], settings: ViewSettings) -> bool:
+    """The view-quality rule: most of the view hits geometry, its median depth is at least
+    min_view_depth (not a wall in the face), and no class covers more than max_class_share of it."""
+    depth, semantic = probe["depth"], probe["semantic"]
+    valid = depth > 0
+    if valid.mean() <= 0.5 or np.median(depth[valid]) < settings.min_view_depth:
+        return False
+    return np.bincount(semantic.ravel().astype(np.int64)).max() <= settings.max_class_share * semantic.size
 
 
 def aim(space: TestSpace, position: np.ndarray, rng: np.random.Generator, settings: ViewSettings,
         thing_ids: np.ndarray, attempts: int = 12) -> tuple[float, float, float] | None:
     """(yaw, pitch, roll) radians for a camera at `position` that looks at an object surface seen in
-    a probe, pitch within limits, and whose median depth exceeds min_view_depth; None if no attempt works."""
+    a probe, pitch within limits, and passes the view-quality rule (`informative`); None if no attempt
+    works."""
     low, high = (math.radians(p) for p in settings.pitch_deg)
     focal = (PROBE[0] / 2) / math.tan(math.radians(settings.hfov_deg) / 2)
     for _ in range(attempts):
@@ -89,9 +108,7 @@ def aim(space: TestSpace, position: np.ndarray, rng: np.random.Generator, settin
             yaw -= math.atan2(col - PROBE[0] / 2, focal)
             pitch = float(np.clip(-math.atan2(row - PROBE[1] / 2, focal), low, high))
         roll = math.radians(rng.uniform(-settings.roll_deg, settings.roll_deg))
-        depth = _probe(space, position, yaw, pitch, roll, settings.hfov_deg)["depth"]
-        valid = depth > 0
-        if valid.mean() > 0.5 and np.median(depth[valid]) >= settings.min_view_depth:
+        if informative(_probe(space, position, yaw, pitch, roll, settings.hfov_deg), settings):
             return yaw, pitch, roll
     return None
 
@@ -114,4 +131,5 @@ def sample_views(space: TestSpace, n: int, size: int, rng: np.random.Generator, 
         if len(cameras) == n:
             return cameras
     raise TSTError(f"{space.name}: found only {len(cameras)} of {n} views that see something beyond "
-                   f"{settings.min_view_depth} m")
+                   f"{settings.min_view_depth} m with no class over {settings.max_class_share:.0%} of the view "
+                   "(collect.views.min_view_depth, collect.views.max_class_share)")

@@ -8,6 +8,7 @@ import pytest
 import trimesh
 from omegaconf import OmegaConf
 
+from test_collect import view_quality
 from test_replica import write_replica_scene
 from test_scannetpp import SCENE, _camera_pose, _write_cameras, _write_release
 from tst.cli import main
@@ -82,6 +83,8 @@ def test_run_on_a_gltf_with_its_own_taxonomy(tmp_path, capsys):
         captions.append(frame["caption"])
     assert 1 <= len(sofas) <= 2, sofas
     assert not any(word in caption for caption in captions for word in ("three sofas", "four sofas", "six sofas"))
+    nearest, share = view_quality(data)  # no frame of any split faces a blank wall
+    assert nearest >= 0.9 and share <= 0.95
     assert (tmp_path / "ws" / "room" / "report" / "results.md").is_file()  # read from the run folders
 
 

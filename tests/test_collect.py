@@ -315,3 +315,26 @@ def test_a_flipped_frame_gets_the_mirrored_caption(dataset):
         flipped = out["caption"].endswith("right of the lamp.")
         expected = sample["rgb"].flip(-1) if flipped else sample["rgb"]
         assert torch.allclose(out["rgb"].float(), expected.float(), atol=1e-3)
+
+
+def view_quality(root):
+    """(smallest median depth in metres, largest one-class pixel share) over every frame of every split."""
+    depths, shares = [], []
+    for split in ("pretrain", "eval", "transfer"):
+        frames = FrameDataset(root, split, ["depth", "semantic"])
+        for index in range(len(frames)):
+            depth, semantic = frames[index]["depth"].numpy().ravel(), frames[index]["semantic"].numpy().ravel()
+            depths.append(np.median(depth[depth > 0]))
+            shares.append(np.bincount(semantic).max() / semantic.size)
+    return min(depths), max(shares)
+
+
+def test_no_frame_of_any_split_faces_a_blank_wall(dataset, tmp_path):
+    # Views and walk steps alike pass the rule on a 32 x 24 probe; full frames agree within a margin.
+    nearest, share = view_quality(dataset)
+    assert nearest >= 0.9 and share <= 0.95  # collect.views.min_view_depth=1.0, max_class_share=0.9
+    # With the rule off, walks do face walls: the check above can fail.
+    assert collect(tmp_path, "collect.frames.pretrain=60", "collect.views.min_view_depth=0",
+                   "collect.views.max_class_share=1.0") == 0
+    nearest, share = view_quality(tmp_path / "procedural-0" / "data")
+    assert nearest < 0.9 or share > 0.95

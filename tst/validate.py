@@ -112,6 +112,7 @@ RULES: dict[str, Rule] = {
     "collect.views.spacing": RATE,
     "collect.views.pitch_deg": ordered_pair(number(-90, 90)),
     "collect.views.min_view_depth": SHARE,
+    "collect.views.max_class_share": FRACTION,
     "collect.views.near_walks": SHARE,
     "collect.walks.step_m": RATE,
     "collect.walks.camera_height": RATE,
