@@ -9,7 +9,7 @@ import open3d as o3d
 from PIL import Image, ImageDraw, ImageFont
 
 from tst.camera import Camera
-from tst.visualize import label_palette
+from tst.visualize import class_palette
 
 from tst.envs.mesh_space import MeshSpace
 
@@ -68,7 +68,7 @@ def floor_plan(space: MeshSpace, tracks: list[Track] = (), pixels_per_metre: flo
     face, drop, dark = _first_visible_hits(space, rays)
     hit = face >= 0
     classes = np.where(hit, space.mesh.face_class[np.maximum(face, 0)], 0)
-    colour = label_palette(len(space.taxonomy)).astype(np.float32)[classes]
+    colour = class_palette(space.taxonomy.names).astype(np.float32)[classes]
     relative = (drop - 1.0) / max(z1 - z0, 1e-6)  # 0 at the top of the space, 1 at the bottom
     colour *= (1.0 - 0.45 * np.clip(relative, 0, 1))[..., None]
     colour[~hit] = 255

@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from tst.errors import TSTError
-from tst.taxonomy import INDOOR, SemanticClass, Taxonomy, normalized
+from tst.taxonomy import INDOOR, SemanticClass, Taxonomy, is_stuff_name
 
 
 @dataclass
@@ -59,10 +59,8 @@ def _taxonomy(entries: object, source: str) -> Taxonomy:
         raise TSTError(f"{source}: 'classes' must be a non-empty list of class names")
     classes = []
     for entry in entries:
-        if isinstance(entry, str):  # a known indoor class keeps its thing/stuff flag, however it is spelled
-            known = {normalized(name): index for index, name in enumerate(INDOOR.names)}
-            index = known.get(normalized(entry))
-            classes.append(SemanticClass(entry, INDOOR.is_thing(index) if index is not None else True))
+        if isinstance(entry, str):  # stuff if a known stuff name, however it is spelled; else a thing
+            classes.append(SemanticClass(entry, not is_stuff_name(entry)))
         elif isinstance(entry, dict) and "name" in entry:
             classes.append(SemanticClass(str(entry["name"]), bool(entry.get("thing", True))))
         else:

@@ -15,8 +15,8 @@ undefined (negative) or unknown class, or an object id beyond the table, is `unl
 instance. Instance = object id + 1, so that 0 stays "none" while Replica's object 0 stays an instance.
 
 Taxonomy: `unlabeled` then Replica's classes in id order, named exactly as the file names them (classes that
-share a name share an id; a class named `undefined` or `unlabeled` is folded into 0). Classes in STUFF are
-stuff (no boxes), every other class is a thing.
+share a name share an id; a class named `undefined` or `unlabeled` is folded into 0). Stuff (no boxes) are
+the classes `tst.taxonomy.is_stuff_name` says are, as for a label map's classes; every other class is a thing.
 """
 
 from __future__ import annotations
@@ -28,14 +28,11 @@ import numpy as np
 from omegaconf import DictConfig
 
 from tst.errors import TSTError
-from tst.taxonomy import UNLABELED, SemanticClass, Taxonomy
+from tst.taxonomy import UNLABELED, SemanticClass, Taxonomy, is_stuff_name
 
 from tst.envs.mesh import LabeledMesh, Material
 from tst.envs.registry import space_name
 
-# Replica class names counted as stuff: surfaces and structure that are not countable objects. `door` stays a
-# thing, as in the INDOOR taxonomy.
-STUFF = frozenset({"wall", "floor", "ceiling", "window", "beam", "stair", "rug", "blinds", "pipe", "vent"})
 UNDEFINED_NAMES = frozenset({UNLABELED, "undefined", ""})
 
 _PLY_TYPES = {
@@ -148,7 +145,7 @@ def replica_taxonomy(info: dict, source: str) -> tuple[Taxonomy, dict[int, int]]
             class_ids[int(entry["id"])] = 0
             continue
         if name not in index:
-            entries.append(SemanticClass(name, name not in STUFF))
+            entries.append(SemanticClass(name, not is_stuff_name(name)))
             index[name] = len(entries)  # id 0 is unlabeled
         class_ids[int(entry["id"])] = index[name]
     return Taxonomy(entries), class_ids

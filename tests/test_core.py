@@ -99,3 +99,34 @@ def test_space_names_come_from_the_config_alone(space, name):
     from tst.envs.registry import space_name
 
     assert space_name(OmegaConf.create(space)) == name
+
+
+def test_outputs_get_the_permissions_of_any_new_file(tmp_path):
+    """Atomic writes and staged run folders go through tempfile (0600 / 0700) but end as the umask says."""
+    import os
+    import stat
+
+    from tst.workspace import atomic_write_json, staged_directory
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "a.json", {"x": 1})
+        with staged_directory(tmp_path / "run") as staged:
+            (staged / "inner.json").write_text("{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "run").stat().st_mode) == 0o755
+
+
+def test_a_class_keeps_its_colour_across_taxonomies():
+    from tst.visualize import class_palette, label_image
+
+    room = class_palette(["unlabeled", "Wall", "floor", "sofa"])
+    apartment = class_palette(INDOOR.names)
+    assert (room[0] == 0).all()
+    for name in ("Wall", "floor", "sofa"):
+        assert (room[["unlabeled", "Wall", "floor", "sofa"].index(name)] == apartment[INDOOR.id(name.lower())]).all()
+    assert len({tuple(c) for c in apartment[1:]}) > 0.9 * (len(INDOOR) - 1)  # nearly all distinct
+    image = label_image(np.array([[0, 3]]), palette=room)
+    assert (image[0, 1] == room[3]).all() and (image[0, 0] == 0).all()

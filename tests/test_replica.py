@@ -165,3 +165,17 @@ def test_non_quad_and_ascii_files_are_rejected(tmp_path):
     path.write_bytes(b"ply\nformat ascii 1.0\nelement vertex 0\nelement face 0\nend_header\n")
     with pytest.raises(TSTError, match="ascii"):
         read_quad_ply(path)
+
+
+def test_stuff_and_things_as_a_label_map_gives_them(tmp_path):
+    """The same class names get the same thing/stuff flags from the Replica reader and a label map."""
+    from tst.envs.labelmap import load_label_map
+    from tst.envs.replica import replica_taxonomy
+
+    names = ["wall", "baseboard", "window-frame", "Window_Frame", "rug", "chair", "door", "Sofa"]
+    replica, _ = replica_taxonomy({"classes": [{"id": i + 1, "name": n} for i, n in enumerate(names)]}, "info")
+    (tmp_path / "labels.yaml").write_text("classes: [" + ", ".join(names) + "]\n")
+    label_map = load_label_map(tmp_path / "labels.yaml").taxonomy
+    flags = [replica.is_thing(replica.id(n)) for n in names]
+    assert flags == [label_map.is_thing(label_map.id(n)) for n in names]
+    assert flags == [False, False, False, False, False, True, True, True]

@@ -25,6 +25,9 @@ from tst.pretrain.visualize import to_uint8
 from tst.transfer.heads import LinearSegmentationHead, SegmentationHead
 from tst.transfer.metrics import SegmentationScore
 from tst.transfer.visualize import caption_panel, draw_boxes
+from tst.visualize import class_palette, label_image
+
+CAPTION_PANEL_WIDTH = 240  # pixels of a caption column in predictions.png: 40 characters a line
 
 
 class Task(ABC):
@@ -89,7 +92,9 @@ class SegmentationTask(Task):
         return ["truth", "segmentation"]
 
     def draw(self, batch, index, prediction):
-        return [to_uint8("semantic", batch["semantic"][index]), to_uint8("semantic", prediction)]
+        palette = class_palette(self.taxonomy.names)
+        return [label_image(batch["semantic"][index].numpy(), palette=palette),
+                label_image(prediction.cpu().numpy(), palette=palette)]
 
 
 class _SegmentationMetrics:
@@ -204,7 +209,8 @@ class CaptionTask(Task):
         return ["truth caption", "predicted caption"]
 
     def draw(self, batch, index, prediction):
-        height, width = batch["rgb"].shape[-2:]
+        height = batch["rgb"].shape[-2]
+        width = CAPTION_PANEL_WIDTH  # wider than a frame: a caption of 30 words fits at 64 px high
         return [caption_panel(batch["caption"][index], width, height), caption_panel(prediction, width, height)]
 
     def state(self) -> dict:

@@ -9,7 +9,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from tst.taxonomy import Taxonomy
-from tst.visualize import label_palette
+from tst.visualize import class_palette
 
 
 def draw_boxes(image: np.ndarray, boxes: torch.Tensor, classes: torch.Tensor, taxonomy: Taxonomy,
@@ -18,7 +18,7 @@ def draw_boxes(image: np.ndarray, boxes: torch.Tensor, classes: torch.Tensor, ta
     with the class name (and score)."""
     canvas = Image.fromarray(image.copy())
     draw = ImageDraw.Draw(canvas)
-    palette = label_palette(len(taxonomy))
+    palette = class_palette(taxonomy.names)
     font = ImageFont.load_default()
     for k in range(len(boxes)):
         x0, y0, x1, y1 = (float(v) for v in boxes[k])
@@ -31,10 +31,14 @@ def draw_boxes(image: np.ndarray, boxes: torch.Tensor, classes: torch.Tensor, ta
 
 
 def caption_panel(caption: str, width: int, height: int) -> np.ndarray:
-    """A white (height, width, 3) uint8 panel with `caption` word-wrapped to the width."""
+    """A white (height, width, 3) uint8 panel with `caption` word-wrapped to the width; what does not fit
+    in the height is cut at a line's end and marked with "..."."""
     panel = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(panel)
     characters = max(8, width // 6)  # the default bitmap font is about 6 px per character
-    for row, line in enumerate(textwrap.wrap(caption, characters)[: max(1, height // 11)]):
+    lines, fits = textwrap.wrap(caption, characters), max(1, (height - 2) // 11)
+    if len(lines) > fits:
+        lines = lines[:fits - 1] + [textwrap.shorten(" ".join(lines[fits - 1:]), characters, placeholder=" ...")]
+    for row, line in enumerate(lines):
         draw.text((2, 2 + 11 * row), line, fill="black", font=ImageFont.load_default())
     return np.asarray(panel)

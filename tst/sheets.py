@@ -8,7 +8,7 @@ from PIL import Image, ImageDraw, ImageFont
 from tst.frame import Frame
 from tst.modalities import get
 from tst.taxonomy import Taxonomy
-from tst.visualize import label_palette
+from tst.visualize import class_palette, label_image
 
 PAD = 4
 HEADER = 18
@@ -35,13 +35,16 @@ def contact_sheet(frames: list[Frame], modalities: list[str], taxonomy: Taxonomy
     sheet = Image.new("RGB", (grid_w, grid_h + legend_rows * (SWATCH + 4) + (PAD if visible else 0)), "white")
     draw = ImageDraw.Draw(sheet)
     font = _font()
+    palette = class_palette(taxonomy.names) if taxonomy is not None else None
     for column, name in enumerate(modalities):
         draw.text((PAD + column * (width + PAD) + 2, 3), name, fill="black", font=font)
         for row, frame in enumerate(frames):
-            image = get(name).visualize(frame[name])
+            if name == "semantic" and palette is not None:  # coloured by class name, as in every sheet
+                image = label_image(frame[name], palette=palette)
+            else:
+                image = get(name).visualize(frame[name])
             sheet.paste(Image.fromarray(image), (PAD + column * (width + PAD), HEADER + row * (height + PAD)))
     if visible:
-        palette = label_palette(max(visible) + 1)
         column_w = grid_w // 4
         for k, class_id in enumerate(visible):
             x = PAD + (k % 4) * column_w
@@ -52,18 +55,19 @@ def contact_sheet(frames: list[Frame], modalities: list[str], taxonomy: Taxonomy
 
 
 def grid_image(rows: list[list[np.ndarray]], column_titles: list[str], row_titles: list[str]) -> Image.Image:
-    """A table of equally sized (H, W, 3) uint8 images with column titles on top and row titles left."""
-    height, width = rows[0][0].shape[:2]
-    label_w = 70
-    sheet = Image.new("RGB", (label_w + len(column_titles) * (width + PAD) + PAD,
-                              HEADER + len(rows) * (height + PAD) + PAD), "white")
+    """A table of (H, W_c, 3) uint8 images, one height, column c's images W_c wide (a text panel may be
+    wider than a frame), with column titles on top and row titles left."""
+    height = rows[0][0].shape[0]
+    widths = [max(images[column].shape[1] for images in rows) for column in range(len(column_titles))]
+    lefts = list(np.cumsum([70 + PAD] + [w + PAD for w in widths[:-1]]))  # 70 px of row titles first
+    sheet = Image.new("RGB", (int(lefts[-1]) + widths[-1] + PAD, HEADER + len(rows) * (height + PAD) + PAD), "white")
     draw = ImageDraw.Draw(sheet)
     font = _font()
-    for column, title in enumerate(column_titles):
-        draw.text((label_w + PAD + column * (width + PAD), 3), title, fill="black", font=font)
+    for left, title in zip(lefts, column_titles):
+        draw.text((int(left), 3), title, fill="black", font=font)
     for row, (title, images) in enumerate(zip(row_titles, rows)):
         y = HEADER + row * (height + PAD)
         draw.text((3, y + height // 2 - 5), title, fill="black", font=font)
-        for column, image in enumerate(images):
-            sheet.paste(Image.fromarray(image), (label_w + PAD + column * (width + PAD), y))
+        for left, image in zip(lefts, images):
+            sheet.paste(Image.fromarray(image), (int(left), y))
     return sheet

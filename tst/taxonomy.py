@@ -100,6 +100,17 @@ def normalized(name: str) -> str:
     return " ".join(name.lower().replace("_", " ").replace("-", " ").split())
 
 
+# Class names that are stuff (surfaces and structure: never boxed, never counted) wherever a space names its
+# own classes (a label map, a Replica scene): INDOOR's stuff, and structure other datasets name.
+STUFF_NAMES = frozenset({normalized(c.name) for c in INDOOR.classes[1:] if not c.thing}
+                        | {"beam", "stair", "stairs", "rug", "blinds", "pipe", "vent"})
+
+
+def is_stuff_name(name: str) -> bool:
+    """Whether a class of this name is stuff, in any spelling (`Window_Frame` as `window frame`)."""
+    return normalized(name) in STUFF_NAMES
+
+
 @dataclass(frozen=True)
 class ClassMapping:
     """How one taxonomy's classes map onto another's by name.

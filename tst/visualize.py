@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.colors import hsv_to_rgb
@@ -54,11 +56,27 @@ def label_palette(count: int, seed: int = 0) -> np.ndarray:
     return palette
 
 
-def label_image(labels: np.ndarray, seed: int = 0) -> np.ndarray:
+def class_palette(names: list[str]) -> np.ndarray:
+    """(len(names), 3) uint8: one colour per class *name* (entry 0, unlabeled, black), so a class keeps its
+    colour in every space's pictures whatever its id there. Hue, saturation and value come from a hash of
+    the name as `tst.taxonomy.normalized` spells it (`Wall` and `wall` alike)."""
+    from tst.taxonomy import normalized
+
+    palette = np.zeros((len(names), 3), np.uint8)
+    for index, name in enumerate(names[1:], start=1):
+        digest = hashlib.sha1(normalized(name).encode()).digest()
+        hsv = (int.from_bytes(digest[:2], "big") / 65536, 0.5 + 0.4 * digest[2] / 255, 0.65 + 0.35 * digest[3] / 255)
+        palette[index] = (hsv_to_rgb(np.array(hsv)) * 255).astype(np.uint8)
+    return palette
+
+
+def label_image(labels: np.ndarray, seed: int = 0, palette: np.ndarray | None = None) -> np.ndarray:
     """(H, W) integer ids -> (H, W, 3) uint8 with a fixed colour per id (0 black).
 
-    seed 0 gives the class palette; instance maps use another seed so they look different.
+    palette: (K, 3) uint8 colours by id (e.g. `class_palette` of a taxonomy); without one, ids are coloured
+    by `label_palette(.., seed)`: instance maps use another seed so they look different.
     """
     labels = np.asarray(labels).astype(np.int64)
-    palette = label_palette(int(labels.max(initial=0)) + 1, seed)
-    return palette[labels]
+    if palette is None:
+        palette = label_palette(int(labels.max(initial=0)) + 1, seed)
+    return palette[np.clip(labels, 0, len(palette) - 1)]

@@ -25,12 +25,22 @@ from tst.errors import TSTError
 MANIFEST = "manifest.json"
 
 
+def default_mode(directory: bool = False) -> int:
+    """The permissions `open` or `mkdir` would give a new file (or folder) under the current umask.
+    tempfile's files (0600) and folders (0700) get these before they are renamed into place, so outputs
+    are as readable by others as anything else the user writes."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same folder and a rename."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, default_mode())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path)
@@ -178,6 +188,7 @@ def staged_directory(final: Path, replace: bool = False) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
+        tmp.chmod(default_mode(directory=True))
         yield tmp
         if final.exists():
             shutil.rmtree(final)
