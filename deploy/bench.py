@@ -32,21 +32,20 @@ from tst.transfer.tasks import CaptionTask, DetectionTask, SegmentationTask
 console = Console(stderr=True)
 
 
-def fixed_length_greedy(decoder, memory: torch.Tensor, length: int) -> torch.Tensor:
-    """Greedy tokens (B, length) from <bos>, never ending early: specials (ids < 4) are not chosen.
-    decoder: anything with decode(memory, tokens) -> logits (a CaptionDecoder or OnnxCaptionDecoder)."""
-    tokens = torch.ones(memory.shape[0], 1, dtype=torch.long, device=memory.device)  # <bos>
-    for _ in range(length - 1):
-        next_token = decoder.decode(memory, tokens)[:, -1, 4:].argmax(-1, keepdim=True) + 4
-        tokens = torch.cat([tokens, next_token], 1)
-    return tokens
+def fixed_length_greedy(decoder, features: torch.Tensor, length: int) -> torch.Tensor:
+    """Greedy tokens (B, length) from <bos>, <eos> never chosen: the cost of a caption of `length` tokens.
+    decoder: a CaptionDecoder, or an OnnxCaptionDecoder with features its dense graph's cross cache."""
+    from tst.transfer.captioning import beam_search
+
+    with torch.no_grad():
+        return beam_search(decoder, features, 1, length, min_length=length)[0]
 
 
 class FixedLengthCaptions(CaptionTask):
     """Captions of exactly `max_length` tokens, so random decoders cost what trained ones do."""
 
     def predict(self, head, features, image_size):
-        tokens = fixed_length_greedy(head, head.memory(features), self.max_length)
+        tokens = fixed_length_greedy(head, features, self.max_length)
         return [self.vocabulary.decode(row) for row in tokens]
 
 
@@ -106,7 +105,7 @@ def _onnx_runner(module: TransferModule, size: int, folder: Path):
     def infer():
         outputs = graphs.run_dense(x)
         predictions = from_dense(dense_tasks, outputs, size, None)
-        tokens = fixed_length_greedy(graphs.caption, outputs["caption_memory"], caption.max_length)
+        tokens = fixed_length_greedy(graphs.caption, outputs["caption_cross"], caption.max_length)
         predictions["caption"] = [caption.vocabulary.decode(tokens[0])]
         return to_prediction(predictions)
 

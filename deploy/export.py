@@ -2,11 +2,13 @@
 PyTorch on eval frames before anything is written.
 
 Two graphs, both with fixed shapes:
-  dense.{pt2,onnx}    rgb (1, 3, S, S) in [0, 1] -> features, caption memory, segmentation logits and the
-                      raw detection outputs (whichever heads the model has)
-  caption.{pt2,onnx}  caption memory (K, N, width), tokens (K, max_length) -> next-token logits
-                      (K, max_length, vocab); K = the beam width. Tokens are padded to max_length: the
-                      decoder is causal, so the logits at position i do not depend on the padding after it.
+  dense.{pt2,onnx}    rgb (1, 3, S, S) in [0, 1] -> features, the caption decoder's cross-attention keys
+                      and values, segmentation logits and the raw detection outputs (whichever heads the
+                      model has)
+  caption.{pt2,onnx}  one decoding step on key/value caches of fixed size (CaptionDecoder.step): tokens
+                      (K,), position (), self cache (2, depth, K, heads, max_length, d), cross cache
+                      (2, depth, K, heads, N, d) -> next-token logits (K, vocab), the updated self cache;
+                      K = the beam width.
 Box decoding, NMS and the beam search run in torch on the graphs' outputs, for both runtimes.
 
 The folder's manifest.json (stage "export") records the transfer model it came from (path and
@@ -66,7 +68,7 @@ def dense_names(module: TransferModule) -> list[str]:
     """Output names of the dense graph, in order."""
     names = ["features"]
     if "caption" in module.heads:
-        names.append("caption_memory")
+        names.append("caption_cross")
     if "seg" in module.heads:
         names.append("seg_logits")
     if "det" in module.heads:
@@ -86,7 +88,7 @@ class DenseGraph(nn.Module):
         features = self.module.backbone(rgb)
         outputs = [features]
         if "caption" in heads:
-            outputs.append(heads["caption"].memory(features))
+            outputs.append(heads["caption"].cross_cache(heads["caption"].memory(features)))
         if "seg" in heads:
             outputs.append(heads["seg"](features, self.size))
         if "det" in heads:
@@ -96,14 +98,17 @@ class DenseGraph(nn.Module):
 
 
 class CaptionStep(nn.Module):
-    """memory (K, N, width), tokens (K, L) -> logits (K, L, vocab)."""
+    """CaptionDecoder.step as a graph: (tokens, position, self cache, cross cache) -> (logits, self cache)."""
 
     def __init__(self, decoder: nn.Module):
         super().__init__()
         self.decoder = decoder
 
-    def forward(self, memory: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        return self.decoder.decode(memory, tokens)
+    def forward(self, tokens, position, self_cache, cross) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.decoder.step(tokens, position, self_cache, cross)
+
+
+CAPTION_INPUTS, CAPTION_OUTPUTS = ["tokens", "position", "self_cache", "cross"], ["logits", "next_self_cache"]
 
 
 def from_dense(tasks: dict, outputs: dict[str, torch.Tensor], image_size: int, caption_decoder) -> dict:
@@ -123,19 +128,20 @@ def from_dense(tasks: dict, outputs: dict[str, torch.Tensor], image_size: int, c
         from tst.transfer.captioning import generate
 
         task = tasks["caption"]
-        predictions["caption"] = generate(caption_decoder, outputs["caption_memory"], task.vocabulary,
+        predictions["caption"] = generate(caption_decoder, outputs["caption_cross"], task.vocabulary,
                                           beam=task.beam, max_length=task.max_length)
     return predictions
 
 
 class OnnxCaptionDecoder:
-    """The exported caption step behind the interface beam search uses (memory, decode, max_length): the
-    memory comes precomputed from the dense graph; tokens are padded to the exported length."""
+    """The exported caption step behind the interface beam search uses (memory, cross_cache,
+    empty_self_cache, step, max_length): the cross cache comes precomputed from the dense graph."""
 
     training = False
 
-    def __init__(self, session, max_length: int, rows: int):
-        self.session, self.max_length, self.rows = session, max_length, rows
+    def __init__(self, session, decoder: nn.Module, rows: int):
+        self.session, self.decoder, self.rows = session, decoder, rows
+        self.max_length = decoder.max_length
 
     def eval(self):
         return self
@@ -143,18 +149,22 @@ class OnnxCaptionDecoder:
     def train(self, mode: bool = True):
         return self
 
-    def memory(self, memory: torch.Tensor) -> torch.Tensor:
-        return memory
+    def memory(self, cross: torch.Tensor) -> torch.Tensor:
+        return cross
 
-    def decode(self, memory: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        if memory.shape[0] != self.rows:
-            raise TSTError(f"caption.onnx: exported for {self.rows} beam rows, got {memory.shape[0]}; re-export "
+    def cross_cache(self, cross: torch.Tensor) -> torch.Tensor:
+        return cross
+
+    def empty_self_cache(self, rows: int, device=None) -> torch.Tensor:
+        return self.decoder.empty_self_cache(rows)
+
+    def step(self, tokens, position, self_cache, cross) -> tuple[torch.Tensor, torch.Tensor]:
+        if tokens.shape[0] != self.rows:
+            raise TSTError(f"caption.onnx: exported for {self.rows} beam rows, got {tokens.shape[0]}; re-export "
                            "with the transfer run's beam width")
-        length = tokens.shape[1]
-        padded = torch.zeros(tokens.shape[0], self.max_length, dtype=torch.long)
-        padded[:, :length] = tokens.cpu()
-        logits = self.session.run(None, {"memory": memory.cpu().numpy(), "tokens": padded.numpy()})[0]
-        return torch.from_numpy(logits[:, :length])
+        inputs = dict(zip(CAPTION_INPUTS, (t.cpu().numpy() for t in (tokens, position, self_cache, cross))))
+        logits, self_cache = self.session.run(None, inputs)
+        return torch.from_numpy(logits), torch.from_numpy(self_cache)
 
 
 def _session(path: Path):
@@ -178,14 +188,15 @@ class OnnxGraphs:
         self.caption = None
         if "caption" in module.tasks:
             task = module.tasks["caption"]
-            self.caption = OnnxCaptionDecoder(_session(folder / "caption.onnx"), task.max_length, task.beam)
+            self.caption = OnnxCaptionDecoder(_session(folder / "caption.onnx"), module.heads["caption"], task.beam)
 
     def run_dense(self, rgb: torch.Tensor) -> dict[str, torch.Tensor]:
         values = self.dense.run(None, {"rgb": rgb.detach().cpu().float().numpy()})
         return {name: torch.from_numpy(v) for name, v in zip(self.names, values)}
 
-    def __call__(self, rgb: torch.Tensor) -> dict:
-        return from_dense(self.module.tasks, self.run_dense(rgb), rgb.shape[-1], self.caption)
+    def __call__(self, rgb: torch.Tensor, skip: tuple[str, ...] = ()) -> dict:
+        tasks = {name: task for name, task in self.module.tasks.items() if name not in skip}
+        return from_dense(tasks, self.run_dense(rgb), rgb.shape[-1], self.caption)
 
 
 def _export_onnx(graph: nn.Module, example: tuple, path: Path, input_names: list[str], output_names: list[str]) -> None:
@@ -216,29 +227,33 @@ def export(module: TransferModule, image_size: int, frames: list[torch.Tensor], 
         torch.export.save(torch.export.export(dense, example), str(tmp / "dense.pt2"))
         _export_onnx(dense, example, tmp / "dense.onnx", ["rgb"], dense_names(module))
         session = _session(tmp / "dense.onnx")
-        memories = []
+        crosses = []
         for frame in frames:
             expected = dense(frame[None].float())
             actual = session.run(None, {"rgb": frame[None].float().numpy()})
             for name, e, a in zip(dense_names(module), expected, actual):
                 differences[name] = max(differences.get(name, 0.0), _max_difference(e.numpy(), a))
             if "caption" in module.heads:
-                memories.append(expected[1])
+                crosses.append(expected[1])
         if "caption" in module.heads:
-            task = module.tasks["caption"]
-            step = CaptionStep(module.heads["caption"]).eval()
+            task, decoder = module.tasks["caption"], module.heads["caption"]
+            step = CaptionStep(decoder).eval()
             tokens = torch.randint(4, len(task.vocabulary), (task.beam, task.max_length))
             tokens[:, 0] = 1  # <bos>
-            example = (memories[0].repeat(task.beam, 1, 1), tokens)
+            example = (tokens[:, 0], torch.tensor(0), decoder.empty_self_cache(task.beam),
+                       crosses[0].repeat_interleave(task.beam, dim=2))
             torch.export.save(torch.export.export(step, example), str(tmp / "caption.pt2"))
-            _export_onnx(step, example, tmp / "caption.onnx", ["memory", "tokens"], ["logits"])
+            _export_onnx(step, example, tmp / "caption.onnx", CAPTION_INPUTS, CAPTION_OUTPUTS)
             caption_session = _session(tmp / "caption.onnx")
-            for memory in memories:
-                memory = memory.repeat(task.beam, 1, 1)
-                expected = step(memory, tokens).numpy()
-                actual = caption_session.run(None, {"memory": memory.numpy(), "tokens": tokens.numpy()})[0]
-                differences["caption_logits"] = max(differences.get("caption_logits", 0.0),
-                                                    _max_difference(expected, actual))
+            for cross in crosses:  # a whole teacher-forced caption, step by step, in both runtimes
+                cross = cross.repeat_interleave(task.beam, dim=2)
+                self_cache = decoder.empty_self_cache(task.beam)
+                for position in range(task.max_length):
+                    arguments = (tokens[:, position], torch.tensor(position), self_cache, cross)
+                    expected, self_cache = step(*arguments)
+                    actual = caption_session.run(None, dict(zip(CAPTION_INPUTS, (a.numpy() for a in arguments))))[0]
+                    differences["caption_logits"] = max(differences.get("caption_logits", 0.0),
+                                                        _max_difference(expected.numpy(), actual))
         worst = max(differences, key=differences.get)
         if differences[worst] > TOLERANCE:
             raise TSTError(f"export: ONNX Runtime differs from PyTorch on '{worst}' by {differences[worst]:.2e} "

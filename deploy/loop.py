@@ -2,7 +2,9 @@
 it, and the loop records latency, deadline misses and online accuracy against the rendered truth.
 
 With overlap on, the render process works on step i+1 while the predictor runs on step i, so the loop
-period approaches max(render, infer) instead of their sum.
+period approaches max(render, infer) instead of their sum. Captions are wanted less often than labels and
+boxes: the caption head runs every `caption_every` steps, and the steps between carry the newest caption
+(scored online only on the step it describes).
 """
 
 from __future__ import annotations
@@ -80,10 +82,12 @@ class OnlineScores:
     def __init__(self, predictor: Predictor):
         self.scores = {name: task.new_score() for name, task in predictor.module.tasks.items()}
 
-    def update(self, observation: Observation, prediction: Prediction) -> None:
+    def update(self, observation: Observation, prediction: Prediction, skip: tuple[str, ...] = ()) -> None:
+        """Score `prediction` against `observation`'s truth, except the tasks in `skip` (not run this step)."""
         batch = truth_batch([observation])
         for name, score in self.scores.items():
-            score.update(predictions_of(name, [prediction]), batch)
+            if name not in skip:
+                score.update(predictions_of(name, [prediction]), batch)
 
     def compute(self) -> dict:
         result: dict = {}
@@ -112,20 +116,28 @@ def predictions_of(task: str, predictions: list[Prediction]):
 
 
 def run_loop(predictor: Predictor, renderer: RenderProcess, steps: int, overlap: bool = True,
-             goal: SearchGoal | None = None, progress=None) -> LoopResult:
-    """Run `steps` steps (fewer when a search ends); `progress(step)` is called after each."""
+             goal: SearchGoal | None = None, progress=None, caption_every: int = 1) -> LoopResult:
+    """Run `steps` steps (fewer when a search ends); `progress(step)` is called after each. The caption
+    head runs on steps 0, caption_every, 2 * caption_every, ...; other steps' predictions carry the newest
+    caption, with `caption_step` the step it describes."""
     result = LoopResult()
     online = OnlineScores(predictor)
+    captions = "caption" in predictor.tasks
+    caption, caption_step = None, None
     renderer.submit(0)
     last = time.perf_counter()
     for step in range(steps):
         observation = renderer.get()
         if overlap and step + 1 < steps:
             renderer.submit(step + 1)
+        skip = ("caption",) if captions and step % caption_every else ()
         start = time.perf_counter()
-        prediction = predictor(observation.rgb)
+        prediction = predictor(observation.rgb, skip)
         infer_s = time.perf_counter() - start
-        online.update(observation, prediction)
+        if captions and not skip:
+            caption, caption_step = prediction.caption, step
+        prediction.caption, prediction.caption_step = caption, caption_step
+        online.update(observation, prediction, skip)
         stop = goal is not None and found(prediction, goal)
         if not overlap and step + 1 < steps and not stop:
             renderer.submit(step + 1)
@@ -155,6 +167,7 @@ def latency_summary(result: LoopResult, rate_hz: float) -> dict:
     deadline = 1000.0 / rate_hz
     percentiles = lambda x: {f"p{q}": float(np.percentile(x, q)) for q in (50, 95, 99)}  # noqa: E731
     return {"steps": len(result.steps), "perception_ms": percentiles(infer), "render_ms": percentiles(render),
+            "captioned_steps": sum(s.prediction.caption_step == i for i, s in enumerate(result.steps)),
             "period_ms": percentiles(period), "fps": float(1000.0 / period.mean()),
             "sum_render_infer_ms": float(render.mean() + infer.mean()),
             "max_render_infer_ms": float(max(render.mean(), infer.mean())), "rate_hz": rate_hz,

@@ -25,13 +25,15 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 @dataclass
 class Prediction:
     """One observation's outputs. semantic: (H, W) int64 class ids or None; boxes: (K, 4) float32 pixels
-    x0, y0, x1, y1 with scores (K,) and classes (K,) int64, or None; caption: str or None."""
+    x0, y0, x1, y1 with scores (K,) and classes (K,) int64, or None; caption: str or None, describing the
+    observation of agent step `caption_step` (in the loop, captions run less often than the other heads)."""
 
     semantic: np.ndarray | None = None
     boxes: np.ndarray | None = None
     scores: np.ndarray | None = None
     classes: np.ndarray | None = None
     caption: str | None = None
+    caption_step: int | None = None
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -110,18 +112,19 @@ class Predictor:
         check_observation(rgb, self.image_size)
         return torch.from_numpy(rgb).to(self.device).permute(2, 0, 1)[None].float() / 255.0
 
-    def outputs(self, rgb: np.ndarray) -> dict:
-        """TransferModule-style outputs (task -> per-image predictions) for one observation."""
+    def outputs(self, rgb: np.ndarray, skip: tuple[str, ...] = ()) -> dict:
+        """TransferModule-style outputs (task -> per-image predictions) for one observation, the tasks
+        in `skip` left out."""
         x = self.to_tensor(rgb)
         if self.onnx is not None:
-            return self.onnx(x)
+            return self.onnx(x, skip)
         dtype = PRECISIONS[self.precision]
         autocast = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else nullcontext()
         with torch.inference_mode(), autocast:
-            return self.module(x)
+            return self.module(x, skip)
 
-    def __call__(self, rgb: np.ndarray) -> Prediction:
-        outputs = self.outputs(rgb)
+    def __call__(self, rgb: np.ndarray, skip: tuple[str, ...] = ()) -> Prediction:
+        outputs = self.outputs(rgb, skip)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         return to_prediction(outputs)

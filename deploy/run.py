@@ -135,10 +135,11 @@ def deploy(cfg: DictConfig) -> Path:
                       TimeElapsedColumn(), console=console) as progress:
             bar = progress.add_task("loop", total=int(d.steps))
             result = run_loop(predictor, renderer, int(d.steps), bool(d.overlap), goal,
-                              lambda step: progress.update(bar, completed=step + 1))
+                              lambda step: progress.update(bar, completed=step + 1), int(d.caption_every))
     report = {"model": str(predictor.model.run_dir), "backbone": predictor.model.backbone.name,
               "device": str(predictor.device), "runtime": str(d.runtime), "precision": str(d.precision),
-              "compile": bool(d.compile), "overlap": bool(d.overlap), "task": str(d.task)} \
+              "compile": bool(d.compile), "overlap": bool(d.overlap), "task": str(d.task),
+              "caption_every": int(d.caption_every)} \
         | latency_summary(result, float(d.rate_hz)) | {"online": result.metrics} \
         | ({"search": result.search} if result.search else {})
     with staged_directory(run_dir) as tmp:

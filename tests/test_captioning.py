@@ -176,3 +176,32 @@ def test_beam_search_scores_at_least_greedy(trained, model):
         assert (beam_total / beam_length > greedy_total / greedy_length + 1e-3).any()
     else:  # well trained: both give the training captions
         assert beamed == greedy == trained["captions"]
+
+
+def test_cached_steps_give_the_full_decoders_logits_and_captions():
+    torch.manual_seed(3)
+    decoder = CaptionDecoder(48, 60, width=32, depth=2, heads=4, max_length=10).eval()
+    features = torch.randn(3, 48, 4, 4)
+    tokens = torch.randint(4, 60, (3, 10))
+    tokens[:, 0] = 1
+    with torch.no_grad():
+        memory = decoder.memory(features)
+        full = decoder.decode(memory, tokens)
+        cross, cache = decoder.cross_cache(memory), decoder.empty_self_cache(3)
+        for position in range(10):
+            logits, cache = decoder.step(tokens[:, position], torch.tensor(position), cache, cross)
+            assert torch.allclose(logits, full[:, position], atol=1e-5)
+        # Greedy decoding by re-running the whole prefix (the reference) picks the same tokens.
+        prefix = torch.ones(3, 1, dtype=torch.long)
+        for _ in range(9):
+            scores = decoder.decode(memory, prefix)[:, -1]
+            scores[:, [0, 1, 3]] = -float("inf")
+            prefix = torch.cat([prefix, scores.argmax(-1, keepdim=True)], 1)
+    greedy, _, _ = beam_search(decoder, features, beam=1)
+    for row, reference in zip(greedy, prefix):
+        ended = (reference == 2).nonzero()
+        stop = int(ended[0]) + 1 if len(ended) else 10
+        assert row[:stop].tolist() == reference[:stop].tolist()
+    # min_length keeps <eos> away: exactly max_length tokens.
+    forced, _, lengths = beam_search(decoder, features, beam=2, min_length=10)
+    assert forced.shape == (3, 10) and (forced != 2).all() and (lengths == 9).all()

@@ -73,7 +73,7 @@ def test_export_refuses_a_graph_that_disagrees(workspace, monkeypatch, tmp_path)
     assert not (tmp_path / "export").exists()
 
 
-def _loop(workspace, steps, overlap, tasks=("seg", "det", "caption"), name="multi"):
+def _loop(workspace, steps, overlap, tasks=("seg", "det", "caption"), name="multi", caption_every=1):
     from tst.deploy.loop import run_loop
     from tst.deploy.observations import RenderProcess
     from tst.deploy.predictor import Predictor
@@ -82,7 +82,7 @@ def _loop(workspace, steps, overlap, tasks=("seg", "det", "caption"), name="mult
     cfg = load("deploy", [f"workspace_dir={workspace}"])
     predictor = Predictor.from_run(_model(workspace, name), tasks)
     with RenderProcess(path_settings(cfg, predictor.image_size, steps)) as renderer:
-        return predictor, run_loop(predictor, renderer, steps, overlap)
+        return predictor, run_loop(predictor, renderer, steps, overlap, caption_every=caption_every)
 
 
 def test_loop_accuracy_equals_offline_evaluation_on_the_same_frames(workspace):
@@ -96,6 +96,23 @@ def test_loop_accuracy_equals_offline_evaluation_on_the_same_frames(workspace):
     offline, _ = evaluate(predictor.module, samples, batch_size=3)
     for key, value in result.metrics.items():
         assert value == pytest.approx(offline[key], abs=1e-6), key
+
+
+def test_captions_every_third_step_carry_over_and_are_scored_where_they_ran(workspace):
+    from tst.deploy.loop import latency_summary
+    from tst.transfer.run import evaluate
+
+    predictor, result = _loop(workspace, 7, overlap=True, caption_every=3)
+    assert [s.prediction.caption_step for s in result.steps] == [0, 0, 0, 3, 3, 3, 6]
+    assert all(s.prediction.caption == result.steps[s.prediction.caption_step].prediction.caption for s in result.steps)
+    assert latency_summary(result, 5.0)["captioned_steps"] == 3
+    captioned = [result.steps[i].observation for i in (0, 3, 6)]
+    samples = [{"rgb": torch.from_numpy(o.rgb).permute(2, 0, 1).float() / 255, "semantic": torch.from_numpy(o.semantic),
+                "boxes": torch.from_numpy(o.boxes), "box_classes": torch.from_numpy(o.box_classes),
+                "caption": o.caption, "key": str(o.step)} for o in captioned]
+    offline, _ = evaluate(predictor.module, samples, batch_size=3)
+    caption_keys = [k for k in result.metrics if k.startswith("caption_")]
+    assert caption_keys and all(result.metrics[k] == pytest.approx(offline[k], abs=1e-6) for k in caption_keys)
 
 
 def test_overlap_makes_the_period_shorter_than_render_plus_infer(workspace):

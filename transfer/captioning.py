@@ -158,6 +158,61 @@ class CaptionDecoder(nn.Module):
         """features (B, feature_dim, g, g) (or see the class doc), tokens (B, L) -> logits (B, L, vocab)."""
         return self.decode(self.memory(features), tokens)
 
+    # --- incremental decoding with key/value caches (generation; exported for deployment) ----------------
+    # nn.TransformerDecoder recomputes every earlier position at each generated token. These two methods run
+    # the same layers (same weights, eval mode) one position at a time on caches of fixed size, so a
+    # caption of T tokens costs T one-token steps, and the step has static shapes for torch.export / ONNX.
+
+    def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(R, L, width) -> (R, heads, L, width / heads)."""
+        heads = self.blocks.layers[0].self_attn.num_heads
+        return x.unflatten(-1, (heads, -1)).transpose(1, 2)
+
+    def cross_cache(self, memory: torch.Tensor) -> torch.Tensor:
+        """memory (R, N, width) -> the cross-attention keys and values of every layer, computed once per
+        image: (2, depth, R, heads, N, width / heads)."""
+        width, kv = self.width, []
+        for layer in self.blocks.layers:
+            weight, bias = layer.multihead_attn.in_proj_weight, layer.multihead_attn.in_proj_bias
+            kv.append(torch.stack([self._split_heads(F.linear(memory, weight[width:2 * width], bias[width:2 * width])),
+                                   self._split_heads(F.linear(memory, weight[2 * width:], bias[2 * width:]))]))
+        return torch.stack(kv, 1)
+
+    def empty_self_cache(self, rows: int, device: torch.device | None = None) -> torch.Tensor:
+        """Zeroed self-attention keys and values for `rows` sequences: (2, depth, rows, heads, max_length,
+        width / heads)."""
+        layer = self.blocks.layers[0]
+        heads = layer.self_attn.num_heads
+        return torch.zeros(2, len(self.blocks.layers), rows, heads, self.max_length, self.width // heads,
+                           device=device, dtype=self.head.weight.dtype)
+
+    def step(self, tokens: torch.Tensor, position: torch.Tensor, self_cache: torch.Tensor,
+             cross: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One generated position for R sequences: tokens (R,) int64 at `position` (a 0-d int64 tensor,
+        < max_length), self_cache as `empty_self_cache` gives it holding positions 0..position-1, cross as
+        `cross_cache` -> (next-token logits (R, vocab), self_cache with this position written). Equals
+        `decode`'s logits at `position` (eval mode)."""
+        width = self.width
+        slots = torch.arange(self.max_length, device=tokens.device)
+        written, visible = (slots == position)[:, None], (slots <= position)[None]  # (max_length, 1), (1, max_length)
+        x = self.embed(tokens)[:, None] + self.position.index_select(0, position.reshape(1))[None]  # (R, 1, width)
+        keys, values = [], []
+        for index, layer in enumerate(self.blocks.layers):
+            attention = layer.self_attn
+            q, k, v = F.linear(layer.norm1(x), attention.in_proj_weight, attention.in_proj_bias).chunk(3, -1)
+            k = torch.where(written, self._split_heads(k), self_cache[0, index])  # (R, heads, max_length, d)
+            v = torch.where(written, self._split_heads(v), self_cache[1, index])
+            seen = F.scaled_dot_product_attention(self._split_heads(q), k, v, attn_mask=visible)
+            x = x + attention.out_proj(seen.transpose(1, 2).flatten(2))
+            cross_attention = layer.multihead_attn
+            q = F.linear(layer.norm2(x), cross_attention.in_proj_weight[:width], cross_attention.in_proj_bias[:width])
+            seen = F.scaled_dot_product_attention(self._split_heads(q), cross[0, index], cross[1, index])
+            x = x + cross_attention.out_proj(seen.transpose(1, 2).flatten(2))
+            x = x + layer.linear2(layer.activation(layer.linear1(layer.norm3(x))))
+            keys.append(k)
+            values.append(v)
+        return self.head(self.norm(x))[:, 0], torch.stack([torch.stack(keys), torch.stack(values)])
+
 
 def caption_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Teacher-forced next-token cross-entropy in nats per token, averaged over the non-<pad> targets.
@@ -180,15 +235,18 @@ def sequence_log_prob(decoder: CaptionDecoder, features: torch.Tensor,
 
 
 @torch.no_grad()
-def beam_search(decoder: CaptionDecoder, features: torch.Tensor, beam: int = 1,
-                max_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def beam_search(decoder: CaptionDecoder, features: torch.Tensor, beam: int = 1, max_length: int | None = None,
+                min_length: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Batched beam search over images.
 
     Hypotheses are ranked by length-normalized log-probability (total nats / generated tokens, <eos>
     included); a hypothesis that emits <eos> is finished and keeps its score. The search stops when every
     kept hypothesis is finished or at `max_length` tokens (<bos> included; default and cap: the decoder's).
     With beam == 1 this is greedy decoding (the argmax token at each step). <pad>, <bos> and <unk> are
-    never generated (the scores stay the model's own log-probabilities). Put the decoder in eval mode
+    never generated, nor <eos> before `min_length` tokens (<bos> included; the scores stay the model's own
+    log-probabilities). Each step runs the decoder on one new position per hypothesis over key/value
+    caches (`CaptionDecoder.step`); `decoder` is a CaptionDecoder or anything with its memory,
+    cross_cache, empty_self_cache, step and max_length (the ONNX step graph). Put the decoder in eval mode
     first (`generate` does).
 
     Returns tokens (B, T) int64 (<bos> first, <pad> after <eos>), total log-probability (B,) in nats and
@@ -196,20 +254,24 @@ def beam_search(decoder: CaptionDecoder, features: torch.Tensor, beam: int = 1,
     if beam < 1:
         raise ValueError(f"beam must be >= 1, got {beam}")
     max_length = min(max_length or decoder.max_length, decoder.max_length)
-    memory = decoder.memory(features)
-    B, K = memory.shape[0], beam
-    memory = memory.repeat_interleave(K, dim=0)  # (B*K, N, width), image-major
-    device = memory.device
+    cross = decoder.cross_cache(decoder.memory(features))
+    B, K = cross.shape[2], beam
+    cross = cross.repeat_interleave(K, dim=2)  # (2, depth, B*K, heads, N, d), image-major
+    device = cross.device
+    self_cache = decoder.empty_self_cache(B * K, device)
     sequences = torch.full((B, K, 1), BOS, dtype=torch.long, device=device)
     totals = torch.full((B, K), -math.inf, device=device)
     totals[:, 0] = 0.0  # one live hypothesis to start from
     lengths = torch.zeros(B, K, device=device)
     finished = torch.zeros(B, K, dtype=torch.bool, device=device)
-    for _ in range(max_length - 1):
-        logits = decoder.decode(memory, sequences.flatten(0, 1))[:, -1]
+    for position in range(max_length - 1):
+        logits, self_cache = decoder.step(sequences[..., -1].flatten(), torch.tensor(position, device=device),
+                                          self_cache, cross)
         log_probs = logits.float().log_softmax(-1).view(B, K, -1)
         vocab = log_probs.shape[-1]
         log_probs[..., [PAD, BOS, UNK]] = -math.inf
+        if position + 1 < min_length:
+            log_probs[..., EOS] = -math.inf
         # A finished hypothesis has a single continuation, <pad>, which costs nothing and adds no length.
         stay = torch.full_like(log_probs, -math.inf)
         stay[..., PAD] = 0.0
@@ -222,6 +284,8 @@ def beam_search(decoder: CaptionDecoder, features: torch.Tensor, beam: int = 1,
         lengths = candidate_lengths.gather(1, chosen)
         finished = finished.gather(1, parent) | (token == EOS)
         sequences = torch.cat([sequences.gather(1, parent[..., None].expand_as(sequences)), token[..., None]], 2)
+        rows = (parent + torch.arange(B, device=device)[:, None] * K).flatten()  # each kept hypothesis's parent row
+        self_cache = self_cache.index_select(2, rows)
         if finished.all():
             break
     score = totals / lengths

@@ -56,11 +56,11 @@ class TransferModule(L.LightningModule):
             self.backbone.eval()
         return self.backbone(rgb)
 
-    def forward(self, rgb: torch.Tensor) -> dict:
-        """One backbone pass, every head: task name -> that task's per-image predictions."""
+    def forward(self, rgb: torch.Tensor, skip: tuple[str, ...] = ()) -> dict:
+        """One backbone pass, every head but those in `skip`: task name -> that task's per-image predictions."""
         features = self.features(rgb)
         return {name: task.predict(self.heads[name], features, tuple(rgb.shape[-2:]))
-                for name, task in self.tasks.items()}
+                for name, task in self.tasks.items() if name not in skip}
 
     def training_step(self, batch: dict, batch_index: int) -> torch.Tensor:
         features = self.features(batch["rgb"])
