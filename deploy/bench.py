@@ -49,12 +49,15 @@ class FixedLengthCaptions(CaptionTask):
         return [self.vocabulary.decode(row) for row in tokens]
 
 
-def multitask_model(model: str, size: int, caption_words: int) -> TransferModule:
+def multitask_model(model: str, size: int, caption_words: int, seg_head: str = "linear",
+                    head_width: int = 32) -> TransferModule:
+    """The three heads on a scratch backbone of `model` at `size` px; seg_head and head_width as
+    transfer.seg_head and transfer.head_width (the presets' linear segmentation head and 32 channels)."""
     from tst.transfer.captioning import Vocabulary
 
     config = OmegaConf.to_container(OmegaConf.load(config_root() / "model" / f"{model}.yaml")) | {"image_size": size}
     vocabulary = Vocabulary.build([" ".join(INDOOR.names + ["a", "the", "with", "left", "right", "of", "and"])])
-    tasks = [SegmentationTask(INDOOR), DetectionTask(INDOOR),
+    tasks = [SegmentationTask(INDOOR, head_width, seg_head), DetectionTask(INDOOR, width=head_width),
              FixedLengthCaptions(vocabulary, beam=1, max_length=caption_words + 2)]
     return TransferModule(ScratchViT(ModelConfig(**config)), tasks, {"mode": "full"}).eval()
 
@@ -124,7 +127,7 @@ def bench_deploy(cfg: DictConfig) -> dict:
             rows: dict = {}
             for runtime in b.cpu_runtimes:
                 console.print(f"cpu {key} {runtime} ...")
-                module = multitask_model(model, int(size), int(b.caption_words))
+                module = multitask_model(model, int(size), int(b.caption_words), str(b.seg_head), int(b.head_width))
                 if runtime == "onnx":
                     with tempfile.TemporaryDirectory() as tmp:
                         infer = _onnx_runner(module, int(size), Path(tmp) / "export")
@@ -142,7 +145,7 @@ def bench_deploy(cfg: DictConfig) -> dict:
                 gpu_rows = {}
                 for precision in b.gpu_precisions:
                     for mode, compile_mode in (("eager", None), ("cuda_graphs", "reduce-overhead")):
-                        module = multitask_model(model, int(size), int(b.caption_words))
+                        module = multitask_model(model, int(size), int(b.caption_words), str(b.seg_head), int(b.head_width))
                         infer = _torch_runner(module, int(size), "cuda", precision, compile_mode)
                         gpu_rows[f"{precision}_{mode}"] = _latency(infer, int(b.repeats), int(b.warmup) + 3, True)
                 report["gpu"][key] = gpu_rows

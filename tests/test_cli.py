@@ -182,3 +182,20 @@ def test_an_unwritable_workspace_is_one_line(tmp_path, capsys, monkeypatch):
         main(["spaces", "render", f"workspace_dir={blocker / 'ws'}", *small])
     with pytest.raises(TSTError, match="size: expected a positive integer"):
         main(["spaces", "render", "size=0", f"workspace_dir={tmp_path / 'ws'}"])
+
+
+def test_device_check_runs_without_a_gpu_and_writes_its_verdicts(tmp_path):
+    from pathlib import Path
+
+    out = tmp_path / "device-check.json"
+    script = Path(__file__).resolve().parents[1] / "scripts" / "device-check.sh"
+    result = subprocess.run(["bash", str(script), str(out), "gpu_bench.repeats=2", "gpu_bench.warmup=1",
+                             "gpu_bench.steps=1", "gpu_bench.caption_words=4", f"workspace_dir={tmp_path / 'ws'}"],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "no CUDA GPU visible; the GPU rows are skipped" in " ".join(result.stderr.split())
+    report = json.loads(out.read_text())
+    assert report["deploy"]["rows"]["fp32_eager"]["p50_ms"] > 0
+    assert report["pretrain"]["samples_per_s"] > 0 and report["pretrain"]["flops_per_step"] > 0
+    for target in report["targets"].values():
+        assert set(target) == {"value", "goal", "unit", "met"}

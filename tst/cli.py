@@ -118,9 +118,10 @@ def _bench(args: list[str]) -> int:
     from tst.envs.bench import bench_render
     from tst.pretrain.bench import bench_pretrain
     from tst.transfer.bench import bench_transfer
+    from tst.device_check import bench_gpu
 
     benchmarks = {"render": bench_render, "collect": bench_collect, "pretrain": bench_pretrain,
-                  "transfer": bench_transfer, "deploy": bench_deploy}
+                  "transfer": bench_transfer, "deploy": bench_deploy, "gpu": bench_gpu}
     action, overrides = (args[0], args[1:]) if args else ("", [])
     if action not in benchmarks:
         raise TSTError(f"tst bench: unknown benchmark '{action}': expected one of: {', '.join(benchmarks)}")
@@ -143,7 +144,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
                       "run"),
     "report": Subcommand("the results table, charts and qualitative pictures from tracked transfer runs",
                          "tst report [overrides]", _each_config("report", _report_runner), "report"),
-    "bench": Subcommand("benchmarks with JSON output", "tst bench render|collect|pretrain|transfer|deploy [overrides]", _bench, "bench"),
+    "bench": Subcommand("benchmarks with JSON output", "tst bench render|collect|pretrain|transfer|deploy|gpu [overrides]", _bench, "bench"),
     "spaces": Subcommand("list spaces and render previews", "tst spaces list | tst spaces render [overrides]",
                          _spaces, "spaces"),
 }
