@@ -1,1 +1,1 @@
-"""The collect stage (not implemented yet)."""
+"""The collect stage: planning cameras in a space and rendering its dataset splits."""

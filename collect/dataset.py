@@ -37,6 +37,19 @@ class CorruptSample(TSTError):
     """A sample whose bytes are intact in the tar but do not decode (a corrupt PNG or JSON member)."""
 
 
+def collected_dataset(cfg) -> Path:
+    """The collected dataset a stage reads: cfg.data_dir, or <workspace_dir>/<space>/data; a one-line
+    error when no dataset is there."""
+    from tst.envs.registry import space_name
+    from tst.workspace import artifact_dir
+
+    root = Path(str(cfg.data_dir)) if cfg.get("data_dir") else artifact_dir(cfg.workspace_dir, space_name(cfg.space), "data")
+    if not (root / "manifest.json").is_file():
+        raise TSTError(f"{root}: no collected dataset there (no manifest.json); run tst collect for this space "
+                       "first or point data_dir at one")
+    return root
+
+
 def to_tensors(values: dict) -> dict:
     """Decoded numpy/python values of one sample -> tensors in the units of the module docstring."""
     out: dict = {}

@@ -1,1 +1,1 @@
-"""The deploy stage (not implemented yet)."""
+"""The deploy stage: the transferred specialist in the agent's perception loop, and its export."""

@@ -25,7 +25,8 @@ from tst.deploy.loop import latency_summary, run_loop, search_goal
 from tst.deploy.observations import PathSettings, RenderProcess
 from tst.deploy.predictor import Predictor
 from tst.pretrain.visualize import to_uint8
-from tst.transfer.data import dataset_root, full_frame
+from tst.collect.dataset import collected_dataset
+from tst.transfer.data import full_frame
 from tst.envs.registry import space_name
 from tst.transfer.visualize import caption_panel, draw_boxes
 
@@ -63,7 +64,7 @@ def make_predictor(cfg: DictConfig) -> Predictor:
 def _pretrain_positions(cfg: DictConfig) -> np.ndarray | None:
     """Pretraining camera positions (N, 3) from the collected dataset's plan, if there is one."""
     try:
-        path = dataset_root(cfg) / "plan.json"
+        path = collected_dataset(cfg) / "plan.json"
     except TSTError:
         path = None
     if path is None or not path.exists():

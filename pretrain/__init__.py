@@ -1,1 +1,1 @@
-"""The pretrain stage (not implemented yet)."""
+"""The pretrain stage: tokenizers and the multimodal masked model, on the test space alone."""

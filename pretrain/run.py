@@ -22,7 +22,7 @@ from tst.weights import load_safetensors, read_torch_file
 from tst.workspace import (artifact_dir, atomic_write_json, fingerprint, new_run_name, read_json,
                            read_manifest, write_manifest)
 
-from tst.collect.dataset import FrameDataset, RandomResizedCropFlip, collate
+from tst.collect.dataset import FrameDataset, RandomResizedCropFlip, collate, collected_dataset
 from tst.pretrain.data import PretrainData
 from tst.pretrain.module import PretrainModule
 from tst.pretrain.objectives import check_modalities
@@ -46,10 +46,8 @@ def _space_name(cfg: DictConfig) -> str:
 
 
 def dataset_dir(cfg: DictConfig) -> Path:
-    root = Path(str(cfg.data_dir)) if cfg.get("data_dir") else artifact_dir(cfg.workspace_dir, _space_name(cfg), "data")
-    if not (root / "manifest.json").is_file():
-        raise TSTError(f"{root}: no collected dataset there (no manifest.json); run tst collect for this space "
-                       "first or point data_dir at one")
+    """The collected dataset (`collected_dataset`), refused when it lacks a modality pretraining reads."""
+    root = collected_dataset(cfg)
     manifest = read_manifest(root)
     missing = [m for m in _modalities(cfg) if m not in manifest["outputs"]["modalities"]]
     if missing:

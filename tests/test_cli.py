@@ -1,4 +1,4 @@
-"""The `tst` command: help, spaces list/render, bench, stages not built yet, and bad input."""
+"""The `tst` command: help, spaces list/render, bench, errors as one line, and bad input."""
 
 import json
 import subprocess

@@ -1,1 +1,1 @@
-"""The transfer stage (not implemented yet)."""
+"""The transfer stage: task heads on a backbone, trained with labels from other spaces."""

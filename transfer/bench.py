@@ -11,9 +11,10 @@ from torch.utils.data import DataLoader
 
 from tst.benchmarks import save_report
 
-from tst.collect.dataset import FrameDataset, collate
+from tst.collect.dataset import FrameDataset, collate, collected_dataset
+from tst.envs.registry import space_name
 from tst.transfer.backbones import make_backbone
-from tst.transfer.data import dataset_root, full_frame, split_taxonomy
+from tst.transfer.data import full_frame, split_taxonomy
 from tst.transfer.module import TransferModule
 from tst.transfer.run import build_tasks, caption_vocabulary, task_names
 
@@ -34,7 +35,7 @@ def _batches(root, split: str, modalities: list[str], size: int, batch_size: int
 
 def _measure(cfg: DictConfig, task: str) -> dict:
     b = cfg.transfer_bench
-    root = dataset_root(cfg)
+    root = collected_dataset(cfg)
     taxonomy = split_taxonomy(root, "eval")
     settings = OmegaConf.to_container(cfg.transfer, resolve=True) | {"steps": int(b.steps), "warmup_steps": 1}
     backbone, info, size = make_backbone(str(b.backbone), OmegaConf.to_container(cfg.model, resolve=True), settings)
@@ -78,6 +79,6 @@ def bench_transfer(cfg: DictConfig) -> dict:
         console.print(f"{task}: {report['tasks'][task]}")
     metrics = {f"{t}_{k}": float(v) for t, r in report["tasks"].items() for k, v in r.items()
                if isinstance(v, (int, float))}
-    space = dataset_root(cfg).parent.name
+    space = space_name(cfg.space)
     save_report(cfg, "transfer", space, report, metrics)
     return report

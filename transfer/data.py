@@ -12,21 +12,9 @@ from torch.utils.data import Subset
 
 from tst.errors import TSTError
 from tst.taxonomy import Taxonomy, map_by_name
-from tst.workspace import artifact_dir, read_manifest
+from tst.workspace import read_manifest
 
-from tst.envs.registry import space_name
-from tst.collect.dataset import FrameDataset, RandomResizedCropFlip
-
-
-def dataset_root(cfg: DictConfig) -> Path:
-    """The collected dataset of the test space: cfg.data_dir, or <workspace_dir>/<space>/data."""
-    if cfg.get("data_dir"):
-        root = Path(str(cfg.data_dir))
-    else:
-        root = artifact_dir(cfg.workspace_dir, space_name(cfg.space), "data")
-    if not (root / "manifest.json").is_file():
-        raise TSTError(f"{root}: no collected dataset there (no manifest.json); run tst collect first")
-    return root
+from tst.collect.dataset import FrameDataset, RandomResizedCropFlip, collected_dataset
 
 
 def split_taxonomy(root: Path, split: str) -> Taxonomy:
@@ -105,7 +93,7 @@ def training_view(size: int, crop_scale: tuple[float, float], captions: bool) ->
 def transfer_and_eval(cfg: DictConfig, modalities: list[str], size: int) -> tuple:
     """(training frames, eval frames, eval taxonomy, eval dataset root, transfer dataset root)."""
     t = cfg.transfer
-    root = dataset_root(cfg)
+    root = collected_dataset(cfg)
     taxonomy = split_taxonomy(root, "eval")
     source = Path(str(t.transfer_data)) if t.get("transfer_data") else root
     if not (source / "manifest.json").is_file():

@@ -8,14 +8,14 @@ import sys
 from dataclasses import dataclass
 from typing import Callable
 
-from tst.errors import StageNotAvailable, TSTError
+from tst.errors import TSTError
 
 
 @dataclass(frozen=True)
 class Subcommand:
     summary: str
     usage: str
-    run: Callable[[list[str]], int] | None  # None: the stage is not built yet
+    run: Callable[[list[str]], int]
     config: str | None = None  # the stage config `--help` describes
 
 
@@ -153,7 +153,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
 def _overview() -> str:
     lines = ["usage: tst <command> [key=value ...]   (Hydra overrides; `tst <command> --help` for its keys)", ""]
     for name, sub in SUBCOMMANDS.items():
-        lines.append(f"  {name:<9} {sub.summary}{'' if sub.run else '  (not built yet)'}")
+        lines.append(f"  {name:<9} {sub.summary}")
     return "\n".join(lines)
 
 
@@ -201,8 +201,6 @@ def main(argv: list[str] | None = None) -> int:
         if name not in SUBCOMMANDS:
             raise TSTError(f"unknown command '{name}': expected one of {', '.join(SUBCOMMANDS)}")
         sub = SUBCOMMANDS[name]
-        if sub.run is None:
-            raise StageNotAvailable(f"the '{name}' stage is not built yet in this version of TST")
         if "-h" in rest or "--help" in rest:
             from tst.config import describe
 

@@ -80,6 +80,7 @@ def pretrain_throughput(model: str, size: int, device: str, batch_sizes: list[in
         module = PretrainModule({"model": config, "pretrain": pretrain}, SENSORS).to(device)
         optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4, fused=device == "cuda")
         batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in _synthetic_batch(batch_size, size).items()}
+        tokens_per_sample = module.input_budget + module.target_budget
         try:
             _training_step(module, optimizer, batch, device)  # warm-up, and the out-of-memory probe
             with FlopCounterMode(display=False) as counter:
@@ -93,13 +94,13 @@ def pretrain_throughput(model: str, size: int, device: str, batch_sizes: list[in
                 torch.cuda.synchronize()
             seconds = (time.perf_counter() - start) / steps
         except torch.OutOfMemoryError:
-            del module, optimizer, batch
+            module = optimizer = batch = None  # free this size's memory before trying a smaller one
             torch.cuda.empty_cache()
             console.print(f"pretrain {model}: batch {batch_size} does not fit")
             continue
         flops = counter.get_total_flops()
         result |= {"batch_size": batch_size, "samples_per_s": round(batch_size / seconds, 1),
-                   "tokens_per_s": round(batch_size * (module.input_budget + module.target_budget) / seconds),
+                   "tokens_per_s": round(batch_size * tokens_per_sample / seconds),
                    "flops_per_step": flops, "achieved_tflops": round(flops / seconds / 1e12, 2)}
         console.print(f"pretrain {model}: {result}")
         return result

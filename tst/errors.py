@@ -3,7 +3,3 @@
 
 class TSTError(Exception):
     """Bad input or configuration. The message names the thing and what was expected."""
-
-
-class StageNotAvailable(TSTError):
-    """A subcommand whose stage has not been built yet."""
