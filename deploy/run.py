@@ -16,7 +16,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from tst.errors import TSTError
 from tst.sheets import grid_image
 from tst.tracking import record_run
-from tst.workspace import artifact_dir, atomic_write_json, new_run_name, read_manifest, staged_directory, write_manifest
+from tst.workspace import (artifact_dir, atomic_write_json, new_run_name, read_json, read_manifest, staged_directory,
+                           write_manifest)
 
 from tst.collect.dataset import FrameDataset
 from tst.collect.plan import read_plan
@@ -40,7 +41,7 @@ def transfer_run(cfg: DictConfig) -> Path:
     folder = artifact_dir(cfg.workspace_dir, space_name(cfg.space), "transfer")
     wanted = set(cfg.deploy.tasks)
     candidates = [run for run in (folder.iterdir() if folder.is_dir() else []) if (run / "tasks.json").is_file()
-                  and wanted <= set(json.loads((run / "tasks.json").read_text())["tasks"])]
+                  and wanted <= set(read_json(run / "tasks.json", "the heads of a tst transfer run", ("tasks",))["tasks"])]
     if not candidates:
         raise TSTError(f"{folder}: no transfer run with the heads {', '.join(sorted(wanted))}; run tst transfer "
                        "transfer.task=[seg,det,caption] or set deploy.model")

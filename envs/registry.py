@@ -19,8 +19,8 @@ def _procedural(cfg: DictConfig) -> TestSpace:
     from tst.envs.procedural.apartment import ProceduralSpace
 
     seed = cfg.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TSTError(f"space.seed: expected an integer, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise TSTError(f"space.seed: expected a non-negative integer, got {seed!r}")
     rooms = list(cfg.get("rooms", [4, 6]))
     return ProceduralSpace(seed, float(cfg.max_edge), int(cfg.segments), (int(rooms[0]), int(rooms[1])),
                            int(cfg.nthreads))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import zipfile
@@ -146,7 +145,7 @@ def _run_config(cfg: DictConfig, overrides: list[str]) -> tuple[dict, Path, str 
     stored_path = run_dir / "config.json"
     if not stored_path.is_file():
         raise TSTError(f"resume: {run_dir} is not a pretraining run (no config.json)")
-    stored = json.loads(stored_path.read_text())
+    stored = read_pretrain_config(run_dir)
     explicit = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
     differ = [k for k in _differences(stored, config, STRUCTURAL) if any(k == e or k.startswith(e + ".") or
                                                                           e.startswith(k + ".") for e in explicit)]
@@ -155,9 +154,17 @@ def _run_config(cfg: DictConfig, overrides: list[str]) -> tuple[dict, Path, str 
     stored["pretrain"]["steps"] = config["pretrain"]["steps"] if "pretrain.steps" in explicit else stored["pretrain"]["steps"]
     checkpoint = newest_checkpoint(run_dir)
     if checkpoint is None:
+        for cut in (run_dir / "checkpoints").glob("*.ckpt"):  # cut short by the kill: nothing to resume from
+            cut.unlink()
         console.print(f"resume: {run_dir} was stopped before its first complete checkpoint; starting it over")
         return stored, run_dir, None
     return stored, run_dir, str(checkpoint)
+
+
+def read_pretrain_config(run_dir: Path) -> dict:
+    """<run_dir>/config.json, refused in one line unless it holds the keys every reader uses."""
+    return read_json(Path(run_dir) / "config.json", "the config of a tst pretrain run",
+                     ("model.patch", "pretrain.objective", "pretrain.steps"))
 
 
 def newest_checkpoint(run_dir: Path) -> Path | None:
@@ -288,7 +295,7 @@ def load_run(run_dir: Path) -> tuple[PretrainModule, dict, Path]:
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         raise TSTError(f"ckpt: {run_dir} is not a pretraining run (no config.json)")
-    config = read_json(config_path, "the config of a tst pretrain run")
+    config = read_pretrain_config(run_dir)
     weights = run_dir / "model.safetensors"
     checkpoint = newest_checkpoint(run_dir)
     if not weights.is_file() and checkpoint is None:

@@ -108,8 +108,9 @@ def test_bench_render_prints_json(tmp_path, workspace, capsys):
 BAD_INPUTS = [
     (["spaces", "render", "space=nowhere"], "unknown space 'nowhere': expected one of habitat, mesh, procedural, replica, scannetpp, thor"),
     (["spaces", "render", "space.backend=habitatx"], "unknown space backend 'habitatx'"),
-    (["spaces", "render", "space.seed=abc"], "space.seed: expected an integer, got 'abc'"),
-    (["spaces", "render", "space.seed=2.5"], "space.seed: expected an integer, got 2.5"),
+    (["spaces", "render", "space.seed=abc"], "space.seed: expected a non-negative integer, got 'abc'"),
+    (["spaces", "render", "space.seed=2.5"], "space.seed: expected a non-negative integer, got 2.5"),
+    (["spaces", "render", "space.seed=-3"], "space.seed: expected a non-negative integer, got -3"),
     (["spaces", "render", "size=0"], "size: expected a positive integer of at most 2048"),
     (["spaces", "render", "views=-1"], "views: expected a positive integer"),
     (["spaces", "render", "space=mesh"], "space.path: missing"),
@@ -172,6 +173,9 @@ def test_an_unwritable_workspace_is_one_line(tmp_path, capsys, monkeypatch):
         f"tst spaces: error: {blocker / 'ws' / 'procedural-0' / 'spaces'}: not a directory; "
         "a file stands where a folder is expected")
     assert len([line for line in err.splitlines() if "error" in line]) == 1 and "Traceback" not in err
+    code, _, err = run(["spaces", "render", f"workspace_dir={tmp_path / 'ws'}", f"out={blocker / 'sheet.png'}", *small],
+                       capsys)
+    assert code == 2 and f"{blocker}: file exists; a file stands where a folder is expected" in err
     # A folder the system will not let anyone write to (sysfs is read-only, even for root).
     if sys.platform.startswith("linux"):
         code, _, err = run(["spaces", "render", "workspace_dir=/sys/tst-workspace", *small], capsys)

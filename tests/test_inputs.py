@@ -184,6 +184,33 @@ def test_a_truncated_tokenizer_is_named(ws, tmp_path):
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("content, message", [
+    ("{{garbage", "config.json: not valid JSON"),
+    ("{}", "config.json: no 'model.patch'; expected the config of a tst pretrain run"),
+])
+def test_a_broken_pretraining_config_is_named_by_every_reader(ws, capsys, content, message):
+    run = _run_copy(ws, f"broken-config-{len(content)}")
+    (run / "config.json").write_text(content)
+    before = tree(ws)
+    for command in (["transfer", f"transfer.backbone={run}", "transfer.steps=1", *TINY_MODEL],
+                    ["pretrain", f"resume={run}"], ["pretrain", "predict", f"ckpt={run}", "predict_frames=2"]):
+        capsys.readouterr()
+        assert main([*command, f"workspace_dir={ws}"]) != 0
+        assert message in one_error_line(capsys), command
+    assert tree(ws) == before
+
+
+def test_a_broken_tasks_json_is_named(ws, tmp_path, capsys):
+    (transferred,) = (ws / "procedural-0" / "transfer").iterdir()
+    copy = tmp_path / "transfer-copy"
+    shutil.copytree(transferred, copy)
+    (copy / "tasks.json").write_text("garbage{")
+    capsys.readouterr()
+    assert main(["deploy", f"deploy.model={copy}", "deploy.tasks=[seg]", "deploy.steps=1",
+                 f"workspace_dir={ws}", "tracking.enabled=false"]) != 0
+    assert f"{copy / 'tasks.json'}: not valid JSON" in one_error_line(capsys)
+
+
 # -- 3. deploy exports ----------------------------------------------------------------------------------
 
 def _random_dense(folder):

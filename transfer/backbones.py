@@ -82,11 +82,10 @@ def make_backbone(spec: str, model_config: dict, settings: dict | None = None) -
         return network, info, network.image_size
     path = Path(spec)
     if (path / "config.json").is_file():
-        import json
-
         from tst.pretrain.backbone import rgb_encoder_state
+        from tst.pretrain.run import read_pretrain_config
 
-        objective = json.loads((path / "config.json").read_text())["pretrain"]["objective"]
+        objective = read_pretrain_config(path)["pretrain"]["objective"]
         pretrained_config, state = rgb_encoder_state(path)
         backbone = ScratchViT(ModelConfig(**pretrained_config))
         missing = [k for k in backbone.model.state_dict() if k.startswith(ENCODER_KEYS) and k not in state]

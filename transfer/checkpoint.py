@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +9,7 @@ from pathlib import Path
 from tst.errors import TSTError
 from tst.weights import read_torch_file
 from tst.taxonomy import Taxonomy
-from tst.workspace import read_manifest
+from tst.workspace import read_json, read_manifest
 
 from tst.transfer.backbones import BackboneInfo, make_backbone
 from tst.transfer.module import TransferModule
@@ -35,7 +34,7 @@ def load_transfer(run_dir: str | Path, required_tasks: tuple[str, ...] = ()) -> 
     manifest = read_manifest(run_dir)
     if manifest.get("stage") != "transfer" or not (run_dir / "tasks.json").is_file():
         raise TSTError(f"{run_dir}: not a finished tst transfer run (no tasks.json)")
-    saved = json.loads((run_dir / "tasks.json").read_text())
+    saved = read_json(run_dir / "tasks.json", "the heads of a tst transfer run", ("tasks", "taxonomy", "image_size"))
     missing = [t for t in required_tasks if t not in saved["tasks"]]
     if missing:
         raise TSTError(f"{run_dir}: the checkpoint has no {', '.join(missing)} head (it holds "

@@ -25,6 +25,7 @@ from tst.tracking import record_run
 from tst.workspace import artifact_dir, atomic_write_json, new_run_name, staged_directory, write_manifest
 
 from tst.collect.dataset import FrameDataset, collate
+from tst.pretrain.run import read_pretrain_config
 from tst.pretrain.visualize import to_uint8
 from tst.transfer.backbones import make_backbone
 from tst.transfer.data import transfer_and_eval
@@ -131,7 +132,7 @@ def run(cfg: DictConfig) -> Path:
     trainer.fit(module, loader)
     scores, rows = evaluate(module, eval_frames, int(t.eval_batch_size))
     pretrain_steps = None if info.path is None else \
-        int(json.loads((info.path / "config.json").read_text())["pretrain"]["steps"])
+        int(read_pretrain_config(info.path)["pretrain"]["steps"])
     metrics = {"tasks": names, "backbone": info.name, "backbone_source": info.source, "objective": info.objective,
                "pretrain_steps": pretrain_steps, "fraction": float(t.fraction), "seed": int(t.seed), "mode": t.mode,
                "train_frames": len(train), "eval_frames": len(eval_frames), "image_size": size} | scores

@@ -181,7 +181,8 @@ ENVIRONMENT_ERRORS = {errno.EACCES: "expected a folder this user may write to",
                       errno.EROFS: "expected a writable file system",
                       errno.ENOSPC: "the disk is full; free space and run the command again (it resumes)",
                       errno.EDQUOT: "the disk quota is used up; free space and run the command again (it resumes)",
-                      errno.ENOTDIR: "a file stands where a folder is expected"}
+                      errno.ENOTDIR: "a file stands where a folder is expected",
+                      errno.EEXIST: "a file stands where a folder is expected"}
 
 
 def environment_error(error: OSError) -> str:

@@ -148,18 +148,26 @@ def write_manifest(directory: Path, stage: str, cfg: DictConfig | dict, inputs: 
     return manifest
 
 
-def read_json(path: Path, expected: str) -> Any:
+def read_json(path: Path, expected: str, required: tuple[str, ...] = ()) -> Any:
     """The JSON value in `path`; a one-line TSTError naming the file and `expected` (what should be
-    there) when it is missing, unreadable or not valid JSON."""
+    there) when it is missing, unreadable, not valid JSON, or lacks one of the `required` dotted keys
+    (e.g. "pretrain.objective")."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        value = json.loads(path.read_text())
     except FileNotFoundError:
         raise TSTError(f"{path}: missing; expected {expected}") from None
     except (OSError, UnicodeDecodeError) as error:
         raise TSTError(f"{path}: unreadable ({getattr(error, 'strerror', None) or error}); expected {expected}") from None
     except json.JSONDecodeError as error:
         raise TSTError(f"{path}: not valid JSON ({error.msg} at line {error.lineno}); expected {expected}") from None
+    for key in required:
+        node = value
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            raise TSTError(f"{path}: no '{key}'; expected {expected}")
+    return value
 
 
 def read_manifest(directory: Path) -> dict:

@@ -44,8 +44,8 @@ def generate(seed: int, max_edge: float = 0.1, segments: int = 16,
     count grows roughly with 1 / max_edge²). segments: facets around cylinders and spheres.
     rooms: inclusive range of the number of rooms.
     """
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TSTError(f"space.seed: expected an integer, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise TSTError(f"space.seed: expected a non-negative integer, got {seed!r}")
     if not max_edge > 0:
         raise TSTError(f"space.max_edge: expected a positive length in metres, got {max_edge}")
     if not 1 <= rooms[0] <= rooms[1]:
