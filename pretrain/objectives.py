@@ -19,6 +19,7 @@ from tst.pretrain.normalize import CHANNELS, from_network, to_network
 from tst.pretrain.tokenizer import Tokenizer
 
 LABEL_MODALITIES = ("semantic", "instance")
+OBJECTIVES = ("fourm", "multimae", "mae")  # every objective `tst pretrain` trains; a run of each is a backbone
 
 
 class PixelObjective:

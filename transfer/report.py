@@ -32,9 +32,12 @@ from tst.tracking import tracking_uri
 from tst.workspace import MANIFEST, artifact_dir, atomic_write_bytes, read_manifest
 
 from tst.envs.registry import space_name
+from tst.pretrain.objectives import OBJECTIVES
+from tst.transfer.foreign_weights import FOREIGN_SPECS
 
 console = Console(stderr=True)
-ROW_ORDER = ["scratch", "mae", "multimae", "fourm", "generalist", "dinov2-s14", "dinov2-b14", "clip-b16", "4m21-b"]
+# Table rows: scratch, the test-space objectives, the generalists (the offline one, then every published one).
+ROW_ORDER = ["scratch", *reversed(OBJECTIVES), "generalist", *FOREIGN_SPECS]
 COLUMNS = {"seg_miou": "seg mIoU", "det_map": "det mAP", "det_ap50": "det AP50", "caption_cider_d": "caption CIDEr-D"}
 HEADLINE = [m for m in COLUMNS if m != "det_ap50"]  # one per task: the curves' panels
 REFERENCE = "scratch"  # the row every other row is tested against

@@ -22,11 +22,11 @@ from rich.console import Console
 from rich.rule import Rule
 
 from tst.config import load, override_value
+from tst.pretrain.objectives import OBJECTIVES
 from tst.errors import TSTError
 from tst.workspace import fingerprint, read_manifest
 
 console = Console(stderr=True)
-OBJECTIVES = ("fourm", "multimae", "mae")
 OTHER_BACKBONES = ("scratch", "generalist")
 
 
