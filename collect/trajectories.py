@@ -53,7 +53,9 @@ class NavGrid:
             ok &= cKDTree(blocked[:, :2]).query(xy)[0] >= blocked_distance
         labels, count = ndimage.label(ok.reshape(gx.shape), structure=np.ones((3, 3)))
         if count == 0:
-            raise TSTError(f"{space.name}: no navigable floor with {settings.radius} m clearance for agent walks")
+            far = (f" at least {blocked_distance} m from the other split's cameras (collect.eval_min_distance)"
+                   if blocked is not None and len(blocked) else "")
+            raise TSTError(f"{space.name}: no navigable floor with {settings.radius} m clearance{far} for agent walks")
         largest = np.argmax(np.bincount(labels.ravel())[1:]) + 1
         self.free = labels == largest
         self.xy, self.floor = xy.reshape(*gx.shape, 2), floor.reshape(gx.shape)

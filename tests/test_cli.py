@@ -119,6 +119,14 @@ BAD_INPUTS = [
     (["spaces", "render", "out=sheet.jpg"], "out: expected a .png"),
     (["spaces", "dance"], "unknown action 'dance'"),
     (["bench", "fly"], "unknown benchmark 'fly'"),
+    (["bench", "render", "render.sizes=[0]"], "render.sizes[0]: expected a positive integer"),
+    (["bench", "render", "render.workers=[-2]"], "render.workers[0]: expected a positive integer"),
+    (["bench", "pretrain", "pretrain_bench.models=[xl]"], "pretrain_bench.models[0]: expected tiny, s or b, got 'xl'"),
+    (["bench", "pretrain", "pretrain_bench.steps=0"], "pretrain_bench.steps: expected a positive integer, got 0"),
+    (["bench", "deploy", "deploy_bench.cpu_runtimes=[tensorrt]"], "deploy_bench.cpu_runtimes[0]: expected eager, compiled or onnx"),
+    (["bench", "gpu", "gpu_bench.modes=[]"], "gpu_bench.modes: expected a non-empty list"),
+    (["run", "experiment=smoke", "experiment.seeds=[]"], "experiment.seeds: expected a non-empty list"),
+    (["run", "experiment=smoke", "experiment.deploy_backbone=clip"], "experiment.deploy_backbone: 'clip' is not among"),
     (["fly"], "unknown command 'fly'"),
 ]
 

@@ -60,6 +60,9 @@ class Pipeline:
             if name in OBJECTIVES and name not in self.e.objectives:
                 raise TSTError(f"experiment.backbones: '{name}' is not pretrained (experiment.objectives: "
                                f"{', '.join(self.e.objectives)})")
+        if self.e.get("deploy_backbone") and self.e.deploy_backbone not in self.e.backbones:
+            raise TSTError(f"experiment.deploy_backbone: '{self.e.deploy_backbone}' is not among the transferred "
+                           f"backbones (experiment.backbones: {', '.join(self.e.backbones)}); name one or null")
 
     def overrides(self, stage: str) -> list[str]:
         return self.shared + [str(o) for o in self.e.get(stage, [])]
@@ -160,10 +163,7 @@ class Pipeline:
                     run_dir = self.stage(f"transfer {name} seed {seed} fraction {fraction:g}",
                                          lambda n=name, s=spec, sd=seed, f=fraction: self.transfer(n, s, int(sd), float(f), data))
                     transferred.setdefault(name, run_dir)
-        if e.deploy_backbone:
-            if e.deploy_backbone not in transferred:
-                raise TSTError(f"experiment.deploy_backbone: '{e.deploy_backbone}' is not among the transferred "
-                               f"backbones ({', '.join(transferred)})")
+        if e.deploy_backbone:  # checked against experiment.backbones before anything ran
             self.stage("deploy", lambda: self.deploy(transferred[e.deploy_backbone]))
         out = self.stage("report", self.report)
         console.print(f"stage seconds: {json.dumps(self.timings)}")

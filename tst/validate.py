@@ -31,6 +31,7 @@ class Rule:
     expected: str
     accepts: Callable[[object], bool]
     each: bool = False
+    nonempty: bool = False
 
 
 def _is_int(value) -> bool:
@@ -86,6 +87,11 @@ def each(rule: Rule) -> Rule:
     return Rule(rule.expected, rule.accepts, each=True)
 
 
+def nonempty(rule: Rule) -> Rule:
+    """A list `each` rule that also refuses an empty list."""
+    return Rule(rule.expected, rule.accepts, each=True, nonempty=True)
+
+
 POSITIVE, NON_NEGATIVE, STEPS = integer(1), integer(0), integer(1, MAX_STEPS)
 SEED = NON_NEGATIVE
 PIXELS = integer(1, MAX_PIXELS, "pixels per side; larger frames do not fit in memory")
@@ -94,6 +100,7 @@ PROBABILITY = number(0, 1)                    # [0, 1]
 RATE = number(0, low_open=True)               # > 0
 SHARE = number(0)                             # >= 0
 WORKERS = integer(0, MAX_WORKERS, "processes")
+MODEL_SIZES = ("tiny", "s", "b")  # configs/model/
 
 RULES: dict[str, Rule] = {
     # collect
@@ -208,8 +215,8 @@ RULES: dict[str, Rule] = {
     "report.fraction": optional(FRACTION),
     "tracking.enabled": flag(),
     "experiment.objectives": each(choice("fourm", "multimae", "mae")),
-    "experiment.seeds": each(SEED),
-    "experiment.fractions": each(FRACTION),
+    "experiment.seeds": nonempty(each(SEED)),
+    "experiment.fractions": nonempty(each(FRACTION)),
     "experiment.seed_pretraining": flag(),
     "experiment.deploy_task": choice("explore", "find"),
 }
@@ -220,6 +227,26 @@ STAGE_RULES: dict[str, dict[str, Rule]] = {
                "hfov_deg": number(0, 180, low_open=True, high_open=True), "height_range": ordered_pair(SHARE),
                "view_seed": SEED},
     "pretrain": {"predict_frames": integer(1, 100, "rows of the prediction sheet")},
+    "bench": {"render.sizes": nonempty(each(PIXELS)), "render.frames": POSITIVE, "render.process_frames": POSITIVE,
+              "render.process_size": PIXELS, "render.workers": nonempty(each(integer(1, MAX_WORKERS, "processes"))),
+              "collect_bench.frames": POSITIVE, "collect_bench.size": PIXELS,
+              "collect_bench.workers": nonempty(each(integer(1, MAX_WORKERS, "processes"))),
+              "collect_bench.reader_workers": each(WORKERS), "collect_bench.reader_batch": POSITIVE,
+              "pretrain_bench.models": nonempty(each(choice(*MODEL_SIZES))), "pretrain_bench.steps": POSITIVE,
+              "pretrain_bench.loader_steps": integer(4, MAX_STEPS), "pretrain_bench.loader_batch_size": POSITIVE,
+              "pretrain_bench.loader_workers": WORKERS,
+              "transfer_bench.batch_size": POSITIVE, "transfer_bench.steps": POSITIVE,
+              "transfer_bench.eval_batch_size": POSITIVE, "transfer_bench.eval_batches": POSITIVE,
+              "deploy_bench.models": nonempty(each(choice(*MODEL_SIZES))), "deploy_bench.sizes": nonempty(each(PIXELS)),
+              "deploy_bench.cpu_runtimes": nonempty(each(choice("eager", "compiled", "onnx"))),
+              "deploy_bench.gpu_precisions": each(choice("fp32", "bf16", "fp16")),
+              "deploy_bench.seg_head": choice("linear", "pyramid"), "deploy_bench.head_width": POSITIVE,
+              "deploy_bench.caption_words": POSITIVE, "deploy_bench.repeats": POSITIVE, "deploy_bench.warmup": NON_NEGATIVE,
+              "gpu_bench.model": choice(*MODEL_SIZES), "gpu_bench.size": PIXELS, "gpu_bench.cpu_model": choice(*MODEL_SIZES),
+              "gpu_bench.cpu_size": PIXELS, "gpu_bench.precisions": nonempty(each(choice("fp32", "bf16"))),
+              "gpu_bench.modes": nonempty(each(choice("eager", "compiled", "cuda_graphs"))),
+              "gpu_bench.batch_sizes": nonempty(each(POSITIVE)), "gpu_bench.steps": POSITIVE,
+              "gpu_bench.caption_words": POSITIVE, "gpu_bench.repeats": POSITIVE, "gpu_bench.warmup": NON_NEGATIVE},
 }
 
 
@@ -257,8 +284,9 @@ def _select(values: dict, key: str):
 def _problems(key: str, rule: Rule, value) -> list[str]:
     if not rule.each:
         return [] if rule.accepts(value) else [f"{key}: expected {rule.expected}, got {value!r}"]
-    if not isinstance(value, list):
-        return [f"{key}: expected a list of values, each {rule.expected}, got {value!r}"]
+    if not isinstance(value, list) or (rule.nonempty and not value):
+        return [f"{key}: expected a {'non-empty ' if rule.nonempty else ''}list of values, each {rule.expected}, "
+                f"got {value!r}"]
     return [f"{key}[{i}]: expected {rule.expected}, got {item!r}" for i, item in enumerate(value)
             if not rule.accepts(item)]
 
