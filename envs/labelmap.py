@@ -74,7 +74,8 @@ def load_label_map(path: str | Path | None) -> LabelMap:
         return LabelMap()
     path = Path(path)
     if not path.is_file():
-        raise TSTError(f"space.labels: {path} does not exist; expected a YAML or JSON label map")
+        state = "is a folder" if path.is_dir() else "does not exist"
+        raise TSTError(f"space.labels: {path} {state}; expected a YAML or JSON label map")
     try:
         text = path.read_text()
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)

@@ -140,6 +140,8 @@ def load_mesh(path: str | Path, labels: LabelMap, up_axis: str = "auto") -> Labe
     up_axis: "auto" (y for glTF, as its spec says; z otherwise), "y" or "z"; y-up scenes are turned z-up.
     """
     path = Path(path)
+    if path.is_dir():
+        raise TSTError(f"space.path: {path} is a folder; expected a glTF/GLB, PLY or OBJ mesh file")
     suffix = path.suffix.lower()
     if suffix not in FORMATS:
         raise TSTError(f"space.path: {path} has an unsupported extension; expected one of {', '.join(FORMATS)}")

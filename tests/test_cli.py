@@ -126,6 +126,7 @@ BAD_INPUTS = [
     (["bench", "deploy", "deploy_bench.cpu_runtimes=[tensorrt]"], "deploy_bench.cpu_runtimes[0]: expected eager, compiled or onnx"),
     (["bench", "gpu", "gpu_bench.modes=[]"], "gpu_bench.modes: expected a non-empty list"),
     (["run", "experiment=smoke", "experiment.seeds=[]"], "experiment.seeds: expected a non-empty list"),
+    (["deploy", "deploy.tasks=[seg,pose]"], "deploy.tasks[1]: expected seg, det or caption, got 'pose'"),
     (["run", "experiment=smoke", "experiment.deploy_backbone=clip"], "experiment.deploy_backbone: 'clip' is not among"),
     (["fly"], "unknown command 'fly'"),
 ]

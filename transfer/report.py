@@ -193,7 +193,10 @@ def folder_results(cfg: DictConfig, space: str) -> list[TransferResult]:
     from tst.workspace import read_json
 
     results = []
-    for metrics_file in sorted(artifact_dir(cfg.workspace_dir, space, "transfer").glob(f"*/{MANIFEST}")):
+    folder = artifact_dir(cfg.workspace_dir, space, "transfer")
+    for unfinished in sorted(p for p in folder.glob("*/metrics.json") if not (p.parent / MANIFEST).is_file()):
+        console.print(f"[yellow]skipped[/yellow] {unfinished.parent}: no {MANIFEST}, so not a finished transfer run")
+    for metrics_file in sorted(folder.glob(f"*/{MANIFEST}")):
         run_dir = metrics_file.parent
         m = read_json(run_dir / "metrics.json", "the metrics a transfer run writes")
         if not isinstance(m, dict) or not {"backbone", "fraction", "seed"} <= set(m):

@@ -205,6 +205,7 @@ RULES: dict[str, Rule] = {
     "deploy.success_distance": RATE,
     "deploy.steps": STEPS,
     "deploy.rate_hz": RATE,
+    "deploy.tasks": nonempty(each(choice("seg", "det", "caption"))),
     "deploy.caption_every": integer(1, MAX_STEPS, "agent steps"),
     "deploy.overlap": flag(),
     "deploy.threads": integer(0, MAX_WORKERS, "threads"),
