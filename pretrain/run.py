@@ -183,6 +183,7 @@ def _trainer(config: dict, run_dir: Path, callbacks: list, loggers: list, max_st
     p = config["pretrain"]
     return L.Trainer(accelerator=t["accelerator"], devices=t["devices"], num_nodes=t["num_nodes"],
                      strategy=t["strategy"], precision=t["precision"], max_steps=max_steps,
+                     deterministic=t.get("deterministic", True),
                      gradient_clip_val=float(p["grad_clip"]), log_every_n_steps=int(p["log_every"]),
                      callbacks=[*callbacks, StepProgressBar("pretrain")], logger=loggers or False,
                      default_root_dir=str(run_dir),

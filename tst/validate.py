@@ -213,6 +213,7 @@ RULES: dict[str, Rule] = {
     "deploy.strip_frames": integer(1, 100, "rows of the strip"),
     # trainer, report, tracking, the run presets
     "trainer.num_nodes": POSITIVE,
+    "trainer.deterministic": Rule("true, false or warn", lambda v: isinstance(v, bool) or v == "warn"),
     "report.fraction": optional(FRACTION),
     "tracking.enabled": flag(),
     "experiment.objectives": each(choice("fourm", "multimae", "mae")),
