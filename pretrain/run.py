@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from safetensors.torch import save_file
 
+from tst.determinism import deterministic_kernels
 from tst.errors import TSTError
 from tst.progress import StepProgressBar
 from tst.tracking import tracking_uri
@@ -183,7 +184,7 @@ def _trainer(config: dict, run_dir: Path, callbacks: list, loggers: list, max_st
     p = config["pretrain"]
     return L.Trainer(accelerator=t["accelerator"], devices=t["devices"], num_nodes=t["num_nodes"],
                      strategy=t["strategy"], precision=t["precision"], max_steps=max_steps,
-                     deterministic=t.get("deterministic", True),
+                     deterministic=deterministic_kernels(t.get("deterministic", True)),
                      gradient_clip_val=float(p["grad_clip"]), log_every_n_steps=int(p["log_every"]),
                      callbacks=[*callbacks, StepProgressBar("pretrain")], logger=loggers or False,
                      default_root_dir=str(run_dir),

@@ -13,6 +13,7 @@ from rich.progress import Progress, TextColumn
 from rich.table import Table
 from safetensors.torch import save_file
 
+from tst.determinism import deterministic_kernels
 from tst.sheets import grid_image
 from tst.tracking import record_run
 from tst.workspace import fingerprint, staged_directory, write_manifest
@@ -76,8 +77,7 @@ def train_tokenizers(cfg: DictConfig) -> Path:
     out = _tokenizer_dir(cfg)
     size = int(cfg.model.image_size)
     torch.manual_seed(int(cfg.pretrain.seed))  # before any weight exists
-    deterministic = cfg.trainer.get("deterministic", True)  # as Lightning applies trainer.deterministic
-    torch.use_deterministic_algorithms(bool(deterministic), warn_only=deterministic == "warn")
+    deterministic_kernels(cfg.trainer.get("deterministic", True))
     frames = FrameDataset(data, "pretrain", modalities, transform=RandomResizedCropFlip(size, tuple(cfg.data.crop_scale)))
     loader = torch.utils.data.DataLoader(frames, batch_size=int(cfg.data.batch_size), shuffle=True,
                                          num_workers=int(cfg.data.num_workers), collate_fn=collate, drop_last=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torchmetrics.classification import MulticlassJaccardIndex
 
+from tst.determinism import exact_counting
+
 
 class SegmentationScore:
     """Dataset-level IoU from one confusion matrix accumulated over every eval pixel (torchmetrics),
@@ -17,7 +19,8 @@ class SegmentationScore:
 
     def update(self, predicted: torch.Tensor, truth: torch.Tensor) -> None:
         """predicted, truth: (B, H, W) class ids."""
-        self.jaccard.update(predicted.cpu(), truth.cpu())
+        with exact_counting():
+            self.jaccard.update(predicted.cpu(), truth.cpu())
         self.support += torch.bincount(truth.cpu().flatten(), minlength=self.classes)
 
     def compute(self) -> dict:

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from rich.console import Console
 from torch.utils.data import DataLoader, Subset
 
+from tst.determinism import deterministic_kernels
 from tst.errors import TSTError
 from tst.progress import StepProgressBar
 from tst.sheets import grid_image
@@ -127,7 +128,7 @@ def run(cfg: DictConfig) -> Path:
                         num_workers=int(cfg.data.num_workers), collate_fn=collate,
                         persistent_workers=int(cfg.data.num_workers) > 0)
     trainer = L.Trainer(accelerator=cfg.trainer.accelerator, devices=1, max_steps=int(t.steps), logger=False,
-                        deterministic=cfg.trainer.get("deterministic", True),
+                        deterministic=deterministic_kernels(cfg.trainer.get("deterministic", True)),
                         enable_checkpointing=False, enable_model_summary=False, precision=cfg.trainer.precision,
                         gradient_clip_val=1.0, callbacks=[StepProgressBar("transfer")])
     trainer.fit(module, loader)
