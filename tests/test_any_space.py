@@ -5,8 +5,10 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import trimesh
 from omegaconf import OmegaConf
+from PIL import Image
 
 from test_collect import view_quality
 from test_replica import write_replica_scene
@@ -26,13 +28,18 @@ match:
 
 
 def write_room(folder, z_up: bool = False):
-    """A 6 x 5 x 2.6 m glTF room (y-up, as glTF is; or z-up, as some tools export): walls, a floor, two
-    sofas of three nodes each and a lamp, all separate nodes."""
+    """A 6 x 5 x 2.6 m glTF room (y-up, as glTF is; or z-up, as some tools export): walls, a textured
+    floor (a checkerboard), two sofas of three nodes each and a lamp, all separate nodes."""
     room = trimesh.creation.box((6.0, 2.6, 5.0))
     room.invert()
     room.apply_translation([0, 1.3, 0])
     floor = trimesh.creation.box((6.0, 0.02, 5.0))
     floor.apply_translation([0, 0.01, 0])
+    checker = np.kron((np.indices((8, 8)).sum(0) % 2)[..., None] * np.array([150, 90, 40]) + 60,
+                      np.ones((8, 8, 1))).astype(np.uint8)  # 64 x 64 px, brown and dark squares
+    uv = floor.vertices[:, [0, 2]] / [6.0, 5.0] + 0.5
+    floor.visual = trimesh.visual.TextureVisuals(uv=uv, material=trimesh.visual.material.PBRMaterial(
+        name="floor_checker", baseColorTexture=Image.fromarray(checker)))
     scene = trimesh.Scene()
     scene.add_geometry(room, node_name="Room_walls", geom_name="walls")
     scene.add_geometry(floor, node_name="Floor", geom_name="floor")
@@ -75,12 +82,16 @@ def test_run_on_a_gltf_with_its_own_taxonomy(tmp_path, capsys):
     assert set(ids) <= {0, 1, 2, 3} and {1, 2} <= set(ids)
     assert "3 of 38 classes map onto room's taxonomy by name" in " ".join(err.split())
     # The two sofas of three nodes each are two instances, and captions count two at most.
-    frames = FrameDataset(data, "pretrain", ["semantic", "instance", "caption"])
-    sofas, captions = set(), []
+    frames = FrameDataset(data, "pretrain", ["rgb", "semantic", "instance", "caption"])
+    sofas, captions, floor = set(), [], []
     for index in range(len(frames)):
         frame = frames[index]
         sofas |= set(frame["instance"][frame["semantic"] == 3].unique().tolist())
         captions.append(frame["caption"])
+        floor.append(frame["rgb"].permute(1, 2, 0)[frame["semantic"] == 2].float())
+    floor = torch.cat(floor)  # (pixels, 3) in [0, 1]: the checkerboard's brown and grey squares both show
+    brown, grey = floor[:, 0] - floor[:, 2] > 0.15, (floor[:, 0] - floor[:, 2]).abs() < 0.03
+    assert brown.float().mean() > 0.1 and grey.float().mean() > 0.1, (brown.float().mean(), grey.float().mean())
     assert 1 <= len(sofas) <= 2, sofas
     assert not any(word in caption for caption in captions for word in ("three sofas", "four sofas", "six sofas"))
     nearest, share = view_quality(data)  # no frame of any split faces a blank wall
