@@ -14,7 +14,7 @@ from rich.console import Console
 from scipy.spatial import cKDTree
 
 from tst.camera import Camera
-from tst.errors import TSTError
+from tst.errors import TSTError, rekeyed
 from tst.envs.base import TestSpace
 from tst.taxonomy import map_by_name
 
@@ -215,7 +215,11 @@ def make_plan(cfg: DictConfig, test_space_cfg: dict, test_space: TestSpace, tran
             raise TSTError("collect.transfer_spaces: empty, but collect.frames.transfer > 0; name other spaces")
         shares = np.array_split(np.arange(counts["transfer"]), len(transfer_space_cfgs))
         for index, (space_cfg, share) in enumerate(zip(transfer_space_cfgs, shares), start=1):
-            with build_space(space_cfg) as space:
+            try:
+                space = build_space(space_cfg)
+            except TSTError as error:
+                raise rekeyed(error, "space.", f"collect.transfer_spaces[{index - 1}].") from None
+            with space:
                 names.append(space.name)
                 class_maps.append(class_map(space, test_space, int(cfg.get("min_shared_classes", 3))))
                 planned["transfer"] += _split_frames(space, index, "transfer", len(share), cfg, rng("transfer", index),

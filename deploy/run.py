@@ -37,7 +37,11 @@ console = Console(stderr=True)
 def transfer_run(cfg: DictConfig) -> Path:
     """deploy.model, or the newest transfer run of the space holding every head in deploy.tasks."""
     if cfg.deploy.get("model"):
-        return Path(str(cfg.deploy.model))
+        model = Path(str(cfg.deploy.model))
+        if not model.is_dir():
+            raise TSTError(f"deploy.model: {model} {'is a file' if model.exists() else 'does not exist'}; "
+                           "expected a tst transfer run folder (<workspace_dir>/<space>/transfer/<run>)")
+        return model
     folder = artifact_dir(cfg.workspace_dir, space_name(cfg.space), "transfer")
     wanted = set(cfg.deploy.tasks)
     candidates = [run for run in (folder.iterdir() if folder.is_dir() else []) if (run / "tasks.json").is_file()

@@ -136,6 +136,9 @@ def test_too_little_overlap_is_refused_naming_the_classes(tmp_path, capsys):
     ("[{backend:nowhere}]", "collect.transfer_spaces[0].backend: unknown backend 'nowhere'; expected one of"),
     ("[1.5]", "collect.transfer_spaces[0]: expected a procedural seed (e.g. 1) or a space config"),
     ("[0]", "collect.transfer_spaces[0]: seed 0 is the test space itself"),
+    ("[{backend:mesh,path:/no/such/room.glb}]", "collect.transfer_spaces[0].path: /no/such/room.glb does not exist"),
+    ("[{backend:mesh,path:/no/such/room.glb,labels:/no/such/labels.yaml}]",
+     "collect.transfer_spaces[0].labels: /no/such/labels.yaml does not exist; expected a YAML or JSON label map"),
 ])
 def test_bad_transfer_spaces_are_one_line_errors(spaces, message, tmp_path, capsys):
     code = main(["collect", f"workspace_dir={tmp_path}", "tracking.enabled=false", f"collect.transfer_spaces={spaces}",

@@ -127,6 +127,7 @@ BAD_INPUTS = [
     (["bench", "gpu", "gpu_bench.modes=[]"], "gpu_bench.modes: expected a non-empty list"),
     (["run", "experiment=smoke", "experiment.seeds=[]"], "experiment.seeds: expected a non-empty list"),
     (["deploy", "deploy.tasks=[seg,pose]"], "deploy.tasks[1]: expected seg, det or caption, got 'pose'"),
+    (["deploy", "deploy.model=/no/such/run"], "deploy.model: /no/such/run does not exist; expected a tst transfer run folder"),
     (["run", "experiment=smoke", "experiment.deploy_backbone=clip"], "experiment.deploy_backbone: 'clip' is not among"),
     (["fly"], "unknown command 'fly'"),
 ]
@@ -173,26 +174,44 @@ def test_console_script_is_installed(tmp_path):
     assert result.returncode == 0 and "spaces" in result.stdout
 
 
-def test_an_unwritable_workspace_is_one_line(tmp_path, capsys, monkeypatch):
+def test_an_unwritable_output_is_refused_before_the_work(tmp_path, capsys, monkeypatch):
+    """Each output key is checked when the command is composed: one line naming the key, exit 2,
+    nothing rendered (no progress line) and nothing written."""
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     small = ["views=1", "size=24"]
-    code, _, err = run(["spaces", "render", f"workspace_dir={blocker / 'ws'}", *small], capsys)
-    assert code == 2 and err.strip().splitlines()[-1] == (
-        f"tst spaces: error: {blocker / 'ws' / 'procedural-0' / 'spaces'}: not a directory; "
-        "a file stands where a folder is expected")
-    assert len([line for line in err.splitlines() if "error" in line]) == 1 and "Traceback" not in err
-    code, _, err = run(["spaces", "render", f"workspace_dir={tmp_path / 'ws'}", f"out={blocker / 'sheet.png'}", *small],
-                       capsys)
-    assert code == 2 and f"{blocker}: file exists; a file stands where a folder is expected" in err
-    # A folder the system will not let anyone write to (sysfs is read-only, even for root).
-    if sys.platform.startswith("linux"):
-        code, _, err = run(["spaces", "render", "workspace_dir=/sys/tst-workspace", *small], capsys)
-        assert code == 2 and "/sys/tst-workspace: operation not permitted; expected a folder this user may write to" in err
+    cases = [(["spaces", "render", f"workspace_dir={blocker / 'ws'}"],
+              f"workspace_dir: {blocker / 'ws'}: {blocker} is a file; expected a folder this user may write to"),
+             (["spaces", "render", f"workspace_dir={tmp_path / 'ws'}", f"out={blocker / 'sheet.png'}"],
+              f"out: {blocker / 'sheet.png'}: {blocker} is a file"),
+             (["collect", f"workspace_dir={tmp_path / 'ws'}", f"collect.out={blocker / 'data'}"],
+              f"collect.out: {blocker / 'data'}: {blocker} is a file"),
+             (["deploy", "export", f"workspace_dir={tmp_path / 'ws'}", f"deploy.export_dir={blocker / 'x'}"],
+              f"deploy.export_dir: {blocker / 'x'}: {blocker} is a file")]
+    if sys.platform.startswith("linux"):  # sysfs refuses new entries, even to root
+        cases.append((["spaces", "render", "workspace_dir=/sys/tst-workspace"],
+                       "workspace_dir: /sys/tst-workspace: cannot write in /sys (operation not permitted)"))
+    for args, message in cases:
+        code, _, err = run(args + small * (args[0] == "spaces"), capsys)
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and lines[0].startswith(f"tst {args[0]}: error: {message}"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+    # A file system that fails during the work (here: a full disk) is one line too, by errno.
+    import errno
+
+    import tst.envs.commands
+
+    def full_disk(cfg):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "ws" / "x.png"))
+
+    monkeypatch.setattr(tst.envs.commands, "render_space", full_disk)
+    code, _, err = run(["spaces", "render", f"workspace_dir={tmp_path / 'ws'}", *small], capsys)
+    assert code == 2 and err.strip() == (f"tst spaces: error: {tmp_path / 'ws' / 'x.png'}: no space left on device; "
+                                         "the disk is full; free space and run the command again (it resumes)")
     # TST_DEBUG=1 keeps the traceback, for user errors too.
     monkeypatch.setenv("TST_DEBUG", "1")
-    with pytest.raises(NotADirectoryError):
-        main(["spaces", "render", f"workspace_dir={blocker / 'ws'}", *small])
+    with pytest.raises(OSError):
+        main(["spaces", "render", f"workspace_dir={tmp_path / 'ws'}", *small])
     with pytest.raises(TSTError, match="size: expected a positive integer"):
         main(["spaces", "render", "size=0", f"workspace_dir={tmp_path / 'ws'}"])
 

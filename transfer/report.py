@@ -346,9 +346,10 @@ def markdown(rows: dict[str, dict[str, Cell]], fraction: float, space: str, used
              notes: list[str] = ()) -> str:
     """The table as Markdown (metrics x100), the marker's legend, one winner line per column and `notes`;
     `used` are the runs the table rests on (for its seeds)."""
+    generalist = (" The generalist row is EfficientNet-Lite0 (ImageNet-supervised), the offline stand-in for "
+                  "internet-pretrained generalists.") if "generalist" in rows else ""
     lines = [f"# TST results — {space}, transfer fraction {fraction:g}", "",
-             f"Mean ± sample std over seeds ({seeds_caption(used)}); metrics x100. The generalist row is "
-             "EfficientNet-Lite0 (ImageNet-supervised), the offline stand-in for internet-pretrained generalists.",
+             f"Mean ± sample std over seeds ({seeds_caption(used)}); metrics x100.{generalist}",
              "", "| backbone | " + " | ".join(COLUMNS.values()) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for name, cells in rows.items():
         lines.append(f"| {name} | " + " | ".join(cells[m].text(SCALE, marker(rows, name, m)) for m in COLUMNS) + " |")

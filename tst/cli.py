@@ -20,9 +20,14 @@ class Subcommand:
 
 
 def _load(stage: str, overrides: list[str]):
+    """The composed, validated config of one command, once its output locations are known writable
+    (so an unwritable workspace or `out=` is refused before the work, not after it)."""
     from tst.config import load
+    from tst.workspace import check_outputs
 
-    return load(stage, overrides)
+    cfg = load(stage, overrides)
+    check_outputs(cfg)
+    return cfg
 
 
 def _sweep(stage: str, args: list[str]):

@@ -121,6 +121,40 @@ def inside(path: str | Path, root: str | Path, key: str) -> Path:
     return Path(path)
 
 
+# Config keys naming places a command writes: folders, and files (whose folder must be writable).
+OUTPUT_FOLDER_KEYS = ("workspace_dir", "collect.out", "report.out", "deploy.export_dir")
+OUTPUT_FILE_KEYS = ("out",)
+
+
+def check_writable(path: str | Path, key: str, *, is_file: bool = False) -> None:
+    """Refuse, before any work, an output location this user cannot create: a TSTError naming `key`
+    when a file stands where a folder must be, or when the nearest existing folder on the way to
+    `path` refuses a new entry (permissions, a read-only or virtual file system). The check creates
+    and removes one empty temporary folder there, so nothing is left behind."""
+    target = Path(os.path.abspath(path))
+    folder = target.parent if is_file else target
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise TSTError(f"{key}: {path}: {existing} is a file; expected a folder this user may write to")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".tst-write-check-", dir=existing))
+    except OSError as error:
+        reason = error.strerror.lower() if error.strerror else str(error)
+        raise TSTError(f"{key}: {path}: cannot write in {existing} ({reason}); "
+                       "expected a folder this user may write to") from None
+
+
+def check_outputs(cfg: DictConfig) -> None:
+    """`check_writable` for every output key a composed config sets (OUTPUT_FOLDER_KEYS, OUTPUT_FILE_KEYS)."""
+    for keys, is_file in ((OUTPUT_FOLDER_KEYS, False), (OUTPUT_FILE_KEYS, True)):
+        for key in keys:
+            value = OmegaConf.select(cfg, key, default=None)
+            if value not in (None, ""):
+                check_writable(str(value), key, is_file=is_file)
+
+
 def artifact_dir(workspace_dir: str | Path, space: str, stage_folder: str, run: str | None = None, *,
                  space_key: str = "space.name", run_key: str = "run_name") -> Path:
     """<workspace_dir>/<space>/<stage_folder>[/<run>], checked before anything is written there:
