@@ -24,17 +24,18 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
 from tst.errors import TSTError
-from tst.modalities import get
+from tst.modalities import MODALITIES, codec_table, get, pixel_maps
 from tst.workspace import read_manifest
 
 from tst.collect.captions import mirrored
-from tst.collect.codecs import codecs
-
-IMAGE_MODALITIES = ("rgb", "depth", "normals", "edges", "semantic", "instance")
-
 
 class CorruptSample(TSTError):
     """A sample whose bytes are intact in the tar but do not decode (a corrupt PNG or JSON member)."""
+
+
+def shard_path(root: str | Path, split: str, modality: str, shard: int) -> Path:
+    """<root>/<split>/<modality>/shard-NNNNNN.tar: where collect writes, and the reader reads, one shard."""
+    return Path(root) / split / modality / f"shard-{shard:06d}.tar"
 
 
 def collected_dataset(cfg) -> Path:
@@ -51,24 +52,12 @@ def collected_dataset(cfg) -> Path:
 
 
 def to_tensors(values: dict) -> dict:
-    """Decoded numpy/python values of one sample -> tensors in the units of the module docstring."""
+    """Decoded numpy/python values of one sample -> tensors in the units of the module docstring, as
+    each modality's registry entry converts them; the camera gets its K and pose as tensors."""
     out: dict = {}
     for name, value in values.items():
-        if name == "rgb":
-            out[name] = torch.from_numpy(np.ascontiguousarray(value)).permute(2, 0, 1).float() / 255.0
-        elif name in ("depth",):
-            out[name] = torch.from_numpy(value)[None]
-        elif name == "normals":
-            out[name] = torch.from_numpy(value).permute(2, 0, 1).contiguous()
-        elif name == "edges":
-            out[name] = torch.from_numpy((value > 127).astype(np.float32))[None]
-        elif name in ("semantic", "instance"):
-            out[name] = torch.from_numpy(value.astype(np.int64))
-        elif name == "boxes":
-            boxes = np.asarray(value, dtype=np.float64).reshape(-1, 7)
-            out["boxes"] = torch.from_numpy(boxes[:, 2:6].astype(np.float32))
-            out["box_classes"] = torch.from_numpy(boxes[:, 0].astype(np.int64))
-            out["box_instances"] = torch.from_numpy(boxes[:, 1].astype(np.int64))
+        if name in MODALITIES:
+            out |= MODALITIES[name].to_tensors(value)
         elif name == "camera":
             out[name] = {**value, "K": torch.tensor(value["K"], dtype=torch.float32),
                          "pose": torch.tensor(value["world_from_camera"], dtype=torch.float32)}
@@ -105,17 +94,16 @@ class RandomResizedCropFlip:
 
     def __call__(self, sample: dict, generator: torch.Generator | None = None) -> dict:
         generator = generator or torch.default_generator
-        reference = next(sample[m] for m in IMAGE_MODALITIES if m in sample)
+        maps = pixel_maps(sample)
+        reference = sample[maps[0]]
         height, width = reference.shape[-2:]
         top, left, h, w = self.crop_box(height, width, generator)
         flip = float(torch.rand(1, generator=generator)) < self.flip
         out = dict(sample)
-        for name in IMAGE_MODALITIES:
-            if name not in sample:
-                continue
+        for name in maps:
             x = sample[name][..., top:top + h, left:left + w]
             batched = x[None].float() if x.dim() == 3 else x[None, None].float()
-            mode = "bilinear" if name in ("rgb", "normals") else "nearest"
+            mode = MODALITIES[name].resample
             resized = F.interpolate(batched, size=(self.size, self.size), mode=mode,
                                     **({"align_corners": False, "antialias": True} if mode == "bilinear" else {}))
             resized = resized[0] if x.dim() == 3 else resized[0, 0]
@@ -183,11 +171,11 @@ class CollectedData:
         self.split = split
         self.modalities = modalities + ["camera"]
         self.shards = splits[split]["shards"]  # [{"index": k, "frames": n}]
-        self.coders = codecs(self.manifest["outputs"]["rgb_format"])
+        self.coders = codec_table(self.manifest["outputs"]["rgb_format"])
         self.length = sum(s["frames"] for s in self.shards)
 
     def shard_file(self, modality: str, index: int) -> Path:
-        return self.root / self.split / modality / f"shard-{index:06d}.tar"
+        return shard_path(self.root, self.split, modality, index)
 
     def read_shard(self, index: int) -> Iterator[tuple[str, dict]]:
         """(key, {modality: bytes}) for each sample of shard `index`, reading all modality tars in step."""
@@ -232,7 +220,7 @@ class CollectedData:
 
 
 def _corrupt(data: CollectedData, index: int, error: Exception, skip: bool) -> None:
-    message = f"{data.shard_file('camera', index).parent.parent}/*/shard-{index:06d}.tar: corrupt or truncated ({error})"
+    message = f"{shard_path(data.root, data.split, '*', index)}: corrupt or truncated ({error})"
     if not skip:
         raise TSTError(message) from None
     warnings.warn(f"skipping {message}", stacklevel=3)

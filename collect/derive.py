@@ -1,18 +1,12 @@
-"""Modalities derived from a rendered frame: Canny edges and per-instance boxes."""
+"""Boxes derived from a rendered frame's labels (modalities derived from pixels, such as edges, say how
+in their registry entry: `tst.modalities`)."""
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 from scipy import ndimage
 
 from tst.taxonomy import Taxonomy
-
-
-def canny_edges(rgb: np.ndarray, low: float, high: float) -> np.ndarray:
-    """(H, W) uint8 edge map, 255 on edges, from (H, W, 3) uint8 RGB (OpenCV Canny on grey)."""
-    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    return cv2.Canny(grey, float(low), float(high))
 
 
 def instance_boxes(semantic: np.ndarray, instance: np.ndarray, taxonomy: Taxonomy,

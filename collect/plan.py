@@ -19,7 +19,7 @@ from tst.envs.base import TestSpace
 from tst.taxonomy import map_by_name
 
 from tst.collect.trajectories import NavGrid, WalkSettings, walk
-from tst.collect.views import ViewSettings, informative, probe_pose, sample_views
+from tst.collect.view_sampling import ViewSettings, informative, probe_pose, sample_views
 
 console = Console(stderr=True)
 SPLITS = ("pretrain", "eval", "transfer")

@@ -21,16 +21,16 @@ from tst.frame import Frame
 from tst.envs.floorplan import Track, floor_plan
 from tst.envs.mesh_space import MeshSpace
 from tst.envs.registry import make_space
-from tst.modalities import MODALITIES, get
+from tst.modalities import MODALITIES, get, pixel_maps
 from tst.sheets import contact_sheet
 from tst.tracking import record_run
 from tst.validate import check
 from tst.workspace import artifact_dir, atomic_write_bytes, atomic_write_json, fingerprint, write_manifest
 
-from tst.collect.dataset import FrameDataset
+from tst.collect.dataset import FrameDataset, shard_path
 from tst.collect.executors import make_executor
 from tst.collect.plan import SPLITS, Plan, frame_counts, make_plan, read_plan
-from tst.collect.worker import Settings, Unit, shard_path, stored_modalities, unit_complete
+from tst.collect.worker import Settings, Unit, stored_modalities, unit_complete
 
 console = Console(stderr=True)
 PLAN = "plan.json"
@@ -82,7 +82,7 @@ def _transfer_space_configs(cfg: DictConfig, test_space_cfg: dict) -> list[dict]
     return configs
 
 
-def _identity(cfg: DictConfig) -> str:
+def dataset_identity(cfg: DictConfig) -> str:
     """What determines the dataset's content: the space and every collect key but the runtime ones."""
     collect = {k: v for k, v in OmegaConf.to_container(cfg.collect, resolve=True).items() if k not in RUNTIME_KEYS}
     for key, default in (("poses", "sampled"), ("real_rgb", True), ("min_shared_classes", 3)):  # keys added later:
@@ -128,7 +128,7 @@ def _nothing_rendered(out: Path) -> bool:
 
 
 def _load_or_make_plan(cfg: DictConfig, out: Path, space, test_space_cfg: dict) -> Plan:
-    identity = _identity(cfg)
+    identity = dataset_identity(cfg)
     path = out / PLAN
     if path.exists():
         try:
@@ -188,8 +188,7 @@ def _render(units: list[Unit], settings: Settings, cfg: DictConfig) -> float:
 def _sheets(out: Path, plan: Plan, splits: list[str], cfg: DictConfig, space, taxonomy) -> dict[str, str]:
     """A contact sheet of random samples per split and the test space's floor plan with every camera."""
     written = {}
-    image_modalities = [m for m in ("rgb", "depth", "normals", "edges", "semantic", "instance")
-                        if m in cfg.collect.modalities]
+    image_modalities = pixel_maps(cfg.collect.modalities)
     rng = np.random.default_rng(cfg.collect.seed)
     for split in splits:
         dataset = FrameDataset(out, split, image_modalities)

@@ -17,12 +17,12 @@ from tst.errors import TSTError
 from tst.envs.base import TestSpace
 from tst.envs.registry import make_space
 from tst.frame import Frame
-from tst.modalities import RENDERED
+from tst.modalities import MODALITIES, RENDERED, codec_table
 from tst.taxonomy import Taxonomy
 
 from tst.collect.captions import make_caption, visible_objects
-from tst.collect.codecs import codecs
-from tst.collect.derive import canny_edges, instance_boxes
+from tst.collect.dataset import shard_path
+from tst.collect.derive import instance_boxes
 from tst.collect.plan import PlannedFrame, square_image
 
 _SPACES: dict[str, TestSpace] = {}  # per-process cache: space config (JSON) -> built space
@@ -54,10 +54,6 @@ class Settings:
     class_maps: tuple = ()  # per space index: Plan.class_maps (None: the space already uses that taxonomy)
 
 
-def shard_path(out: str | Path, split: str, modality: str, shard: int, extension: str = "tar") -> Path:
-    return Path(out) / split / modality / f"shard-{shard:06d}.{extension}"
-
-
 def stored_modalities(modalities: list[str]) -> list[str]:
     """Every collection also stores the camera of each frame."""
     return list(modalities) + ["camera"]
@@ -84,8 +80,9 @@ def derive(frame: Frame, space: TestSpace, planned: PlannedFrame, settings: Sett
     if mapping is not None:  # a transfer space with its own class list: relabel into the test space's
         m["semantic"] = np.asarray(mapping["lookup"], dtype=m["semantic"].dtype)[m["semantic"]]
         taxonomy = Taxonomy.from_dict(settings.taxonomy)
-    if "edges" in settings.modalities:
-        m["edges"] = canny_edges(m["rgb"], *settings.edges)
+    for name in settings.modalities:  # modalities computed from the rendered ones (edges from rgb)
+        if MODALITIES[name].derive is not None:
+            m[name] = MODALITIES[name].derive(m, settings)
     boxes = instance_boxes(m["semantic"], m["instance"], taxonomy, settings.min_box_pixels)
     m["boxes"] = [list(b) for b in boxes]
     if "caption" in settings.modalities:
@@ -132,7 +129,7 @@ def _render_frame(space: TestSpace, planned: PlannedFrame, needed: tuple[str, ..
 
 def render_unit(unit: Unit, settings: Settings) -> int:
     """Render, derive, encode and write one shard; returns the number of frames written."""
-    coders = codecs(settings.rgb_format)
+    coders = codec_table(settings.rgb_format)
     needed = tuple(m for m in RENDERED if m in settings.modalities or m in ("rgb", "semantic", "instance", "depth"))
     members: dict[str, list[tuple[str, bytes]]] = {m: [] for m in stored_modalities(settings.modalities)}
     for planned in unit.frames:

@@ -20,11 +20,11 @@ from rich.console import Console
 
 from tst.benchmarks import save_report
 from tst.config import config_root
+from tst.layers import ModelConfig
 from tst.taxonomy import INDOOR
 
 from tst.envs.registry import space_name
 from tst.deploy.predictor import PRECISIONS, to_prediction
-from tst.pretrain.model import ModelConfig
 from tst.transfer.backbones import ScratchViT
 from tst.transfer.module import TransferModule
 from tst.transfer.tasks import CaptionTask, DetectionTask, SegmentationTask

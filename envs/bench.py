@@ -15,7 +15,7 @@ from tst.benchmarks import parallel_seconds, save_report
 
 from tst.envs.mesh_space import MeshSpace
 from tst.envs.registry import make_space
-from tst.envs.views import preview_cameras
+from tst.envs.preview_cameras import preview_cameras
 
 console = Console(stderr=True)
 WARMUP = 2

@@ -21,7 +21,7 @@ from tst.workspace import artifact_dir, atomic_write_bytes, new_run_name, staged
 from tst.envs.floorplan import Track, floor_plan
 from tst.envs.mesh_space import MeshSpace
 from tst.envs.registry import BACKENDS, make_space
-from tst.envs.views import preview_cameras
+from tst.envs.preview_cameras import preview_cameras
 
 console = Console(stderr=True)
 

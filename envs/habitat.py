@@ -30,6 +30,7 @@ from typing import Any, Iterable
 
 import numpy as np
 from omegaconf import DictConfig
+from scipy.spatial.transform import Rotation
 
 from tst.camera import Camera
 from tst.errors import TSTError
@@ -78,32 +79,15 @@ def tst_pose(position: np.ndarray, rotation: np.ndarray) -> np.ndarray:
 
 
 def quat_coeffs(rotation: np.ndarray) -> np.ndarray:
-    """(4,) unit quaternion [x, y, z, w] (habitat_sim.utils.common.quat_from_coeffs order) of a rotation."""
-    m = np.asarray(rotation, float)
-    trace = np.trace(m)
-    if trace > 0:
-        s = 2.0 * math.sqrt(trace + 1.0)
-        q = [(m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, 0.25 * s]
-    else:
-        i = int(np.argmax(np.diag(m)))
-        j, k = (i + 1) % 3, (i + 2) % 3
-        s = 2.0 * math.sqrt(1.0 + m[i, i] - m[j, j] - m[k, k])
-        q = [0.0, 0.0, 0.0, (m[k, j] - m[j, k]) / s]
-        q[i] = 0.25 * s
-        q[j] = (m[j, i] + m[i, j]) / s
-        q[k] = (m[k, i] + m[i, k]) / s
-    q = np.array(q)
-    return q / np.linalg.norm(q)
+    """(4,) unit quaternion [x, y, z, w] (habitat_sim.utils.common.quat_from_coeffs order) of a rotation,
+    sign chosen with w >= 0."""
+    q = Rotation.from_matrix(np.asarray(rotation, float)).as_quat()  # scipy's order is [x, y, z, w] too
+    return -q if q[3] < 0 else q
 
 
 def rotation_from_quat(coeffs: Iterable[float]) -> np.ndarray:
-    """(3, 3) rotation of a quaternion [x, y, z, w]."""
-    x, y, z, w = np.asarray(list(coeffs), float) / np.linalg.norm(list(coeffs))
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
+    """(3, 3) rotation of a quaternion [x, y, z, w] (normalized first)."""
+    return Rotation.from_quat(np.asarray(list(coeffs), float)).as_matrix()
 
 
 def hfov_degrees(camera: Camera) -> float:

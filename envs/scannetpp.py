@@ -34,6 +34,7 @@ from typing import Iterator
 
 import numpy as np
 from omegaconf import DictConfig
+from scipy.spatial.transform import Rotation
 
 from tst.camera import Camera
 from tst.errors import TSTError
@@ -197,12 +198,8 @@ def load_scene_mesh(root: str | Path, scene: str,
 
 def _pose_from_colmap(qvec: np.ndarray, tvec: np.ndarray) -> np.ndarray:
     """(4, 4) world_from_camera of a COLMAP image (its qvec/tvec are world-to-camera, OpenCV axes)."""
-    w, x, y, z = np.asarray(qvec, float) / np.linalg.norm(qvec)
-    rotation = np.array([
-        [1 - 2 * y * y - 2 * z * z, 2 * x * y - 2 * w * z, 2 * z * x + 2 * w * y],
-        [2 * x * y + 2 * w * z, 1 - 2 * x * x - 2 * z * z, 2 * y * z - 2 * w * x],
-        [2 * z * x - 2 * w * y, 2 * y * z + 2 * w * x, 1 - 2 * x * x - 2 * y * y],
-    ])
+    w, x, y, z = np.asarray(qvec, float)
+    rotation = Rotation.from_quat([x, y, z, w]).as_matrix()  # COLMAP stores [w, x, y, z]; scipy takes [x, y, z, w]
     pose = np.eye(4)
     pose[:3, :3] = rotation.T
     pose[:3, 3] = -rotation.T @ np.asarray(tvec, float)

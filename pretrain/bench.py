@@ -16,12 +16,13 @@ from rich.console import Console
 from tst.benchmarks import save_report
 from tst.config import config_root
 from tst.errors import TSTError
+from tst.modalities import by_tier
 
 from tst.pretrain.data import PretrainData
 from tst.pretrain.module import PretrainModule
 
 console = Console(stderr=True)
-SENSORS = ["rgb", "depth", "normals", "edges"]
+SENSORS = by_tier("sensor")  # what pretraining reads by default
 
 
 def _synthetic_batch(batch_size: int, size: int) -> dict:

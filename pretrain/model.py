@@ -11,36 +11,14 @@ queries into predictions (pixels of the patch, or code logits).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from tst.layers import Block, ModelConfig, sincos_2d
+
 from tst.pretrain.masking import TokenSelection
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """dim: token width. encoder_depth / decoder_depth: blocks. heads: attention heads. patch: pixels
-    per token side. image_size: pixels (square). mlp_ratio: MLP width / dim."""
-
-    dim: int = 128
-    encoder_depth: int = 4
-    decoder_depth: int = 2
-    heads: int = 4
-    patch: int = 8
-    image_size: int = 64
-    mlp_ratio: float = 4.0
-
-    @property
-    def grid(self) -> int:
-        return self.image_size // self.patch
-
-    @property
-    def tokens_per_modality(self) -> int:
-        return self.grid ** 2
 
 
 @dataclass(frozen=True)
@@ -60,77 +38,6 @@ class ModalityIO:
     vocab: int = 0
 
 
-def sincos_2d(grid: int, dim: int, width: int | None = None) -> torch.Tensor:
-    """(grid * width, dim) fixed 2D sin-cos position embedding of a grid x width (default square) grid,
-    row-major (half the channels for x, half for y)."""
-    quarter = dim // 4
-    omega = 1.0 / (10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter))
-    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float64),
-                            torch.arange(grid if width is None else width, dtype=torch.float64), indexing="ij")
-    parts = []
-    for coordinate in (xs.reshape(-1), ys.reshape(-1)):
-        angles = coordinate[:, None] * omega[None]
-        parts += [torch.sin(angles), torch.cos(angles)]
-    embedding = torch.cat(parts, dim=1)
-    return F.pad(embedding, (0, dim - embedding.shape[1])).float()
-
-
-def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
-    """(B, C, H, W) -> (B, N, patch*patch*C), patches in row-major order."""
-    B, C, H, W = images.shape
-    x = images.reshape(B, C, H // patch, patch, W // patch, patch)
-    return x.permute(0, 2, 4, 3, 5, 1).reshape(B, (H // patch) * (W // patch), patch * patch * C)
-
-
-def unpatchify(patches: torch.Tensor, patch: int, channels: int) -> torch.Tensor:
-    """(B, N, patch*patch*C) -> (B, C, H, W) for a square grid."""
-    B, N, _ = patches.shape
-    grid = int(math.isqrt(N))
-    x = patches.reshape(B, grid, grid, patch, patch, channels)
-    return x.permute(0, 5, 1, 3, 2, 4).reshape(B, channels, grid * patch, grid * patch)
-
-
-class Attention(nn.Module):
-    """Multi-head attention on scaled_dot_product_attention; keys/values from `context` (cross) or x."""
-
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.q = nn.Linear(dim, dim)
-        self.kv = nn.Linear(dim, 2 * dim)
-        self.out = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, L, D), context (B, S, D), mask (B, L, S) bool (True = may attend) -> (B, L, D)."""
-        context = x if context is None else context
-        B, L, D = x.shape
-        q = self.q(x).reshape(B, L, self.heads, D // self.heads).transpose(1, 2)
-        k, v = self.kv(context).reshape(B, context.shape[1], 2, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=None if mask is None else mask[:, None])
-        return self.out(attended.transpose(1, 2).reshape(B, L, D))
-
-
-class Block(nn.Module):
-    """Pre-norm transformer block: self-attention, optional cross-attention, MLP."""
-
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, cross: bool = False):
-        super().__init__()
-        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads)
-        self.cross = cross
-        if cross:
-            self.norm_cross, self.cross_attn, self.norm_memory = nn.LayerNorm(dim), Attention(dim, heads), nn.LayerNorm(dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, int(dim * mlp_ratio)), nn.GELU(), nn.Linear(int(dim * mlp_ratio), dim))
-
-    def forward(self, x: torch.Tensor, memory: torch.Tensor | None = None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), mask=mask)
-        if self.cross:
-            x = x + self.cross_attn(self.norm_cross(x), self.norm_memory(memory))
-        return x + self.mlp(self.norm2(x))
-
-
 class MultimodalMaskedModel(nn.Module):
     """Encoder-decoder over the tokens of several modalities (see the module docstring)."""
 
@@ -145,7 +52,7 @@ class MultimodalMaskedModel(nn.Module):
         self.output_adapters = nn.ModuleDict({
             m.name: nn.Linear(dim, p2 * m.out_channels if m.predicts == "pixels" else m.vocab) for m in modalities})
         self.modality_embedding = nn.Parameter(torch.randn(len(modalities), dim) * 0.02)
-        self.register_buffer("position", sincos_2d(config.grid, dim), persistent=False)
+        self.register_buffer("position", sincos_2d(config.grid, config.grid, dim), persistent=False)
         self.mask_token = nn.Parameter(torch.zeros(dim))
         self.encoder = nn.ModuleList(Block(dim, config.heads, config.mlp_ratio) for _ in range(config.encoder_depth))
         self.encoder_norm = nn.LayerNorm(dim)

@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 from tst.errors import TSTError
+from tst.layers import ModelConfig
 
 from tst.pretrain.masking import MixtureComponent, select_tokens
-from tst.pretrain.model import ModelConfig, MultimodalMaskedModel
+from tst.pretrain.model import MultimodalMaskedModel
 from tst.pretrain.objectives import PixelObjective, TokenObjective
 from tst.pretrain.tokenizer import Tokenizer
 

@@ -1,7 +1,7 @@
 """Pretraining objectives: what the model reads and predicts, and the loss per modality.
 
-- `multimae`: pixel patches in and out; MSE on per-patch normalized RGB, L1 on depth and normals,
-  BCE on edges, CE on label maps (only in label ablations).
+- `multimae`: pixel patches in and out, each modality with its registry entry's loss (MSE on per-patch
+  normalized RGB, L1 on depth and normals, BCE on edges); CE on label maps (only in label ablations).
 - `mae`: the same on RGB alone (the unimodal baseline).
 - `fourm`: RGB pixel patches and the other modalities' tokenizer codes in; every modality's codes
   (RGB included) out, cross-entropy on the target codes.
@@ -13,13 +13,18 @@ import torch
 import torch.nn.functional as F
 
 from tst.errors import TSTError
+from tst.layers import patchify, unpatchify
+from tst.modalities import MODALITIES, by_tier, from_network, get, normalized_patch_mse, to_network
 
-from tst.pretrain.model import ModalityIO, patchify, unpatchify
-from tst.pretrain.normalize import CHANNELS, from_network, to_network
+from tst.pretrain.model import ModalityIO
 from tst.pretrain.tokenizer import Tokenizer
 
-LABEL_MODALITIES = ("semantic", "instance")
 OBJECTIVES = ("fourm", "multimae", "mae")  # every objective `tst pretrain` trains; a run of each is a backbone
+
+
+def is_label_map(name: str) -> bool:
+    """Label maps (semantic, instance) enter as one-hot classes and are predicted with cross-entropy."""
+    return name in MODALITIES and MODALITIES[name].kind == "label_map"
 
 
 class PixelObjective:
@@ -31,15 +36,13 @@ class PixelObjective:
     def io(self) -> list[ModalityIO]:
         ios = []
         for name in self.names:
-            if name in LABEL_MODALITIES:
-                ios.append(ModalityIO(name, "pixels", "pixels", self.num_classes, self.num_classes))
-            else:
-                ios.append(ModalityIO(name, "pixels", "pixels", CHANNELS[name], CHANNELS[name]))
+            channels = self.num_classes if is_label_map(name) else get(name).channels
+            ios.append(ModalityIO(name, "pixels", "pixels", channels, channels))
         return ios
 
     def _pixels(self, name: str, batch: dict) -> torch.Tensor:
         x = batch[name]
-        if name in LABEL_MODALITIES:
+        if is_label_map(name):
             return F.one_hot(x.clamp(max=self.num_classes - 1), self.num_classes).permute(0, 3, 1, 2).float()
         return to_network(name, x)
 
@@ -50,31 +53,24 @@ class PixelObjective:
         losses = {}
         for name, (prediction, where) in outputs.items():
             rows, tokens = where[:, 0], where[:, 1]
-            if name in LABEL_MODALITIES:
+            if is_label_map(name):
                 target = patchify(batch[name][:, None].float(), self.patch)[rows, tokens].long()
                 logits = prediction.reshape(-1, self.patch * self.patch, self.num_classes)
                 losses[name] = F.cross_entropy(logits.reshape(-1, self.num_classes), target.reshape(-1))
                 continue
-            target = patchify(self._pixels(name, batch), self.patch)[rows, tokens]
-            if name == "rgb":  # MAE's normalized-pixel target
-                mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
-                losses[name] = F.mse_loss(prediction, (target - mean) / (var + 1e-6).sqrt())
-            elif name == "edges":
-                losses[name] = F.binary_cross_entropy_with_logits(prediction, (target > 0).float())
-            else:
-                losses[name] = F.l1_loss(prediction, target)
+            losses[name] = get(name).loss(prediction, patchify(self._pixels(name, batch), self.patch)[rows, tokens])
         return losses
 
     def images(self, name: str, prediction: torch.Tensor, batch: dict) -> torch.Tensor:
         """Full-grid predictions (B, N, out) -> (B, C, H, W) in reader units (RGB patches un-normalized
         with the statistics of the true patches, as MAE does for display)."""
-        if name in LABEL_MODALITIES:
+        if is_label_map(name):
             logits = unpatchify(prediction, self.patch, self.num_classes)
             return logits.argmax(1)
-        if name == "rgb":
+        if get(name).loss is normalized_patch_mse:
             truth = patchify(self._pixels(name, batch), self.patch)
             prediction = prediction * (truth.var(-1, keepdim=True) + 1e-6).sqrt() + truth.mean(-1, keepdim=True)
-        return from_network(name, unpatchify(prediction, self.patch, CHANNELS[name]))
+        return from_network(name, unpatchify(prediction, self.patch, get(name).channels))
 
 
 class TokenObjective:
@@ -89,7 +85,7 @@ class TokenObjective:
         self.names = list(tokenizers)
 
     def io(self) -> list[ModalityIO]:
-        return [ModalityIO(name, "pixels", "tokens", in_channels=CHANNELS[name], vocab=t.config.vocab)
+        return [ModalityIO(name, "pixels", "tokens", in_channels=get(name).channels, vocab=t.config.vocab)
                 if name in self.PIXEL_INPUTS else ModalityIO(name, "tokens", "tokens", vocab=t.config.vocab)
                 for name, t in self.tokenizers.items()]
 
@@ -122,14 +118,15 @@ def check_modalities(objective: str, modalities: list[str], allow_labels: bool) 
     """The modalities an objective trains on; label-tier ones only as a declared ablation."""
     if objective == "mae":
         return ["rgb"]
-    labels = [m for m in modalities if m in LABEL_MODALITIES or m in ("boxes", "caption")]
+    labels = [m for m in modalities if m in MODALITIES and MODALITIES[m].tier == "label"]
     if labels and not allow_labels:
         raise TSTError(f"pretrain.modalities: {labels} are labels, which the test space does not have; "
                        "set pretrain.label_ablation=true to use them anyway (recorded as an ablation)")
-    unsupported = [m for m in modalities if m in ("boxes", "caption") or (objective == "fourm" and m in LABEL_MODALITIES)]
+    unsupported = [m for m in modalities if m in MODALITIES and not is_label_map(m) and MODALITIES[m].scaling is None
+                   or (objective == "fourm" and is_label_map(m))]
     if unsupported:
         raise TSTError(f"pretrain.modalities: {unsupported} cannot be used with objective '{objective}'")
-    unknown = [m for m in modalities if m not in CHANNELS and m not in LABEL_MODALITIES]
+    unknown = [m for m in modalities if m not in MODALITIES]
     if unknown:
-        raise TSTError(f"pretrain.modalities: unknown {unknown}; expected among {list(CHANNELS)}")
+        raise TSTError(f"pretrain.modalities: unknown {unknown}; expected among {by_tier('sensor')}")
     return list(modalities)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tst.pretrain.normalize import CHANNELS, to_network
+from tst.modalities import get, to_network
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ class Tokenizer(nn.Module):
     def __init__(self, modality: str, config: TokenizerConfig):
         super().__init__()
         self.modality, self.config = modality, config
-        values = CHANNELS[modality] * config.patch ** 2  # pixel values per patch
+        values = get(modality).channels * config.patch ** 2  # pixel values per patch
         width, d = config.hidden, len(config.levels)
         self.encoder = nn.Sequential(nn.PixelUnshuffle(config.patch), nn.Conv2d(values, width, 1),
                                      ResidualConv(width), ResidualConv(width), nn.GELU(), nn.Conv2d(width, d, 1))

@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from tst.errors import TSTError
+from tst.modalities import from_network
 
-from tst.pretrain.normalize import from_network
 from tst.pretrain.tokenizer import Tokenizer
 
 METRICS = {"rgb": "mae", "depth": "mae_m", "normals": "mae", "edges": "balanced_mae"}

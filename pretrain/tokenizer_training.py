@@ -14,12 +14,12 @@ from rich.table import Table
 from safetensors.torch import save_file
 
 from tst.determinism import deterministic_kernels
+from tst.modalities import from_network, tokenized
 from tst.sheets import grid_image
 from tst.tracking import record_run
 from tst.workspace import fingerprint, staged_directory, write_manifest
 
 from tst.collect.dataset import FrameDataset, RandomResizedCropFlip, collate
-from tst.pretrain.normalize import from_network
 from tst.pretrain.run import _eval_batch, _modalities, _space_name, _tokenizer_dir, dataset_dir, load_tokenizers
 from tst.pretrain.tokenizer import Tokenizer, TokenizerConfig
 from tst.pretrain.tokenizer_quality import measure
@@ -27,7 +27,6 @@ from tst.pretrain.tokens import precompute_tokens, whole_frame
 from tst.pretrain.visualize import to_uint8
 
 console = Console(stderr=True)
-SENSOR_MODALITIES = ("rgb", "depth", "normals", "edges")  # the modalities that have tokenizers
 
 
 def _train(tokenizers: dict[str, Tokenizer], loader, steps: int, lr: float) -> None:
@@ -71,7 +70,7 @@ def train_tokenizers(cfg: DictConfig) -> Path:
     and per-modality quality over the whole eval split (codes used, perplexity, reconstruction error
     next to the patch-mean baseline) to <space>/pretrain/tokenizers (or pretrain.tokenizers)."""
     data = dataset_dir(cfg)
-    modalities = [m for m in _modalities(cfg) if m in SENSOR_MODALITIES]
+    modalities = [m for m in _modalities(cfg) if m in tokenized()]
     t = cfg.pretrain.tokenizer
     config = TokenizerConfig(tuple(int(v) for v in t.levels), int(cfg.model.patch), int(t.hidden))
     out = _tokenizer_dir(cfg)
@@ -115,6 +114,6 @@ def tokens(cfg: DictConfig) -> Path:
     """`tst pretrain tokens`: precompute the pretrain split's codes with the trained tokenizers."""
     data = dataset_dir(cfg)
     directory = _tokenizer_dir(cfg)
-    modalities = [m for m in _modalities(cfg) if m in SENSOR_MODALITIES]
+    modalities = [m for m in _modalities(cfg) if m in tokenized()]
     tokenizers = load_tokenizers(directory, data, modalities, int(cfg.model.patch))
     return precompute_tokens(directory, data, tokenizers, int(cfg.model.image_size))

@@ -6,28 +6,20 @@ import numpy as np
 import torch
 from PIL import Image
 
+from tst.layers import unpatchify
 from tst.modalities import get
 from tst.sheets import grid_image
 
 from tst.pretrain.masking import TokenSelection
-from tst.pretrain.model import unpatchify
 
 GREY = 0.5
 
 
 def to_uint8(name: str, image: torch.Tensor, max_depth: float | None = None) -> np.ndarray:
-    """One (C, H, W) image in reader units -> (H, W, 3) uint8 via the modality registry. max_depth:
-    metres at the top of the depth colormap (pass the truth's so prediction and truth compare)."""
-    x = image.detach().cpu().float()
-    if name == "rgb":
-        return (x.permute(1, 2, 0).clamp(0, 1).numpy() * 255).astype(np.uint8)
-    if name == "depth":
-        return get("depth").visualize(x[0].numpy(), max_depth)
-    if name == "normals":
-        return get("normals").visualize(x.permute(1, 2, 0).numpy())
-    if name == "edges":
-        return get("edges").visualize((x[0].clamp(0, 1).numpy() * 255).astype(np.uint8))
-    return get(name).visualize(x.numpy().astype(np.int64))
+    """One (C, H, W) image in reader units -> (H, W, 3) uint8, drawn as its registry entry draws it.
+    max_depth: metres at the top of the depth colormap (pass the truth's so prediction and truth compare)."""
+    modality = get(name)
+    return modality.picture(modality.from_tensor(image), max_depth)
 
 
 def token_mask(positions: torch.Tensor, rows: torch.Tensor, batch_size: int, tokens: int, patch: int) -> torch.Tensor:

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from tst.pretrain.model import ModelConfig
+from tst.layers import ModelConfig
 from tst.transfer.backbones import ScratchViT
 from tst.transfer.caption_metrics import CaptionScore
 from tst.transfer.captioning import (CaptionDecoder, Vocabulary, beam_search, caption_loss, generate,

@@ -16,7 +16,7 @@ from scipy.spatial import cKDTree
 from torch.utils.data import DataLoader
 
 from tst.cli import main
-from tst.collect.codecs import decode_depth, encode_depth
+from tst.codecs import decode_depth, encode_depth
 from tst.collect.dataset import FrameDataset, RandomResizedCropFlip, ShardStream, collate
 from tst.collect.derive import instance_boxes
 from tst.config import expand_sweeps
@@ -277,7 +277,8 @@ def test_unwritable_output_directory(tmp_path, capsys):
     blocker.write_text("not a directory")
     code = collect(tmp_path, f"collect.out={blocker / 'data'}")
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
-    assert code != 0 and len(err) == 1 and "cannot write" in err[0]
+    assert code != 0 and len(err) == 1 and f"collect.out: {blocker / 'data'}: {blocker} is a file" in err[0]
+    assert not (tmp_path / "procedural-0").exists()  # refused before planning or rendering
 
 
 @pytest.mark.skipif(__import__("importlib").util.find_spec("ray") is None, reason="ray is not installed")

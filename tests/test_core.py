@@ -35,7 +35,7 @@ def test_modality_registry():
     assert get("depth").unit.startswith("metres")
     with pytest.raises(TSTError, match="unknown modality 'heat'"):
         get("heat")
-    image = get("depth").visualize(np.array([[0.0, 1.0], [2.0, 3.0]], np.float32))
+    image = get("depth").picture(np.array([[0.0, 1.0], [2.0, 3.0]], np.float32), None)
     assert image.shape == (2, 2, 3) and (image[0, 0] == 0).all()
 
 

@@ -161,7 +161,7 @@ def synthetic_frames(count: int = 8, size: int = 64):
 
 
 def test_head_overfits_synthetic_frames():
-    from tst.pretrain.model import ModelConfig
+    from tst.layers import ModelConfig
     from tst.transfer.backbones import ScratchViT
 
     torch.manual_seed(0)

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from tst.errors import TSTError
 from tst.transfer.foreign_weights import (FOREIGN, FOREIGN_SPECS, WEIGHTS_ENV, build_foreign, load_foreign,
                                           load_weights, read_state_dict)
-from tst.transfer.vit import PlainViT, sincos_4m
+from tst.layers import sincos_2d
+from tst.transfer.vit import PlainViT
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
@@ -154,7 +155,7 @@ def published(spec: str, depth: int = 12, seed: int = 0,
     for key in encoder:  # the saved buffers: zero LayerNorm biases, the fixed sin-cos positions
         if key.endswith("bias"):
             encoder[key].zero_()
-    encoder["encoder_embeddings.rgb@224.pos_emb"] = sincos_4m(14, 14, 768)
+    encoder["encoder_embeddings.rgb@224.pos_emb"] = sincos_2d(14, 14, 768, row_first=True)[None]
     rest = unread(fourm_rest_shapes())
     return encoder | rest, set(rest)
 
@@ -215,7 +216,7 @@ def test_4m_without_saved_buffers_gets_zero_biases_and_the_sincos_positions():
     state = filled(fourm_encoder_shapes(1, with_buffers=False), torch.Generator().manual_seed(1))
     ours, accounted = FOREIGN["4m21-b"].mapper(state)
     assert set(accounted) == set(state)
-    assert torch.equal(ours["pos_embed"], sincos_4m(14, 14, 768))
+    assert torch.equal(ours["pos_embed"], sincos_2d(14, 14, 768, row_first=True)[None])
     assert not ours["blocks.0.norm1.bias"].any() and not ours["norm.bias"].any()
 
 

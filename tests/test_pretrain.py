@@ -12,7 +12,8 @@ from safetensors.torch import load_file
 from tst.cli import main
 from tst.errors import TSTError
 from tst.pretrain.masking import MixtureComponent, fixed_selection, select_tokens
-from tst.pretrain.model import ModelConfig, MultimodalMaskedModel
+from tst.layers import ModelConfig
+from tst.pretrain.model import MultimodalMaskedModel
 from tst.pretrain.objectives import PixelObjective, TokenObjective
 from tst.pretrain.run import load_run
 from tst.pretrain.tokenizer import Tokenizer, TokenizerConfig
@@ -109,7 +110,7 @@ def test_tokenizer_round_trip_on_simple_images():
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    from tst.pretrain.normalize import from_network
+    from tst.modalities import from_network
 
     codes = tokenizer.encode(batch["rgb"])
     assert codes.shape == (16, 16) and codes.max() < 1000

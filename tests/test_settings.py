@@ -8,7 +8,7 @@ import pytest
 import trimesh
 
 from tst.cli import main
-from tst.config import load
+from tst.config import groups, load, stages
 from tst.pipeline import Pipeline
 
 from conftest import collect_small
@@ -87,6 +87,20 @@ def test_every_shipped_preset_passes(preset):
 @pytest.mark.parametrize("stage", ["collect", "pretrain", "transfer", "deploy", "report", "spaces", "bench"])
 def test_every_stage_default_passes(stage):
     load(stage)
+
+
+@pytest.mark.parametrize("stage", stages())
+def test_every_config_group_option_composes_for_every_stage_that_has_the_group(stage):
+    """Every option of every config group (model=s, trainer=fsdp, space=thor, ...) composes and passes
+    the rules in each stage that has that group; the presets are covered by the test above."""
+    has = load(stage)
+    composed = 0
+    for group, options in groups().items():
+        if group in has and group != "experiment":
+            for option in options:
+                load(stage, [f"{group}={option}"])
+                composed += 1
+    assert composed >= 1
 
 
 def room_scene(tmp_path):

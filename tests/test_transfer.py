@@ -7,7 +7,7 @@ import torch
 
 from tst.cli import main
 from tst.transfer.backbones import ScratchViT
-from tst.pretrain.model import ModelConfig
+from tst.layers import ModelConfig
 from tst.transfer.metrics import SegmentationScore
 from tst.taxonomy import SemanticClass, Taxonomy
 from tst.transfer.module import TransferModule

@@ -12,9 +12,10 @@ import torch
 from torch import nn
 
 from tst.errors import TSTError
+from tst.layers import ModelConfig, patchify
+from tst.modalities import to_network
 
-from tst.pretrain.model import ModalityIO, ModelConfig, MultimodalMaskedModel, patchify
-from tst.pretrain.normalize import to_network
+from tst.pretrain.model import ModalityIO, MultimodalMaskedModel
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from tst.transfer.backbones import make_backbone
 from tst.transfer.data import full_frame, split_taxonomy
 from tst.transfer.module import TransferModule
 from tst.transfer.run import build_tasks, caption_vocabulary, task_names
+from tst.transfer.tasks import TASKS
 
 console = Console(stderr=True)
-MODALITIES = {"seg": ["semantic"], "det": ["boxes"], "caption": ["caption"]}
 
 
 def _batches(root, split: str, modalities: list[str], size: int, batch_size: int, count: int) -> list[dict]:
@@ -45,7 +45,7 @@ def _measure(cfg: DictConfig, task: str) -> dict:
         vocabulary = caption_vocabulary(torch.utils.data.Subset(frames, range(len(frames))), 1)
     module = TransferModule(backbone, build_tasks([task], taxonomy, settings, vocabulary), settings)
     optimizer = module.configure_optimizers()["optimizer"]
-    train = _batches(root, "transfer", MODALITIES[task], size, int(b.batch_size), 2)
+    train = _batches(root, "transfer", list(TASKS[task].modalities), size, int(b.batch_size), 2)
     module.train()
     for step in range(int(b.steps) + 2):  # two warm-up steps
         if step == 2:
@@ -56,7 +56,7 @@ def _measure(cfg: DictConfig, task: str) -> dict:
         loss.backward()
         optimizer.step()
     steps_per_s = int(b.steps) / (time.perf_counter() - start)
-    evaluation = _batches(root, "eval", MODALITIES[task], size, int(b.eval_batch_size), int(b.eval_batches))
+    evaluation = _batches(root, "eval", list(TASKS[task].modalities), size, int(b.eval_batch_size), int(b.eval_batches))
     module.eval()
     with torch.inference_mode():
         module(evaluation[0]["rgb"])  # warm-up

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tst.pretrain.model import sincos_2d
+from tst.layers import sincos_2d
 
 SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>")
 PAD, BOS, EOS, UNK = range(len(SPECIALS))
@@ -138,7 +138,7 @@ class CaptionDecoder(nn.Module):
         if features.dim() == 4:
             B, C, H, W = features.shape
             tokens = self.project(features.flatten(2).transpose(1, 2))
-            return tokens + sincos_2d(H, self.width, W).to(tokens)
+            return tokens + sincos_2d(H, W, self.width).to(tokens)
         if features.dim() == 2:
             features = features[:, None]
         return self.project(features)

@@ -33,8 +33,9 @@ from typing import Callable
 import torch
 
 from tst.errors import TSTError
+from tst.layers import sincos_2d
 from tst.weights import read_torch_file
-from tst.transfer.vit import CLIP_MEAN, CLIP_STD, PlainViT, ViTConfig, sincos_4m
+from tst.transfer.vit import CLIP_MEAN, CLIP_STD, PlainViT, ViTConfig
 
 WEIGHTS_ENV = "TST_WEIGHTS_DIR"
 EXTENSIONS = (".pth", ".pt", ".safetensors")
@@ -245,7 +246,7 @@ def map_4m(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor]
     if keys.has(f"{e}.pos_emb"):
         keys.copy(f"{e}.pos_emb", "pos_embed")
     else:  # rgb@224: a 14x14 grid at patch 16
-        keys.put("pos_embed", sincos_4m(224 // patch, 224 // patch, dim))
+        keys.put("pos_embed", sincos_2d(224 // patch, 224 // patch, dim, row_first=True)[None])
     for i in range(keys.blocks("encoder")):
         p, o = f"encoder.{i}", f"blocks.{i}"
         bias_free_norm(f"{p}.norm1", f"{o}.norm1")

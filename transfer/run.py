@@ -31,7 +31,7 @@ from tst.pretrain.visualize import to_uint8
 from tst.transfer.backbones import make_backbone
 from tst.transfer.data import transfer_and_eval
 from tst.transfer.module import TransferModule
-from tst.transfer.tasks import TASK_NAMES, CaptionTask, DetectionTask, SegmentationTask, Task
+from tst.transfer.tasks import TASK_NAMES, TASKS, Task
 
 console = Console(stderr=True)
 EXAMPLES = 4  # eval frames drawn in predictions.png
@@ -49,18 +49,7 @@ def task_names(value) -> list[str]:
 
 def build_tasks(names: list[str], taxonomy: Taxonomy, settings: dict, vocabulary=None) -> list[Task]:
     """The Task objects of `names`; settings: the transfer config (head widths, thresholds, beam)."""
-    width = int(settings.get("head_width", 64))
-    tasks: list[Task] = []
-    for name in names:
-        if name == "seg":
-            tasks.append(SegmentationTask(taxonomy, width, str(settings.get("seg_head", "pyramid"))))
-        elif name == "det":
-            tasks.append(DetectionTask(taxonomy, float(settings["det_score_threshold"]),
-                                       float(settings["det_iou_threshold"]), width))
-        else:
-            tasks.append(CaptionTask(vocabulary, int(settings["beam"]), int(settings["max_caption_words"]) + 2,
-                                     bool(settings["meteor"]), int(settings.get("caption_width", 128))))
-    return tasks
+    return [TASKS[name].from_settings(taxonomy, settings, vocabulary) for name in names]
 
 
 def caption_vocabulary(train: Subset, min_count: int):
@@ -113,7 +102,7 @@ def run(cfg: DictConfig) -> Path:
     settings = OmegaConf.to_container(t, resolve=True)
     L.seed_everything(int(t.seed), workers=True, verbose=False)  # before any weight exists
     backbone, info, size = make_backbone(str(t.backbone), OmegaConf.to_container(cfg.model, resolve=True), settings)
-    modalities = [m for name in names for m in {"seg": ["semantic"], "det": ["boxes"], "caption": ["caption"]}[name]]
+    modalities = [m for name in names for m in TASKS[name].modalities]
     train, eval_frames, taxonomy, root, source = transfer_and_eval(cfg, modalities, size)
     name = cfg.run_name or f"{'+'.join(names)}-{info.name}-f{t.fraction}-s{t.seed}-{new_run_name()}"
     space = Path(os.path.abspath(root)).parent.name  # <space>/data, or the folder holding data_dir

@@ -31,9 +31,17 @@ CAPTION_PANEL_WIDTH = 240  # pixels of a caption column in predictions.png: 40 c
 
 
 class Task(ABC):
+    """One transfer task: everything that differs between tasks (the labels it reads, its head, loss,
+    predictions, metrics, pictures and saved state) lives in its subclass, registered in TASKS."""
+
     name: str
     modalities: tuple[str, ...]  # read from the dataset besides rgb
     headline: str  # the metric a results table shows first
+
+    @classmethod
+    @abstractmethod
+    def from_settings(cls, taxonomy: Taxonomy, settings: dict, vocabulary=None) -> Task:
+        """The task as the transfer config (`settings`: head widths, thresholds, beam) asks for it."""
 
     @abstractmethod
     def build_head(self, dim: int) -> nn.Module: ...
@@ -72,6 +80,10 @@ class SegmentationTask(Task):
         if head not in self.HEADS:
             raise TSTError(f"transfer.seg_head: expected one of {', '.join(self.HEADS)}, got {head!r}")
         self.taxonomy, self.width, self.head = taxonomy, width, head
+
+    @classmethod
+    def from_settings(cls, taxonomy, settings, vocabulary=None):
+        return cls(taxonomy, int(settings.get("head_width", 64)), str(settings.get("seg_head", "pyramid")))
 
     def build_head(self, dim: int) -> nn.Module:
         if self.head == "linear":
@@ -119,6 +131,11 @@ class DetectionTask(Task):
                  width: int = 64):
         self.taxonomy, self.score_threshold, self.iou_threshold = taxonomy, score_threshold, iou_threshold
         self.width = width
+
+    @classmethod
+    def from_settings(cls, taxonomy, settings, vocabulary=None):
+        return cls(taxonomy, float(settings["det_score_threshold"]), float(settings["det_iou_threshold"]),
+                   int(settings.get("head_width", 64)))
 
     def build_head(self, dim: int) -> nn.Module:
         from tst.transfer.detection import DetectionHead
@@ -175,6 +192,11 @@ class CaptionTask(Task):
         self.vocabulary, self.beam, self.max_length, self.meteor = vocabulary, beam, max_length, meteor
         self.width = width
 
+    @classmethod
+    def from_settings(cls, taxonomy, settings, vocabulary=None):
+        return cls(vocabulary, int(settings["beam"]), int(settings["max_caption_words"]) + 2,
+                   bool(settings["meteor"]), int(settings.get("caption_width", 128)))
+
     def build_head(self, dim: int) -> nn.Module:
         from tst.transfer.captioning import CaptionDecoder
 
@@ -228,4 +250,5 @@ class _CaptionMetrics:
         return {f"caption_{k}": v for k, v in self.score.compute().items()}
 
 
-TASK_NAMES = ("seg", "det", "caption")
+TASKS: dict[str, type[Task]] = {task.name: task for task in (SegmentationTask, DetectionTask, CaptionTask)}
+TASK_NAMES = tuple(TASKS)

@@ -1,6 +1,6 @@
 """A plain RGB ViT encoder for published generalist weights (DINOv2, CLIP, 4M), built from our own block.
 
-`PlainViT` reuses `tst.pretrain.model.Block` unchanged (pre-norm: norm1 -> attention with separate `q`
+`PlainViT` reuses `tst.layers.Block` unchanged (pre-norm: norm1 -> attention with separate `q`
 and `kv` projections -> `out`; norm2 -> MLP) and adds only what the published models need around it:
 a conv patch embedding, an optional class token and register tokens, a position embedding at the
 pretrained grid that is resized to the input grid, an optional pre-norm (CLIP's ln_pre), a final norm,
@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tst.errors import TSTError
-from tst.pretrain.model import Block
+from tst.layers import Block, sincos_2d
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -89,22 +89,8 @@ def swiglu_hidden(dim: int, mlp_ratio: float) -> int:
     return int(2 * int(dim * mlp_ratio) / 3)
 
 
-def sincos_4m(rows: int, columns: int, dim: int, temperature: float = 10000.0) -> torch.Tensor:
-    """(1, rows*columns, dim) 4M's fixed 2D sin-cos position embedding in row-major token order.
-
-    ml-4m's build_2d_sincos_posemb gives token (r, c) [sin(r w), cos(r w), sin(c w), cos(c w)] on its
-    square grids (its meshgrid is 'ij' over (w, h), so the first half follows the token's row); this is
-    the same function, also defined for non-square grids."""
-    quarter = dim // 4
-    omega = 1.0 / temperature ** (torch.arange(quarter, dtype=torch.float32) / quarter)
-    r, c = torch.meshgrid(torch.arange(rows, dtype=torch.float32), torch.arange(columns, dtype=torch.float32),
-                          indexing="ij")
-    out_r, out_c = r.reshape(-1, 1) * omega, c.reshape(-1, 1) * omega
-    return torch.cat([out_r.sin(), out_r.cos(), out_c.sin(), out_c.cos()], dim=1)[None]
-
-
 class PlainViT(nn.Module):
-    """An RGB-only ViT on `tst.pretrain.model.Block` (see the module docstring)."""
+    """An RGB-only ViT on `tst.layers.Block` (see the module docstring)."""
 
     def __init__(self, config: ViTConfig):
         super().__init__()
@@ -155,7 +141,7 @@ class PlainViT(nn.Module):
         if (rows, columns) == (grid, grid):
             return self.pos_embed
         if c.position == "sincos4m":
-            return sincos_4m(rows, columns, c.dim).to(self.pos_embed)
+            return sincos_2d(rows, columns, c.dim, row_first=True)[None].to(self.pos_embed)
         head, table = self.pos_embed[:, :int(c.class_token)], self.pos_embed[:, int(c.class_token):]
         table = table.float().reshape(1, grid, grid, c.dim).permute(0, 3, 1, 2)
         if c.interpolate_offset:  # DINOv2's resize: a scale factor, slightly enlarged, sets the sampling

@@ -30,7 +30,8 @@ console = Console(stderr=True)
 OTHER_BACKBONES = ("scratch", "generalist")
 
 
-def _identity(*parts) -> str:
+def _name_hash(*parts) -> str:
+    """8 hex digits of the parts' sha256: the suffix that tells apart runs of different settings."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 
@@ -103,7 +104,7 @@ class Pipeline:
 
         inputs = [fingerprint(data)] + ([fingerprint(tokenizers)] if tokenizers else [])
         overrides = self.overrides("pretrain") + ([] if seed is None else [f"pretrain.seed={seed}"])
-        name = f"{objective}-{'' if seed is None else f's{seed}-'}{_identity(overrides, inputs)}"
+        name = f"{objective}-{'' if seed is None else f's{seed}-'}{_name_hash(overrides, inputs)}"
         run_dir = self.root / "pretrain" / name
         if _finished(run_dir):
             console.print(f"pretraining {run_dir} is finished: skipped")
@@ -121,7 +122,7 @@ class Pipeline:
 
         source = fingerprint(Path(spec)) if Path(spec).is_dir() else spec
         extra = [f"transfer.backbone={spec}", f"transfer.seed={seed}", f"transfer.fraction={fraction}"]
-        name = f"{backbone}-s{seed}-f{fraction:g}-{_identity(self.overrides('transfer'), extra[1:], source, fingerprint(data))}"
+        name = f"{backbone}-s{seed}-f{fraction:g}-{_name_hash(self.overrides('transfer'), extra[1:], source, fingerprint(data))}"
         run_dir = self.root / "transfer" / name
         if _finished(run_dir):
             console.print(f"transfer {run_dir} is finished: skipped")
@@ -131,7 +132,7 @@ class Pipeline:
     def deploy(self, model: Path) -> Path | None:
         from tst.deploy.run import deploy
 
-        name = f"{self.e.deploy_task}-{model.name}-{_identity(self.overrides('deploy'))}"
+        name = f"{self.e.deploy_task}-{model.name}-{_name_hash(self.overrides('deploy'))}"
         run_dir = self.root / "deploy" / name
         if _finished(run_dir):
             console.print(f"deploy {run_dir} is finished: skipped")

@@ -42,7 +42,7 @@ def contact_sheet(frames: list[Frame], modalities: list[str], taxonomy: Taxonomy
             if name == "semantic" and palette is not None:  # coloured by class name, as in every sheet
                 image = label_image(frame[name], palette=palette)
             else:
-                image = get(name).visualize(frame[name])
+                image = get(name).picture(frame[name], None)
             sheet.paste(Image.fromarray(image), (PAD + column * (width + PAD), HEADER + row * (height + PAD)))
     if visible:
         column_w = grid_w // 4

@@ -1,4 +1,5 @@
-"""On-disk encodings of each modality (ARCHITECTURE "Data on disk"): bytes <-> numpy / python values.
+"""On-disk encodings (ARCHITECTURE "Data on disk"): bytes <-> numpy / python values. Which modality
+uses which codec is said by its entry in the modality registry (`tst.modalities`).
 
 rgb PNG (or JPEG); depth 16-bit PNG in millimetres; normals 8-bit PNG of (n + 1) / 2; edges 8-bit PNG;
 semantic / instance 16-bit PNG; boxes, caption, camera JSON.
@@ -100,23 +101,17 @@ def decode_json(data: bytes) -> Any:
 
 @dataclass(frozen=True)
 class Codec:
+    """How one modality is stored: file extension of its shard members, value -> bytes, bytes -> value."""
+
     extension: str
     encode: Callable[[Any], bytes]
     decode: Callable[[bytes], Any]
 
 
-def codecs(rgb_format: str = "png") -> dict[str, Codec]:
-    """Modality name -> codec; `camera` (the frame's camera and meta) is stored like a modality."""
-    if rgb_format not in ("png", "jpg"):
-        raise TSTError(f"collect.rgb_format: expected png or jpg, got {rgb_format!r}")
-    return {
-        "rgb": Codec(rgb_format, encode_rgb_png if rgb_format == "png" else encode_rgb_jpeg, decode_rgb),
-        "depth": Codec("png", encode_depth, decode_depth),
-        "normals": Codec("png", encode_normals, decode_normals),
-        "edges": Codec("png", encode_gray8, decode_gray8),
-        "semantic": Codec("png", encode_labels, decode_labels),
-        "instance": Codec("png", encode_labels, decode_labels),
-        "boxes": Codec("json", encode_json, decode_json),
-        "caption": Codec("json", encode_json, decode_json),
-        "camera": Codec("json", encode_json, decode_json),
-    }
+PNG_RGB = Codec("png", encode_rgb_png, decode_rgb)
+JPEG_RGB = Codec("jpg", encode_rgb_jpeg, decode_rgb)
+DEPTH_PNG16 = Codec("png", encode_depth, decode_depth)
+NORMALS_PNG8 = Codec("png", encode_normals, decode_normals)
+GRAY8_PNG = Codec("png", encode_gray8, decode_gray8)
+LABELS_PNG16 = Codec("png", encode_labels, decode_labels)
+JSON = Codec("json", encode_json, decode_json)
