@@ -48,6 +48,9 @@ class FixedLengthCaptions(CaptionTask):
         tokens = fixed_length_greedy(head, features, self.max_length)
         return [self.vocabulary.decode(row) for row in tokens]
 
+    def from_exported(self, head, outputs, image_size):
+        return self.predict(head, outputs["caption_cross"], image_size)  # the exported head reads the cache
+
 
 def multitask_model(model: str, size: int, caption_words: int, seg_head: str = "linear",
                     head_width: int = 32) -> TransferModule:
@@ -84,33 +87,28 @@ def _torch_runner(module: TransferModule, size: int, device: str, precision: str
     module = module.to(device)
     if compile_mode is not None:
         module.backbone = torch.compile(module.backbone, mode=compile_mode or None)
-        for name in ("seg", "det"):
-            module.heads[name] = torch.compile(module.heads[name], mode=compile_mode or None)
+        for name, task in module.tasks.items():
+            if task.compiled_in_deploy:
+                module.heads[name] = torch.compile(module.heads[name], mode=compile_mode or None)
     x = torch.rand(1, 3, size, size, device=device)
     dtype = PRECISIONS[precision]
 
     def infer():
         with torch.inference_mode(), torch.autocast(device, dtype=dtype, enabled=dtype is not None):
-            return to_prediction(module(x))
+            return to_prediction(module(x), module.tasks)
 
     return infer
 
 
 def _onnx_runner(module: TransferModule, size: int, folder: Path):
-    from tst.deploy.export import OnnxGraphs, export, from_dense
+    from tst.deploy.export import OnnxGraphs, export
 
     export(module, size, [torch.rand(3, size, size)], folder)
     graphs = OnnxGraphs(folder, module)
-    caption = module.tasks["caption"]
-    dense_tasks = {k: v for k, v in module.tasks.items() if k != "caption"}
     x = torch.rand(1, 3, size, size)
 
     def infer():
-        outputs = graphs.run_dense(x)
-        predictions = from_dense(dense_tasks, outputs, size, None)
-        tokens = fixed_length_greedy(graphs.caption, outputs["caption_cross"], caption.max_length)
-        predictions["caption"] = [caption.vocabulary.decode(tokens[0])]
-        return to_prediction(predictions)
+        return to_prediction(graphs(x), module.tasks)
 
     return infer
 

@@ -2,9 +2,9 @@
 PyTorch on eval frames before anything is written.
 
 Two graphs, both with fixed shapes:
-  dense.{pt2,onnx}    rgb (1, 3, S, S) in [0, 1] -> features, the caption decoder's cross-attention keys
-                      and values, segmentation logits and the raw detection outputs (whichever heads the
-                      model has)
+  dense.{pt2,onnx}    rgb (1, 3, S, S) in [0, 1] -> features, then each task's `export_outputs`
+                      (segmentation logits, raw detection outputs, the caption decoder's cross-attention
+                      keys and values: whichever heads the model has), outputs named in the graph
   caption.{pt2,onnx}  one decoding step on key/value caches of fixed size (CaptionDecoder.step): tokens
                       (K,), position (), self cache (2, depth, K, heads, max_length, d), cross cache
                       (2, depth, K, heads, N, d) -> next-token logits (K, vocab), the updated self cache;
@@ -28,7 +28,6 @@ from tst.workspace import MANIFEST, file_sha256, fingerprint, read_manifest, sta
 
 from tst.transfer.module import TransferModule
 
-DET_KEYS = ("logits", "log_ltrb", "centerness", "points", "strides", "limits")
 TOLERANCE = 1e-4  # max abs difference allowed between ONNX Runtime and PyTorch outputs
 GRAPH_FILES = ("dense.pt2", "dense.onnx", "caption.pt2", "caption.onnx")
 REEXPORT = "re-run tst deploy export (after removing the folder)"
@@ -64,37 +63,29 @@ def check_export(folder: Path, model_dir: Path | None, graphs: list[str]) -> Non
                            f"edited); {REEXPORT}")
 
 
-def dense_names(module: TransferModule) -> list[str]:
-    """Output names of the dense graph, in order."""
-    names = ["features"]
-    if "caption" in module.heads:
-        names.append("caption_cross")
-    if "seg" in module.heads:
-        names.append("seg_logits")
-    if "det" in module.heads:
-        names += [f"det_{k}" for k in DET_KEYS]
-    return names
+def dense_names(module: TransferModule, image_size: int) -> list[str]:
+    """Output names of the dense graph, in order: the features, then each task's `export_outputs`."""
+    with torch.no_grad():
+        return list(DenseGraph(module, image_size).named_outputs(torch.zeros(1, 3, image_size, image_size)))
 
 
 class DenseGraph(nn.Module):
-    """One backbone pass and every dense head: rgb (1, 3, S, S) -> tuple of `dense_names` tensors."""
+    """One backbone pass and every task's exported outputs: rgb (1, 3, S, S) -> tuple of tensors, named by
+    `dense_names`."""
 
     def __init__(self, module: TransferModule, image_size: int):
         super().__init__()
         self.module, self.size = module, (image_size, image_size)
 
-    def forward(self, rgb: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        heads = self.module.heads
+    def named_outputs(self, rgb: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.module.backbone(rgb)
-        outputs = [features]
-        if "caption" in heads:
-            outputs.append(heads["caption"].cross_cache(heads["caption"].memory(features)))
-        if "seg" in heads:
-            outputs.append(heads["seg"](features, self.size))
-        if "det" in heads:
-            raw = heads["det"](features, self.size)
-            outputs += [raw[k] for k in DET_KEYS]
-        return tuple(outputs)
+        outputs = {"features": features}
+        for name, task in self.module.tasks.items():
+            outputs |= task.export_outputs(self.module.heads[name], features, self.size)
+        return outputs
+
+    def forward(self, rgb: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.named_outputs(rgb).values())
 
 
 class CaptionStep(nn.Module):
@@ -109,28 +100,6 @@ class CaptionStep(nn.Module):
 
 
 CAPTION_INPUTS, CAPTION_OUTPUTS = ["tokens", "position", "self_cache", "cross"], ["logits", "next_self_cache"]
-
-
-def from_dense(tasks: dict, outputs: dict[str, torch.Tensor], image_size: int, caption_decoder) -> dict:
-    """Dense-graph outputs (name -> tensor) -> TransferModule.forward-style predictions of `tasks`
-    (name -> Task); captions are decoded through `caption_decoder` (see OnnxCaptionDecoder)."""
-    predictions: dict = {}
-    if "seg" in tasks:
-        logits = outputs["seg_logits"]
-        predictions["seg"] = logits.argmax(1)
-    if "det" in tasks:
-        from tst.transfer.detection import decode
-
-        raw = {k: outputs[f"det_{k}"] for k in DET_KEYS}
-        task = tasks["det"]
-        predictions["det"] = decode(raw, (image_size, image_size), task.score_threshold, task.iou_threshold)
-    if "caption" in tasks:
-        from tst.transfer.captioning import generate
-
-        task = tasks["caption"]
-        predictions["caption"] = generate(caption_decoder, outputs["caption_cross"], task.vocabulary,
-                                          beam=task.beam, max_length=task.max_length)
-    return predictions
 
 
 class OnnxCaptionDecoder:
@@ -183,8 +152,9 @@ class OnnxGraphs:
         if not folder.is_dir():
             raise TSTError(f"{folder}: no export there; run tst deploy export first")
         check_export(folder, model_dir, ["dense.onnx"] + (["caption.onnx"] if "caption" in module.tasks else []))
-        self.module, self.names = module, dense_names(module)
+        self.module = module
         self.dense = _session(folder / "dense.onnx")
+        self.names = [output.name for output in self.dense.get_outputs()]
         self.caption = None
         if "caption" in module.tasks:
             task = module.tasks["caption"]
@@ -194,9 +164,14 @@ class OnnxGraphs:
         values = self.dense.run(None, {"rgb": rgb.detach().cpu().float().numpy()})
         return {name: torch.from_numpy(v) for name, v in zip(self.names, values)}
 
+    def head(self, name: str):
+        """What decodes task `name`'s graph outputs: the exported caption step for captions, else the head."""
+        return self.caption if name == "caption" else self.module.heads[name]
+
     def __call__(self, rgb: torch.Tensor, skip: tuple[str, ...] = ()) -> dict:
-        tasks = {name: task for name, task in self.module.tasks.items() if name not in skip}
-        return from_dense(tasks, self.run_dense(rgb), rgb.shape[-1], self.caption)
+        outputs, size = self.run_dense(rgb), (rgb.shape[-2], rgb.shape[-1])
+        return {name: task.from_exported(self.head(name), outputs, size)
+                for name, task in self.module.tasks.items() if name not in skip}
 
 
 def _export_onnx(graph: nn.Module, example: tuple, path: Path, input_names: list[str], output_names: list[str]) -> None:
@@ -223,18 +198,19 @@ def export(module: TransferModule, image_size: int, frames: list[torch.Tensor], 
     dense = DenseGraph(module, image_size).eval()
     example = (frames[0][None].float(),)
     differences: dict[str, float] = {}
+    names = dense_names(module, image_size)
     with staged_directory(out) as tmp, torch.no_grad():
         torch.export.save(torch.export.export(dense, example), str(tmp / "dense.pt2"))
-        _export_onnx(dense, example, tmp / "dense.onnx", ["rgb"], dense_names(module))
+        _export_onnx(dense, example, tmp / "dense.onnx", ["rgb"], names)
         session = _session(tmp / "dense.onnx")
         crosses = []
         for frame in frames:
-            expected = dense(frame[None].float())
-            actual = session.run(None, {"rgb": frame[None].float().numpy()})
-            for name, e, a in zip(dense_names(module), expected, actual):
+            expected = dense.named_outputs(frame[None].float())
+            actual = session.run(names, {"rgb": frame[None].float().numpy()})
+            for (name, e), a in zip(expected.items(), actual):
                 differences[name] = max(differences.get(name, 0.0), _max_difference(e.numpy(), a))
             if "caption" in module.heads:
-                crosses.append(expected[1])
+                crosses.append(expected["caption_cross"])
         if "caption" in module.heads:
             task, decoder = module.tasks["caption"], module.heads["caption"]
             step = CaptionStep(decoder).eval()

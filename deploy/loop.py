@@ -80,14 +80,15 @@ class OnlineScores:
     """Running accuracy against the rendered truth, with the transfer stage's own metrics."""
 
     def __init__(self, predictor: Predictor):
-        self.scores = {name: task.new_score() for name, task in predictor.module.tasks.items()}
+        self.tasks = predictor.module.tasks
+        self.scores = {name: task.new_score() for name, task in self.tasks.items()}
 
     def update(self, observation: Observation, prediction: Prediction, skip: tuple[str, ...] = ()) -> None:
         """Score `prediction` against `observation`'s truth, except the tasks in `skip` (not run this step)."""
         batch = truth_batch([observation])
         for name, score in self.scores.items():
             if name not in skip:
-                score.update(predictions_of(name, [prediction]), batch)
+                score.update(self.tasks[name].scored([prediction]), batch)
 
     def compute(self) -> dict:
         result: dict = {}
@@ -99,20 +100,11 @@ class OnlineScores:
 def truth_batch(observations: list[Observation]) -> dict:
     """Observations as a transfer-stage batch (collate layout)."""
     return {"rgb": torch.stack([torch.from_numpy(o.rgb).permute(2, 0, 1).float() / 255 for o in observations]),
+            "depth": torch.stack([torch.from_numpy(o.depth)[None] for o in observations]),
             "semantic": torch.stack([torch.from_numpy(o.semantic) for o in observations]),
             "boxes": [torch.from_numpy(o.boxes) for o in observations],
             "box_classes": [torch.from_numpy(o.box_classes) for o in observations],
             "caption": [o.caption for o in observations], "key": [str(o.step) for o in observations]}
-
-
-def predictions_of(task: str, predictions: list[Prediction]):
-    """Predictions of one task in the layout its score accumulator takes."""
-    if task == "seg":
-        return torch.stack([torch.from_numpy(p.semantic) for p in predictions])
-    if task == "det":
-        return [{"boxes": torch.from_numpy(p.boxes), "scores": torch.from_numpy(p.scores),
-                 "classes": torch.from_numpy(p.classes)} for p in predictions]
-    return [p.caption for p in predictions]
 
 
 def run_loop(predictor: Predictor, renderer: RenderProcess, steps: int, overlap: bool = True,

@@ -26,7 +26,8 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 class Prediction:
     """One observation's outputs. semantic: (H, W) int64 class ids or None; boxes: (K, 4) float32 pixels
     x0, y0, x1, y1 with scores (K,) and classes (K,) int64, or None; caption: str or None, describing the
-    observation of agent step `caption_step` (in the loop, captions run less often than the other heads)."""
+    observation of agent step `caption_step` (in the loop, captions run less often than the other heads).
+    A registered task beyond these sets the attributes its `prediction_fields` names."""
 
     semantic: np.ndarray | None = None
     boxes: np.ndarray | None = None
@@ -57,18 +58,13 @@ def check_observation(rgb, size: int) -> None:
                        f"got {dtype} {tuple(shape) if shape is not None else ''}".rstrip())
 
 
-def to_prediction(outputs: dict) -> Prediction:
-    """TransferModule.forward outputs for a batch of one -> Prediction of numpy arrays."""
+def to_prediction(outputs: dict, tasks: dict) -> Prediction:
+    """TransferModule.forward outputs for a batch of one -> Prediction of numpy arrays, each task (name ->
+    Task) filling its own fields."""
     prediction = Prediction()
-    if "seg" in outputs:
-        prediction.semantic = outputs["seg"][0].cpu().numpy()
-    if "det" in outputs:
-        det = outputs["det"][0]
-        prediction.boxes = det["boxes"].float().cpu().numpy()
-        prediction.scores = det["scores"].float().cpu().numpy()
-        prediction.classes = det["classes"].cpu().numpy()
-    if "caption" in outputs:
-        prediction.caption = outputs["caption"][0]
+    for name, output in outputs.items():
+        for field, value in tasks[name].prediction_fields(output[0]).items():
+            setattr(prediction, field, value)
     return prediction
 
 
@@ -96,8 +92,8 @@ class Predictor:
         elif compile:
             mode = "reduce-overhead" if self.device.type == "cuda" else None
             self.module.backbone = torch.compile(self.module.backbone, mode=mode)
-            for name in ("seg", "det"):
-                if name in self.module.heads:
+            for name, task in self.module.tasks.items():
+                if task.compiled_in_deploy:
                     self.module.heads[name] = torch.compile(self.module.heads[name], mode=mode)
 
     @classmethod
@@ -127,4 +123,4 @@ class Predictor:
         outputs = self.outputs(rgb, skip)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        return to_prediction(outputs)
+        return to_prediction(outputs, self.module.tasks)

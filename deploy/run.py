@@ -22,14 +22,12 @@ from tst.workspace import (artifact_dir, atomic_write_json, new_run_name, read_j
 from tst.collect.dataset import FrameDataset
 from tst.collect.plan import read_plan
 from tst.deploy.export import export
-from tst.deploy.loop import latency_summary, run_loop, search_goal
+from tst.deploy.loop import latency_summary, run_loop, search_goal, truth_batch
 from tst.deploy.observations import PathSettings, RenderProcess
 from tst.deploy.predictor import Predictor
-from tst.pretrain.visualize import to_uint8
 from tst.collect.dataset import collected_dataset
 from tst.transfer.data import full_frame
 from tst.envs.registry import space_name
-from tst.transfer.visualize import caption_panel, draw_boxes
 
 console = Console(stderr=True)
 
@@ -87,29 +85,19 @@ def path_settings(cfg: DictConfig, size: int, steps: int) -> PathSettings:
                         _pretrain_positions(cfg), float(c.eval_min_distance), int(c.min_box_pixels))
 
 
-def _strip(result, taxonomy, count: int, min_score: float):
-    """strip.png: `count` steps along the path (observation, detections scoring >= min_score, truth and
-    predicted labels, caption)."""
+def _strip(result, tasks: dict, count: int, min_score: float):
+    """strip.png: `count` steps along the path: the observation, then each task's truth and prediction as
+    the transfer stage draws them (detections scoring >= min_score)."""
     picks = np.unique(np.linspace(0, len(result.steps) - 1, min(count, len(result.steps))).astype(int))
     rows = []
     for index in picks:
         record = result.steps[index]
-        o, p = record.observation, record.prediction
-        size = o.rgb.shape[0]
-        row = [o.rgb]
-        if p.boxes is not None:
-            keep = p.scores >= min_score
-            row.append(draw_boxes(o.rgb, torch.from_numpy(p.boxes[keep]), torch.from_numpy(p.classes[keep]),
-                                  taxonomy, torch.from_numpy(p.scores[keep])))
-        if p.semantic is not None:
-            row += [to_uint8("semantic", torch.from_numpy(o.semantic)), to_uint8("semantic", torch.from_numpy(p.semantic))]
-        if p.caption is not None:
-            row.append(caption_panel(p.caption, size, size))
+        truth = truth_batch([record.observation])
+        row = [record.observation.rgb]
+        for task in tasks.values():
+            row += task.draw(truth, 0, task.scored([record.prediction])[0], min_score)
         rows.append(row)
-    first = result.steps[0].prediction
-    titles = ["observation"] + (["detections"] if first.boxes is not None else []) \
-        + (["truth labels", "segmentation"] if first.semantic is not None else []) \
-        + (["caption"] if first.caption is not None else [])
+    titles = ["observation"] + [title for task in tasks.values() for title in task.columns()]
     return grid_image(rows, titles, [f"step {i}" for i in picks])
 
 
@@ -150,7 +138,7 @@ def deploy(cfg: DictConfig) -> Path:
         | ({"search": result.search} if result.search else {})
     with staged_directory(run_dir) as tmp:
         atomic_write_json(tmp / "report.json", report)
-        _strip(result, predictor.taxonomy, int(d.strip_frames), float(d.score_threshold)).save(tmp / "strip.png")
+        _strip(result, predictor.module.tasks, int(d.strip_frames), float(d.score_threshold)).save(tmp / "strip.png")
         write_manifest(tmp, "deploy", cfg, {"model": predictor.model.run_dir},
                        {"report": "report.json", "strip": "strip.png"})
     metrics = {f"online_{k}": v for k, v in result.metrics.items()} | {

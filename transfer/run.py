@@ -31,20 +31,20 @@ from tst.pretrain.visualize import to_uint8
 from tst.transfer.backbones import make_backbone
 from tst.transfer.data import transfer_and_eval
 from tst.transfer.module import TransferModule
-from tst.transfer.tasks import TASK_NAMES, TASKS, Task
+from tst.transfer.tasks import TASKS, Task
 
 console = Console(stderr=True)
 EXAMPLES = 4  # eval frames drawn in predictions.png
 
 
 def task_names(value) -> list[str]:
-    """transfer.task as a list of known task names, in a fixed order."""
+    """transfer.task as a list of registered task names, in the registry's order."""
     names = list(value) if isinstance(value, (list, tuple, ListConfig)) else [str(value)]
-    unknown = [n for n in names if n not in TASK_NAMES]
+    unknown = [n for n in names if n not in TASKS]
     if unknown or not names:
         raise TSTError(f"transfer.task: '{','.join(unknown) or names}' is not a task; expected one or a list of "
-                       f"{', '.join(TASK_NAMES)}")
-    return [n for n in TASK_NAMES if n in names]
+                       f"{', '.join(TASKS)}")
+    return [n for n in TASKS if n in names]
 
 
 def build_tasks(names: list[str], taxonomy: Taxonomy, settings: dict, vocabulary=None) -> list[Task]:

@@ -3,7 +3,9 @@ predictor treat segmentation, detection and captioning alike.
 
 A task names the dataset modalities it reads, builds its head on a backbone of `dim` channels, turns
 (head, features, batch) into a training loss or into per-image predictions, scores predictions against
-a batch's truth, and draws a few of them.
+a batch's truth, and draws a few of them. For deployment it also names the tensors it adds to the
+exported graph, decodes them, and fills its fields of the agent's `Prediction` (and reads them back
+for online scoring), so the deploy stage never asks which task it holds.
 
 features: (B, dim, g, g) backbone feature maps; batches are `tst.collect.dataset.collate` outputs with
 rgb (B, 3, H, W) in [0, 1].
@@ -61,12 +63,34 @@ class Task(ABC):
         """Titles of the pictures `draw` returns."""
 
     @abstractmethod
-    def draw(self, batch: dict, index: int, prediction) -> list[np.ndarray]:
-        """(H, W, 3) uint8 pictures of frame `index`'s truth and prediction."""
+    def draw(self, batch: dict, index: int, prediction, min_score: float = 0.3) -> list[np.ndarray]:
+        """(H, W, 3) uint8 pictures of frame `index`'s truth and prediction; min_score: the lowest
+        confidence drawn, for tasks whose predictions carry one."""
 
     def state(self) -> dict:
         """What a saved model needs besides its weights to rebuild this task (JSON)."""
         return {}
+
+    # --- deployment ------------------------------------------------------------------------------
+    compiled_in_deploy: bool = True  # its head is torch.compile'd under deploy.compile=true
+
+    @abstractmethod
+    def export_outputs(self, head: nn.Module, features: torch.Tensor, image_size: tuple[int, int]) -> dict:
+        """name -> tensor this task adds to the exported dense graph (fixed shapes, traceable)."""
+
+    @abstractmethod
+    def from_exported(self, head, outputs: dict[str, torch.Tensor], image_size: tuple[int, int]) -> list:
+        """The dense graph's outputs (name -> tensor over a batch) -> what `predict` returns. head: the
+        task's head or a stand-in running its exported graph (captions decode through it)."""
+
+    @abstractmethod
+    def prediction_fields(self, prediction) -> dict:
+        """One image's prediction -> the fields of the deploy `Prediction` it fills (numpy arrays, str)."""
+
+    @abstractmethod
+    def scored(self, predictions: list):
+        """Deploy Predictions (objects carrying this task's fields) -> predictions in the layout
+        `new_score().update` takes."""
 
 
 class SegmentationTask(Task):
@@ -103,10 +127,23 @@ class SegmentationTask(Task):
     def columns(self):
         return ["truth", "segmentation"]
 
-    def draw(self, batch, index, prediction):
+    def draw(self, batch, index, prediction, min_score=0.3):
         palette = class_palette(self.taxonomy.names)
         return [label_image(batch["semantic"][index].numpy(), palette=palette),
                 label_image(prediction.cpu().numpy(), palette=palette)]
+
+    def export_outputs(self, head, features, image_size):
+        return {"seg_logits": head(features, image_size)}
+
+    def from_exported(self, head, outputs, image_size):
+        return outputs["seg_logits"].argmax(1)
+
+    def prediction_fields(self, prediction):
+        """semantic: (H, W) int64 class ids."""
+        return {"semantic": prediction.cpu().numpy()}
+
+    def scored(self, predictions):
+        return torch.stack([torch.from_numpy(p.semantic) for p in predictions])
 
 
 class _SegmentationMetrics:
@@ -160,12 +197,34 @@ class DetectionTask(Task):
     def columns(self):
         return ["truth boxes", "detections"]
 
-    def draw(self, batch, index, prediction):
+    def draw(self, batch, index, prediction, min_score=0.3):
         rgb = to_uint8("rgb", batch["rgb"][index])
-        confident = prediction["scores"] >= 0.3
+        confident = prediction["scores"] >= min_score
         return [draw_boxes(rgb, batch["boxes"][index], batch["box_classes"][index], self.taxonomy),
                 draw_boxes(rgb, prediction["boxes"][confident], prediction["classes"][confident], self.taxonomy,
                            prediction["scores"][confident])]
+
+    # The head's raw outputs the dense graph carries; box decoding and NMS run on them after the graph.
+    RAW_KEYS = ("logits", "log_ltrb", "centerness", "points", "strides", "limits")
+
+    def export_outputs(self, head, features, image_size):
+        raw = head(features, image_size)
+        return {f"det_{key}": raw[key] for key in self.RAW_KEYS}
+
+    def from_exported(self, head, outputs, image_size):
+        from tst.transfer.detection import decode
+
+        raw = {key: outputs[f"det_{key}"] for key in self.RAW_KEYS}
+        return decode(raw, tuple(image_size), self.score_threshold, self.iou_threshold)
+
+    def prediction_fields(self, prediction):
+        """boxes (K, 4) float32 pixels x0, y0, x1, y1; scores (K,) float32; classes (K,) int64."""
+        return {"boxes": prediction["boxes"].float().cpu().numpy(), "scores": prediction["scores"].float().cpu().numpy(),
+                "classes": prediction["classes"].cpu().numpy()}
+
+    def scored(self, predictions):
+        return [{"boxes": torch.from_numpy(p.boxes), "scores": torch.from_numpy(p.scores),
+                 "classes": torch.from_numpy(p.classes)} for p in predictions]
 
 
 class _DetectionMetrics:
@@ -230,13 +289,30 @@ class CaptionTask(Task):
     def columns(self):
         return ["truth caption", "predicted caption"]
 
-    def draw(self, batch, index, prediction):
+    def draw(self, batch, index, prediction, min_score=0.3):
         height = batch["rgb"].shape[-2]
         width = CAPTION_PANEL_WIDTH  # wider than a frame: a caption of 30 words fits at 64 px high
         return [caption_panel(batch["caption"][index], width, height), caption_panel(prediction, width, height)]
 
     def state(self) -> dict:
         return {"vocabulary": self.vocabulary.to_dict(), "beam": self.beam, "max_length": self.max_length}
+
+    compiled_in_deploy = False  # beam search is Python control flow around the decoder
+
+    def export_outputs(self, head, features, image_size):
+        """The decoder's cross-attention keys and values (its own graph runs the decoding steps)."""
+        return {"caption_cross": head.cross_cache(head.memory(features))}
+
+    def from_exported(self, head, outputs, image_size):
+        from tst.transfer.captioning import generate
+
+        return generate(head, outputs["caption_cross"], self.vocabulary, beam=self.beam, max_length=self.max_length)
+
+    def prediction_fields(self, prediction):
+        return {"caption": prediction}
+
+    def scored(self, predictions):
+        return [p.caption for p in predictions]
 
 
 class _CaptionMetrics:
@@ -251,4 +327,11 @@ class _CaptionMetrics:
 
 
 TASKS: dict[str, type[Task]] = {task.name: task for task in (SegmentationTask, DetectionTask, CaptionTask)}
-TASK_NAMES = tuple(TASKS)
+
+
+def register_task(task: type[Task]) -> type[Task]:
+    """Add a task class to TASKS (usable as a class decorator); a taken name is a TSTError."""
+    if task.name in TASKS:
+        raise TSTError(f"task '{task.name}' is already registered")
+    TASKS[task.name] = task
+    return task

@@ -69,6 +69,17 @@ def choice(*options: str) -> Rule:
     return Rule(words, lambda v: isinstance(v, str) and v in options)
 
 
+def registered_task() -> Rule:
+    """A name in the transfer stage's task registry, read when a value is checked (tasks registered after
+    import count too; the import is deferred because rules sit below the stages)."""
+    def accepts(value) -> bool:
+        from tst.transfer.tasks import TASKS
+
+        return isinstance(value, str) and value in TASKS
+
+    return Rule("a registered task (seg, det, caption, ...)", accepts)
+
+
 def flag() -> Rule:
     return Rule("true or false", lambda v: isinstance(v, bool))
 
@@ -205,7 +216,7 @@ RULES: dict[str, Rule] = {
     "deploy.success_distance": RATE,
     "deploy.steps": STEPS,
     "deploy.rate_hz": RATE,
-    "deploy.tasks": nonempty(each(choice("seg", "det", "caption"))),
+    "deploy.tasks": nonempty(each(registered_task())),
     "deploy.caption_every": integer(1, MAX_STEPS, "agent steps"),
     "deploy.overlap": flag(),
     "deploy.threads": integer(0, MAX_WORKERS, "threads"),
