@@ -35,100 +35,51 @@ from tst.envs.registry import space_name
 
 UNDEFINED_NAMES = frozenset({UNLABELED, "undefined", ""})
 
-_PLY_TYPES = {
-    "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1",
-    "short": "i2", "int16": "i2", "ushort": "u2", "uint16": "u2",
-    "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
-    "float": "f4", "float32": "f4", "double": "f8", "float64": "f8",
-}
-
-
-def _ply_type(name: str, source: str) -> str:
-    try:
-        return _PLY_TYPES[name]
-    except KeyError:
-        raise TSTError(f"{source}: unknown PLY property type '{name}'") from None
-
-
 def read_quad_ply(path: Path) -> dict[str, np.ndarray]:
-    """Read a binary Replica semantic PLY: vertex properties and quad faces with per-face properties.
+    """Read a Replica semantic PLY with plyfile: vertex properties and quad faces with per-face properties.
 
     Returns {"vertex": structured array of the vertex properties, "quads": (F, 4) int64, "face": structured
-    array of the per-face scalar properties (object_id)}.
+    array of the per-face properties (object_id, ...)}.
 
-    Why our own reader: trimesh triangulates quads on load and does not reliably keep per-face properties
-    such as `object_id` aligned with the resulting triangles, and open3d drops face properties altogether.
-    Replica's layout is fixed (one element `vertex` of scalars, one element `face` with a list of exactly 4
-    indices followed by scalars), so one numpy structured dtype per element reads it in a single pass. The
-    scalar types come from the header, so `int` or `ushort` object ids both read.
+    plyfile is told that every face lists exactly 4 indices (`known_list_len`), so it reads the body as
+    one fixed numpy dtype in a single pass instead of a Python object per face; a face of another size then
+    makes the read fail, reported as a non-quad face. (trimesh triangulates quads on load without keeping
+    per-face properties aligned, and open3d drops face properties, so neither fits.)
     """
+    import plyfile
+
     source = str(path)
+    quad = {"face": {"vertex_indices": 4, "vertex_index": 4}}  # the list's name in Replica, and a variant
     try:
-        data = path.read_bytes()
+        ply = plyfile.PlyData.read(path, known_list_len=quad)
     except OSError as error:
         raise TSTError(f"{source}: cannot read ({error.strerror})") from None
-    end = data.find(b"end_header")
-    if not data.startswith(b"ply") or end < 0:
-        raise TSTError(f"{source}: not a PLY file (expected a 'ply' header ending in 'end_header')")
-    body_start = data.index(b"\n", end) + 1
-    lines = data[:end].decode("ascii", errors="replace").splitlines()
-    elements: list[tuple[str, int, list[tuple]]] = []
-    byte_order = None
-    for line in lines[1:]:
-        words = line.split()
-        if not words or words[0] in ("comment", "obj_info"):
-            continue
-        if words[0] == "format":
-            if words[1] not in ("binary_little_endian", "binary_big_endian"):
-                raise TSTError(f"{source}: PLY format '{words[1]}' is not supported; Replica's mesh_semantic.ply "
-                               "is binary_little_endian")
-            byte_order = "<" if words[1] == "binary_little_endian" else ">"
-        elif words[0] == "element":
-            elements.append((words[1], int(words[2]), []))
-        elif words[0] == "property" and elements:
-            if words[1] == "list":
-                elements[-1][2].append(("list", words[4], _ply_type(words[2], source), _ply_type(words[3], source)))
-            else:
-                elements[-1][2].append(("scalar", words[2], _ply_type(words[1], source)))
-    if byte_order is None:
-        raise TSTError(f"{source}: PLY header has no 'format' line")
-    names = [e[0] for e in elements]
+    except plyfile.PlyHeaderParseError as error:
+        raise TSTError(f"{source}: not a PLY file ({error.message})") from None
+    except plyfile.PlyElementParseError as error:
+        if error.prop is not None and error.prop.name in quad["face"]:
+            raise TSTError(f"{source}: found a face that is not a quad (row {error.row}); Replica semantic meshes "
+                           "have quad faces only (4 indices each)") from None
+        raise TSTError(f"{source}: file is truncated or malformed (element '{error.element.name}': "
+                       f"{error.message})") from None
+    except ValueError as error:  # plyfile's fixed-length fast path reads past the end of a short body
+        raise TSTError(f"{source}: file is truncated ({error})") from None
+    if ply.text:
+        raise TSTError(f"{source}: PLY format 'ascii' is not supported; Replica's mesh_semantic.ply is "
+                       "binary_little_endian")
+    names = [element.name for element in ply.elements]
     if "vertex" not in names or "face" not in names:
         raise TSTError(f"{source}: expected PLY elements 'vertex' and 'face', found {names}")
-
-    offset = body_start
-    result: dict[str, np.ndarray] = {}
-    for name, count, props in elements:
-        lists = [p for p in props if p[0] == "list"]
-        if name == "face":
-            if len(lists) != 1 or lists[0][1] not in ("vertex_indices", "vertex_index"):
-                raise TSTError(f"{source}: expected one list property 'vertex_indices' on faces")
-            fields = []
-            for prop in props:
-                if prop[0] == "list":
-                    fields += [("_count", byte_order + prop[2]), ("_indices", byte_order + prop[3], (4,))]
-                else:
-                    fields.append((prop[1], byte_order + prop[2]))
-        elif lists:
-            raise TSTError(f"{source}: element '{name}' has list properties; only 'face' may have one")
-        else:
-            fields = [(prop[1], byte_order + prop[2]) for prop in props]
-        dtype = np.dtype(fields)
-        size = dtype.itemsize * count
-        if offset + size > len(data):
-            raise TSTError(f"{source}: file is truncated (element '{name}' needs {size} bytes at byte {offset})")
-        array = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
-        offset += size
-        if name == "face":
-            if count and not np.all(array["_count"] == 4):
-                bad = int(array["_count"][array["_count"] != 4][0])
-                raise TSTError(f"{source}: found a face with {bad} vertices; Replica semantic meshes have quad "
-                               "faces only (4 indices each)")
-            result["quads"] = array["_indices"].astype(np.int64)
-            result["face"] = array  # per-face scalars by name (plus the list's _count and _indices)
-        elif name == "vertex":
-            result["vertex"] = array
-    return result
+    for element in ply.elements:
+        lists = [p.name for p in element.properties if isinstance(p, plyfile.PlyListProperty)]
+        if element.name == "face" and (len(lists) != 1 or lists[0] not in quad["face"]):
+            raise TSTError(f"{source}: expected one list property 'vertex_indices' on faces")
+        if element.name != "face" and lists:
+            raise TSTError(f"{source}: element '{element.name}' has list properties; only 'face' may have one")
+    face = ply["face"].data
+    indices = next(p.name for p in ply["face"].properties if isinstance(p, plyfile.PlyListProperty))
+    return {"vertex": ply["vertex"].data, "quads": np.asarray(face[indices], dtype=np.int64).reshape(-1, 4),
+            "face": face}
 
 
 def replica_taxonomy(info: dict, source: str) -> tuple[Taxonomy, dict[int, int]]:
