@@ -10,6 +10,6 @@ cd "$(dirname "$0")/.."
 out="${1:-${OUT:-.}/device-check.json}"
 python3 -c "import tst" 2>/dev/null || python3 -m pip install -q -e .
 export PYTHONUNBUFFERED=1
-timeout 480 python3 -m tst.cli bench gpu workspace_dir="${TMPDIR:-/tmp}/tst-device-check" \
+timeout 480 python3 -m tst.orchestration.cli bench gpu workspace_dir="${TMPDIR:-/tmp}/tst-device-check" \
   tracking.enabled=false out="$out" "${@:2}"
 echo "device check written to $out"

@@ -35,7 +35,7 @@ def workspace(tmp_path):
 
 def collect_small(workspace, pretrain: int, eval: int, transfer: int, size: int, *extra: str) -> None:
     """Collect a tiny dataset into `workspace` (one worker, no tracking); transfer frames from seed 1."""
-    from tst.cli import main
+    from tst.orchestration.cli import main
 
     assert main(["collect", f"workspace_dir={workspace}", f"collect.frames.pretrain={pretrain}",
                  f"collect.frames.eval={eval}", f"collect.frames.transfer={transfer}", "collect.transfer_spaces=[1]",
@@ -50,7 +50,7 @@ TINY_MODEL = ["model.dim=32", "model.encoder_depth=1", "model.decoder_depth=1", 
 def tiny_runs(workspace, tasks: str = "[seg,det,caption]"):
     """A 32-px dataset, a pretraining run `mm` (2 steps, a checkpoint each step) and a transfer run `multi`
     holding `tasks`, in `workspace`; returns (pretraining run, transfer run) folders."""
-    from tst.cli import main
+    from tst.orchestration.cli import main
 
     collect_small(workspace, 8, 4, 4, 32)
     common = [f"workspace_dir={workspace}", *TINY_MODEL]

@@ -13,7 +13,7 @@ from PIL import Image
 from test_collect import view_quality
 from test_replica import write_replica_scene
 from test_scannetpp import SCENE, _camera_pose, _write_cameras, _write_release
-from tst.cli import main
+from tst.orchestration.cli import main
 from tst.collect.dataset import FrameDataset
 from tst.config import load, override_value
 from tst.taxonomy import INDOOR, SemanticClass, Taxonomy, map_by_name

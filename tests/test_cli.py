@@ -8,7 +8,7 @@ import pytest
 import trimesh
 from PIL import Image
 
-from tst.cli import SUBCOMMANDS, main
+from tst.orchestration.cli import SUBCOMMANDS, main
 from tst.errors import TSTError
 
 
@@ -126,7 +126,7 @@ BAD_INPUTS = [
     (["bench", "deploy", "deploy_bench.cpu_runtimes=[tensorrt]"], "deploy_bench.cpu_runtimes[0]: expected eager, compiled or onnx"),
     (["bench", "gpu", "gpu_bench.modes=[]"], "gpu_bench.modes: expected a non-empty list"),
     (["run", "experiment=smoke", "experiment.seeds=[]"], "experiment.seeds: expected a non-empty list"),
-    (["deploy", "deploy.tasks=[seg,pose]"], "deploy.tasks[1]: expected seg, det or caption, got 'pose'"),
+    (["deploy", "deploy.tasks=[seg,pose]"], "deploy.tasks[1]: expected a registered task (seg, det, caption, ...), got 'pose'"),
     (["deploy", "deploy.model=/no/such/run"], "deploy.model: /no/such/run does not exist; expected a tst transfer run folder"),
     (["run", "experiment=smoke", "experiment.deploy_backbone=clip"], "experiment.deploy_backbone: 'clip' is not among"),
     (["fly"], "unknown command 'fly'"),
@@ -167,7 +167,7 @@ def test_label_map_with_unknown_class_from_the_cli(tmp_path, workspace, capsys):
 
 
 def test_console_script_is_installed(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "tst.cli", "deploy", f"workspace_dir={tmp_path}"],
+    result = subprocess.run([sys.executable, "-m", "tst.orchestration.cli", "deploy", f"workspace_dir={tmp_path}"],
                             capture_output=True, text=True)
     assert result.returncode != 0 and "no transfer run with the heads" in result.stderr
     result = subprocess.run(["tst", "--help"], capture_output=True, text=True)

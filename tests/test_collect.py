@@ -15,7 +15,7 @@ import torch
 from scipy.spatial import cKDTree
 from torch.utils.data import DataLoader
 
-from tst.cli import main
+from tst.orchestration.cli import main
 from tst.codecs import decode_depth, encode_depth
 from tst.collect.dataset import FrameDataset, RandomResizedCropFlip, ShardStream, collate
 from tst.collect.derive import instance_boxes
@@ -223,7 +223,7 @@ def _kill_after_first_shard(command: list[str], out: Path) -> None:
 
 
 def test_killed_collection_resumes_to_the_uninterrupted_result(tmp_path, dataset):
-    command = [sys.executable, "-m", "tst.cli", "collect", f"workspace_dir={tmp_path}", *SMALL,
+    command = [sys.executable, "-m", "tst.orchestration.cli", "collect", f"workspace_dir={tmp_path}", *SMALL,
                "collect.splits=[pretrain,eval]"]
     out = tmp_path / "procedural-0" / "data"
     _kill_after_first_shard(command, out)
@@ -238,7 +238,7 @@ def test_killed_collection_resumes_to_the_uninterrupted_result(tmp_path, dataset
 
 def test_pool_workers_die_with_a_killed_collection(tmp_path):
     """SIGKILL of `tst collect` with two workers: nothing is written after it, and a re-run completes."""
-    command = [sys.executable, "-m", "tst.cli", "collect", f"workspace_dir={tmp_path}", *SMALL,
+    command = [sys.executable, "-m", "tst.orchestration.cli", "collect", f"workspace_dir={tmp_path}", *SMALL,
                "collect.workers=2", "collect.splits=[pretrain]", "collect.frames.pretrain=64", "collect.size=96"]
     out = tmp_path / "procedural-0" / "data"
     _kill_after_first_shard(command, out)

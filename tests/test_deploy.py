@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tst.cli import main
+from tst.orchestration.cli import main
 from tst.config import load
 from tst.errors import TSTError
 

@@ -12,7 +12,7 @@ import tarfile
 import pytest
 
 from conftest import TINY_MODEL, tiny_runs
-from tst.cli import main
+from tst.orchestration.cli import main
 
 BUDGETS = ["pretrain.input_budget=8", "pretrain.target_budget=8"]
 

@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from conftest import TINY_MODEL, collect_small
-from tst.cli import main
+from tst.orchestration.cli import main
 from tst.codecs import GRAY8_PNG
 from tst.collect.dataset import FrameDataset
 from tst.errors import TSTError

@@ -12,7 +12,7 @@ def test_regular_install_ships_subpackages_and_configs(tmp_path):
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
                     "--target", str(target), str(ROOT)], check=True, capture_output=True)
-    for relative in ("tst/cli.py", "tst/envs/raycast.py", "tst/envs/procedural/apartment.py", "tst/collect",
+    for relative in ("tst/orchestration/cli.py", "tst/envs/raycast.py", "tst/envs/procedural/apartment.py", "tst/collect",
                      "tst/pretrain", "tst/transfer", "tst/deploy", "tst/configs/spaces.yaml",
                      "tst/configs/_workspace.yaml", "tst/configs/space/procedural.yaml"):
         assert (target / relative).exists(), relative

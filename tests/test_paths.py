@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from tst.cli import main
+from tst.orchestration.cli import main
 from tst.envs.registry import space_name
 from tst.errors import TSTError
 from tst.workspace import artifact_dir, folder_name, inside

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from tst.cli import main
+from tst.orchestration.cli import main
 
 
 @pytest.fixture(scope="module")

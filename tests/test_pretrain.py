@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tst.cli import main
+from tst.orchestration.cli import main
 from tst.errors import TSTError
 from tst.pretrain.masking import MixtureComponent, fixed_selection, select_tokens
 from tst.layers import ModelConfig
@@ -211,7 +211,7 @@ def test_fourm_with_tokenizers(workspace, capsys):
 
 
 def test_two_process_cpu_ddp(workspace):
-    command = [sys.executable, "-m", "tst.cli", "pretrain", f"workspace_dir={workspace}", *TINY, "trainer=ddp",
+    command = [sys.executable, "-m", "tst.orchestration.cli", "pretrain", f"workspace_dir={workspace}", *TINY, "trainer=ddp",
                "trainer.accelerator=cpu", "trainer.devices=2", "pretrain.steps=3", "run_name=ddp",
                "pretrain.image_every=100"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)

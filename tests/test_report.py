@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tst.cli import main
+from tst.orchestration.cli import main
 from tst.config import load
 from tst.tracking import record_run
 from tst.transfer.report import COLUMNS, Cell, TransferResult, compare, markdown, paired, tokenizer_quality

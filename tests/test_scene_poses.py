@@ -11,7 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from tst.camera import Camera, look_at
-from tst.cli import main
+from tst.orchestration.cli import main
 from tst.collect.dataset import FrameDataset
 from tst.collect.plan import PlannedFrame, square_camera, square_image
 from tst.envs.scannetpp import build, undistort_image

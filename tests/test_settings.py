@@ -7,9 +7,9 @@ import json
 import pytest
 import trimesh
 
-from tst.cli import main
+from tst.orchestration.cli import main
 from tst.config import groups, load, stages
-from tst.pipeline import Pipeline
+from tst.orchestration.pipeline import Pipeline
 
 from conftest import collect_small
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tst.cli import main
+from tst.orchestration.cli import main
 from tst.errors import TSTError
 from tst.pretrain.tokenizer import Tokenizer, TokenizerConfig
 from tst.pretrain.tokenizer_quality import check_quality, measure

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import TINY_MODEL, collect_small
-from tst.cli import main
+from tst.orchestration.cli import main
 from tst.errors import TSTError
 from tst.transfer.tasks import TASKS, SegmentationTask, Task, register_task
 from tst.transfer.visualize import caption_panel

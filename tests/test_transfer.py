@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from tst.cli import main
+from tst.orchestration.cli import main
 from tst.transfer.backbones import ScratchViT
 from tst.layers import ModelConfig
 from tst.transfer.metrics import SegmentationScore

@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from tst.cli import main
+from tst.orchestration.cli import main
 
 from conftest import TINY_MODEL, tiny_runs
 

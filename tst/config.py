@@ -12,7 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from tst.errors import TSTError
-from tst.validate import check, check_presets
+from tst.validate import check
 from tst.workspace import folder_name
 
 CONFIG_MODULE = "tst.configs"
@@ -98,8 +98,6 @@ def load(stage: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
         if value is not None:
             folder_name(value, key)
     check(stage, cfg)
-    if stage == "run":
-        check_presets(cfg)
     return cfg
 
 

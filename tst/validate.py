@@ -319,17 +319,3 @@ def check(stage: str, cfg: DictConfig) -> None:
             problems.append(relation.message.format(*args))
     if problems:
         raise TSTError("; ".join(problems))
-
-
-def check_presets(cfg: DictConfig) -> None:
-    """`tst run`: compose (and so check) every stage's config from the experiment preset's override lists,
-    as the pipeline will, so a bad value in a later stage stops the run before the first stage writes."""
-    from tst.config import load
-    from tst.pipeline import Pipeline
-
-    pipeline = Pipeline(cfg)
-    for stage in ("collect", "pretrain", "transfer", "deploy", "report"):
-        try:
-            load(stage, pipeline.overrides(stage))
-        except TSTError as error:
-            raise TSTError(f"experiment.{stage}: {error}") from None

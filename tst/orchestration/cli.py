@@ -26,6 +26,10 @@ def _load(stage: str, overrides: list[str]):
     from tst.workspace import check_outputs
 
     cfg = load(stage, overrides)
+    if stage == "run":
+        from tst.orchestration.pipeline import check_presets
+
+        check_presets(cfg)
     check_outputs(cfg)
     return cfg
 
@@ -79,7 +83,7 @@ def _transfer_runner() -> Callable:
 
 
 def _pipeline_runner() -> Callable:
-    from tst.pipeline import run
+    from tst.orchestration.pipeline import run
 
     return run
 
@@ -123,7 +127,7 @@ def _bench(args: list[str]) -> int:
     from tst.envs.bench import bench_render
     from tst.pretrain.bench import bench_pretrain
     from tst.transfer.bench import bench_transfer
-    from tst.device_check import bench_gpu
+    from tst.orchestration.device_check import bench_gpu
 
     benchmarks = {"render": bench_render, "collect": bench_collect, "pretrain": bench_pretrain,
                   "transfer": bench_transfer, "deploy": bench_deploy, "gpu": bench_gpu}

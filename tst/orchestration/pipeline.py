@@ -180,3 +180,14 @@ def _same_training(stored: dict, wanted: dict) -> bool:
 
 def run(cfg: DictConfig) -> Path:
     return Pipeline(cfg).run()
+
+
+def check_presets(cfg: DictConfig) -> None:
+    """`tst run`: compose (and so check) every stage's config from the experiment preset's override lists,
+    as the pipeline will, so a bad value in a later stage stops the run before the first stage writes."""
+    pipeline = Pipeline(cfg)
+    for stage in ("collect", "pretrain", "transfer", "deploy", "report"):
+        try:
+            load(stage, pipeline.overrides(stage))
+        except TSTError as error:
+            raise TSTError(f"experiment.{stage}: {error}") from None
