@@ -152,7 +152,13 @@ def collate(samples: list[dict]) -> dict:
 
 
 class CollectedData:
-    """A dataset directory written by `tst collect`: its manifest and shard lists."""
+    """A dataset directory written by `tst collect`: its manifest and shard lists.
+
+    The shards are read with the standard library's tarfile, not webdataset: FrameDataset needs random
+    access by byte offset (evaluation subsets, label fractions), which webdataset's streaming pipelines do
+    not offer, and one reader for both datasets keeps one set of corrupt-shard errors; the stream's
+    rank/worker split is the four lines of `ShardStream._my_shards`. (Shards stay webdataset-readable:
+    tests/test_collect.py reads them with it.)"""
 
     def __init__(self, root: str | Path, split: str, modalities: list[str] | None = None):
         self.root = Path(root)
