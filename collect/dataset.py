@@ -70,9 +70,9 @@ def to_tensors(values: dict) -> dict:
 class RandomResizedCropFlip:
     """One random crop (area fraction `scale`, aspect `ratio`) resized to `size` px and a horizontal
     flip with probability `flip`, applied identically to every modality of a sample: rgb and normals
-    bilinear, depth, edges and labels nearest; boxes shifted, scaled, clipped (empty ones dropped);
-    normals' x negated under the flip; a caption's left and right swapped under the flip; the camera
-    intrinsics follow."""
+    bilinear, depth, edges and labels nearest (each modality's `resample`), then its `reorient` (normals'
+    x negated under the flip); boxes shifted, scaled, clipped (empty ones dropped); a caption's left and
+    right swapped under the flip; the camera intrinsics follow."""
 
     size: int
     scale: tuple[float, float] = (0.5, 1.0)
@@ -109,10 +109,8 @@ class RandomResizedCropFlip:
             resized = resized[0] if x.dim() == 3 else resized[0, 0]
             if flip:
                 resized = resized.flip(-1)
-            if name == "normals":
-                if flip:
-                    resized[0] = -resized[0]
-                resized = F.normalize(resized, dim=0) * (resized.abs().sum(0, keepdim=True) > 0)
+            if MODALITIES[name].reorient is not None:
+                resized = MODALITIES[name].reorient(resized, flip)
             out[name] = resized.to(sample[name].dtype)
         sx, sy = self.size / w, self.size / h
         if "boxes" in sample and len(sample["boxes"]):

@@ -5,10 +5,9 @@ A tokenizer that does not beat the patch mean, or that uses a sliver of its code
 targets that carry less than a blurred image does; `tst pretrain pretrain.objective=fourm` refuses such
 tokenizers (see `check_quality`).
 
-Errors, in reader units (tst.collect.dataset): rgb mean absolute error in [0, 1]; depth mean absolute
-error in metres over pixels with a hit; normals mean absolute error of the unit-vector components; edges
-the *balanced* mean absolute error (the mean of the error on edge pixels and on non-edge pixels), since
-on 1-pixel edges covering a few per cent of a frame a plain error is won by predicting "no edge".
+Errors are in reader units (tst.collect.dataset), each modality's own `error` measure from the registry:
+rgb and normals mean absolute error, depth in metres over pixels with a hit, edges the *balanced* mean
+absolute error (the mean of the error on edge and on non-edge pixels).
 """
 
 from __future__ import annotations
@@ -19,31 +18,13 @@ import torch
 import torch.nn.functional as F
 
 from tst.errors import TSTError
-from tst.modalities import from_network
+from tst.modalities import from_network, get
 
 from tst.pretrain.tokenizer import Tokenizer
-
-METRICS = {"rgb": "mae", "depth": "mae_m", "normals": "mae", "edges": "balanced_mae"}
-
 
 def patch_mean(x: torch.Tensor, patch: int) -> torch.Tensor:
     """(B, C, H, W) -> the same shape, every patch x patch block replaced by its mean."""
     return F.interpolate(F.avg_pool2d(x, patch), scale_factor=patch, mode="nearest")
-
-
-def reconstruction_error(name: str, decoded: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]:
-    """(summed error, weight) of one batch, so errors add up over a split; see the module docstring."""
-    if name == "edges":
-        edges = truth > 0.5
-        error = (decoded - edges.float()).abs()
-        on, off = error[edges], error[~edges]
-        # Each batch contributes its balanced error, weighted by its pixel count.
-        balanced = 0.5 * ((on.mean() if on.numel() else 0.0) + (off.mean() if off.numel() else 0.0))
-        return float(balanced) * truth.numel(), truth.numel()
-    if name == "depth":
-        hit = truth > 0
-        return float((decoded - truth).abs()[hit].sum()), int(hit.sum())
-    return float((decoded - truth).abs().sum()), truth.numel()
 
 
 class QualityMeter:
@@ -60,8 +41,9 @@ class QualityMeter:
         codes = self.tokenizer.encode(truth)
         self.counts += torch.bincount(codes.flatten(), minlength=self.counts.numel())
         decoded = from_network(self.name, self.tokenizer.decode(codes))
-        error, weight = reconstruction_error(self.name, decoded, truth)
-        baseline, _ = reconstruction_error(self.name, patch_mean(truth, self.tokenizer.config.patch), truth)
+        measure = get(self.name).error.measure
+        error, weight = measure(decoded, truth)
+        baseline, _ = measure(patch_mean(truth, self.tokenizer.config.patch), truth)
         self.error, self.baseline, self.weight = self.error + error, self.baseline + baseline, self.weight + weight
 
     def result(self, split: str) -> dict:
@@ -71,7 +53,7 @@ class QualityMeter:
         weight = max(self.weight, 1.0)
         return {"codes_used": int((self.counts > 0).sum()), "codebook": int(self.counts.numel()),
                 "perplexity": float(math.exp(float(-(p * p.log()).sum()))) if total else 0.0,
-                "metric": METRICS.get(self.name, "mae"), "error": self.error / weight,
+                "metric": get(self.name).error.metric, "error": self.error / weight,
                 "baseline_error": self.baseline / weight, "split": split, "patches": total}
 
 

@@ -38,6 +38,40 @@ class Scaling:
 
 
 @dataclass(frozen=True)
+class ErrorMeasure:
+    """How a reconstruction of a pixel modality is scored (tokenizer quality): `metric` names it in
+    reports; `measure(decoded, truth)` over (B, C, H, W) reader units -> (summed error, weight), so
+    errors add up over the batches of a split as sum / weight."""
+
+    metric: str
+    measure: Callable[[torch.Tensor, torch.Tensor], tuple[float, float]]
+
+
+def _absolute_error(decoded: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]:
+    return float((decoded - truth).abs().sum()), truth.numel()
+
+
+def _depth_error(decoded: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]:
+    """Metres, over pixels with a hit."""
+    hit = truth > 0
+    return float((decoded - truth).abs()[hit].sum()), int(hit.sum())
+
+
+def _balanced_edge_error(decoded: torch.Tensor, truth: torch.Tensor) -> tuple[float, float]:
+    """The mean of the error on edge pixels and on the others: on 1-pixel edges covering a few per cent
+    of a frame a plain error is won by predicting "no edge". Each batch adds its balanced error weighted
+    by its pixel count."""
+    edges = truth > 0.5
+    error = (decoded - edges.float()).abs()
+    on, off = error[edges], error[~edges]
+    balanced = 0.5 * ((on.mean() if on.numel() else 0.0) + (off.mean() if off.numel() else 0.0))
+    return float(balanced) * truth.numel(), truth.numel()
+
+
+ABSOLUTE_ERROR = ErrorMeasure("mae", _absolute_error)
+
+
+@dataclass(frozen=True)
 class Modality:
     """One modality and its behaviour.
 
@@ -53,6 +87,9 @@ class Modality:
     of (predicted patches, target patches), both (P, patch*patch*channels) in network units.
     tokenizer: "fsq" when `tst pretrain tokenizers` trains one for it. derive: (rendered values so far,
     collect worker settings) -> stored value, for modalities computed from others (edges from rgb).
+    reorient: (resampled map (C, H, W), flipped) -> the map its values mean after a crop's resize and
+    horizontal flip, for maps whose values are directions (normals: x negated, re-normalized); None: as is.
+    error: how a reconstruction of it is scored (tokenizer quality; default mean absolute error).
     """
 
     name: str
@@ -71,6 +108,8 @@ class Modality:
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
     tokenizer: Literal["fsq"] | None = None
     derive: Callable[[dict, Any], Any] | None = None
+    reorient: Callable[[torch.Tensor, bool], torch.Tensor] | None = None
+    error: ErrorMeasure = ABSOLUTE_ERROR
 
     @property
     def is_map(self) -> bool:
@@ -79,6 +118,14 @@ class Modality:
 
 
 # --- tensors -------------------------------------------------------------------------------------------
+def _reoriented_normals(normals: torch.Tensor, flipped: bool) -> torch.Tensor:
+    """(3, H, W) camera-frame unit normals after resampling: a horizontal flip mirrors the camera's x axis;
+    interpolation shortens vectors, so they are re-normalized (pixels with no normal stay 0)."""
+    if flipped:
+        normals = torch.cat([-normals[:1], normals[1:]])
+    return F.normalize(normals, dim=0) * (normals.abs().sum(0, keepdim=True) > 0)
+
+
 def _channels_first(name: str, scale: float = 1.0) -> Callable[[np.ndarray], dict]:
     """(H, W, C) or (H, W) stored array -> {name: float32 (C, H, W)}, divided by `scale`."""
 
@@ -172,13 +219,14 @@ for _entry in [
              _unit_interval_to_uint8, _picture(visualize.rgb_image), "bilinear", RGB_SCALING, normalized_patch_mse, "fsq"),
     Modality("depth", "depth", 1, "float32", "metres, z-depth, 0 = no hit", "png16 millimetres", "sensor",
              DEPTH_PNG16, _channels_first("depth"), _float_maps, visualize.depth_image, "nearest", DEPTH_SCALING,
-             F.l1_loss, "fsq"),
+             F.l1_loss, "fsq", error=ErrorMeasure("mae_m", _depth_error)),
     Modality("normals", "normals", 3, "float32", "unit vector, camera frame", "png8 (n+1)/2", "sensor",
              NORMALS_PNG8, _channels_first("normals"), _float_maps, _picture(visualize.normals_image), "bilinear",
-             NORMALS_SCALING, F.l1_loss, "fsq"),
+             NORMALS_SCALING, F.l1_loss, "fsq", reorient=_reoriented_normals),
     Modality("edges", "image", 1, "uint8", "0 or 255 (Canny on rgb)", "png", "sensor", GRAY8_PNG, _edges_tensor,
              _unit_interval_to_uint8, _picture(visualize.edges_image), "nearest", EDGES_SCALING, edge_bce, "fsq",
-             derive=lambda values, settings: canny_edges(values["rgb"], *settings.edges)),
+             derive=lambda values, settings: canny_edges(values["rgb"], *settings.edges),
+             error=ErrorMeasure("balanced_mae", _balanced_edge_error)),
     Modality("semantic", "label_map", 1, "uint16", "class id, 0 = unlabeled", "png16", "label", LABELS_PNG16,
              _ids("semantic"), _id_map, _picture(visualize.label_image)),
     Modality("instance", "label_map", 1, "uint16", "instance id, 0 = none", "png16", "label", LABELS_PNG16,
