@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 
 from tst.benchmarks import save_report
-from tst.config import config_root
+from tst.config import composed
 from tst.layers import ModelConfig
 from tst.taxonomy import INDOOR
 
@@ -58,7 +58,7 @@ def multitask_model(model: str, size: int, caption_words: int, seg_head: str = "
     transfer.seg_head and transfer.head_width (the presets' linear segmentation head and 32 channels)."""
     from tst.transfer.captioning import Vocabulary
 
-    config = OmegaConf.to_container(OmegaConf.load(config_root() / "model" / f"{model}.yaml")) | {"image_size": size}
+    config = composed("pretrain", "model", [f"model={model}", f"model.image_size={size}"])
     vocabulary = Vocabulary.build([" ".join(INDOOR.names + ["a", "the", "with", "left", "right", "of", "and"])])
     tasks = [SegmentationTask(INDOOR, head_width, seg_head), DetectionTask(INDOOR, width=head_width),
              FixedLengthCaptions(vocabulary, beam=1, max_length=caption_words + 2)]

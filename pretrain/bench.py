@@ -10,14 +10,15 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 
 from tst.benchmarks import save_report
-from tst.config import config_root
+from tst.config import composed
 from tst.errors import TSTError
 from tst.modalities import by_tier
 
+from tst.envs.registry import space_name
 from tst.pretrain.data import PretrainData
 from tst.pretrain.module import PretrainModule
 
@@ -88,12 +89,12 @@ class LoaderWait(L.Callback):
 
 def bench_pretrain(cfg: DictConfig) -> dict:
     b = cfg.pretrain_bench
-    base = OmegaConf.load(config_root() / "pretrain" / "default.yaml")
+    base = composed("pretrain", "pretrain")
     report: dict = {"device": "cpu", "objective": b.objective, "models": {}}
     for name in b.models:
-        model = OmegaConf.to_container(OmegaConf.load(config_root() / "model" / f"{name}.yaml"))
+        model = composed("pretrain", "model", [f"model={name}"])
         tokens = (model["image_size"] // model["patch"]) ** 2
-        pretrain = OmegaConf.to_container(base) | {"objective": b.objective, "input_budget": tokens,
+        pretrain = base | {"objective": b.objective, "input_budget": tokens,
                                                    "target_budget": tokens}
         config = {"model": model, "pretrain": pretrain}
         result = _in_fresh_process((config, int(b.batch_size[name]), int(b.steps)))
@@ -105,7 +106,7 @@ def bench_pretrain(cfg: DictConfig) -> dict:
     metrics |= {f"{m}_peak_rss_mb": v["peak_rss_mb"] for m, v in report["models"].items()}
     if report["data_loader"].get("wait_fraction") is not None:
         metrics["loader_wait_fraction"] = report["data_loader"]["wait_fraction"]
-    save_report(cfg, "pretrain", f"procedural-{cfg.space.seed}", report, metrics)
+    save_report(cfg, "pretrain", space_name(cfg.space), report, metrics)
     return report
 
 
@@ -113,12 +114,11 @@ def _loader_wait(cfg: DictConfig) -> dict:
     """Run the tiny quickstart model on the collected dataset and time the waits for data."""
     from tst.pretrain.run import build_module
 
-    root = Path(cfg.workspace_dir) / f"procedural-{cfg.space.seed}" / "data"
+    root = Path(cfg.workspace_dir) / space_name(cfg.space) / "data"
     if not (root / "manifest.json").is_file():
         return {"skipped": f"no dataset at {root}; run tst collect first"}
     b = cfg.pretrain_bench
-    config = {"model": OmegaConf.to_container(OmegaConf.load(config_root() / "model" / "tiny.yaml")),
-              "pretrain": OmegaConf.to_container(OmegaConf.load(config_root() / "pretrain" / "default.yaml")),
+    config = {"model": composed("pretrain", "model", ["model=tiny"]), "pretrain": composed("pretrain", "pretrain"),
               "workspace_dir": cfg.workspace_dir}
     try:
         module = build_module(config, root)

@@ -101,6 +101,13 @@ def load(stage: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     return cfg
 
 
+def composed(stage: str, key: str, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+    """Section `key` of `tst <stage>`'s composed and checked config, as a plain dict: how benchmarks take
+    a model preset (`composed("pretrain", "model", ["model=s"])`) through the same composition and rules
+    as the stages, instead of reading its YAML file."""
+    return OmegaConf.to_container(OmegaConf.select(load(stage, list(overrides)), key), resolve=True)
+
+
 def expand_sweeps(overrides: list[str]) -> list[list[str]]:
     """Hydra multirun sweeps (`key=a,b`, `key=range(0,3)`) expanded into one override list per
     combination, in order; overrides without sweeps appear in every list."""

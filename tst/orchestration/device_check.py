@@ -16,11 +16,11 @@ from __future__ import annotations
 import time
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from rich.console import Console
 
 from tst.benchmarks import save_report
-from tst.config import config_root
+from tst.config import composed
 
 console = Console(stderr=True)
 
@@ -35,7 +35,7 @@ def peak_flops(device_name: str) -> float | None:
 
 
 def _model_config(name: str, size: int) -> dict:
-    return OmegaConf.to_container(OmegaConf.load(config_root() / "model" / f"{name}.yaml")) | {"image_size": size}
+    return composed("pretrain", "model", [f"model={name}", f"model.image_size={size}"])
 
 
 def deploy_latency(model: str, size: int, device: str, precisions: list[str], modes: list[str],
@@ -73,8 +73,8 @@ def pretrain_throughput(model: str, size: int, device: str, batch_sizes: list[in
 
     config = _model_config(model, size)
     tokens = (size // config["patch"]) ** 2
-    pretrain = OmegaConf.to_container(OmegaConf.load(config_root() / "pretrain" / "default.yaml")) | {
-        "objective": "multimae", "input_budget": tokens, "target_budget": tokens}
+    pretrain = composed("pretrain", "pretrain") | {"objective": "multimae", "input_budget": tokens,
+                                                   "target_budget": tokens}
     result: dict = {"model": model, "image_size": size, "precision": "bf16" if device == "cuda" else "fp32"}
     for batch_size in sorted(batch_sizes, reverse=True):
         module = PretrainModule({"model": config, "pretrain": pretrain}, SENSORS).to(device)
