@@ -16,7 +16,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tst.layers import Block, ModelConfig, sincos_2d
+from tst.errors import TSTError
+
+from tst.layers import FAMILIES, Block, ModelConfig, block_options, sincos_2d
 
 from tst.pretrain.masking import TokenSelection
 
@@ -43,6 +45,8 @@ class MultimodalMaskedModel(nn.Module):
 
     def __init__(self, config: ModelConfig, modalities: list[ModalityIO]):
         super().__init__()
+        if config.family not in FAMILIES:
+            raise TSTError(f"model.family: expected one of {', '.join(FAMILIES)}, got {config.family!r}")
         self.config, self.modalities = config, list(modalities)
         self.names = [m.name for m in modalities]
         p2, dim = config.patch ** 2, config.dim
@@ -52,13 +56,20 @@ class MultimodalMaskedModel(nn.Module):
         self.output_adapters = nn.ModuleDict({
             m.name: nn.Linear(dim, p2 * m.out_channels if m.predicts == "pixels" else m.vocab) for m in modalities})
         self.modality_embedding = nn.Parameter(torch.randn(len(modalities), dim) * 0.02)
-        self.register_buffer("position", sincos_2d(config.grid, config.grid, dim), persistent=False)
+        four_m = config.family == "4m"
+        self.register_buffer("position", sincos_2d(config.grid, config.grid, dim, row_first=four_m), persistent=False)
         self.mask_token = nn.Parameter(torch.zeros(dim))
-        self.encoder = nn.ModuleList(Block(dim, config.heads, config.mlp_ratio) for _ in range(config.encoder_depth))
-        self.encoder_norm = nn.LayerNorm(dim)
-        self.decoder = nn.ModuleList(Block(dim, config.heads, config.mlp_ratio, cross=True)
+        options = block_options(config)
+        self.encoder = nn.ModuleList(Block(dim, config.heads, config.mlp_ratio, **options)
+                                     for _ in range(config.encoder_depth))
+        self.encoder_norm = nn.LayerNorm(dim, eps=options["eps"])
+        # 4M: the decoder's queries carry their own modality embeddings (4M's RGB target `tok_rgb` is another
+        # modality than its pixel input `rgb`), and it reads proj(encoder output) + the inputs' embeddings.
+        self.target_modality_embedding = nn.Parameter(torch.randn(len(modalities), dim) * 0.02) if four_m else None
+        self.context_projection = nn.Linear(dim, dim) if four_m else None
+        self.decoder = nn.ModuleList(Block(dim, config.heads, config.mlp_ratio, cross=True, **options)
                                      for _ in range(config.decoder_depth))
-        self.decoder_norm = nn.LayerNorm(dim)
+        self.decoder_norm = nn.LayerNorm(dim, eps=options["eps"])
         self.apply(self._init)
 
     @staticmethod
@@ -68,6 +79,10 @@ class MultimodalMaskedModel(nn.Module):
             nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, std=0.02)
+
+    def token_embeddings(self) -> torch.Tensor:
+        """(M*N, D) the modality plus position embedding of every token, in embed()'s order."""
+        return (self.modality_embedding[:, None] + self.position[None]).reshape(-1, self.config.dim)
 
     def embed(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """inputs: name -> (B, N, patch*patch*C) patches or (B, N) code ids (modalities that are only
@@ -100,11 +115,15 @@ class MultimodalMaskedModel(nn.Module):
         return torch.cat([tokens[:, self.names.index(n) * N:(self.names.index(n) + 1) * N] for n in names], dim=1)
 
     def decode(self, memory: torch.Tensor, selection: TokenSelection) -> torch.Tensor:
-        """memory (B, I, D) -> (B, T, D) one vector per target token; self-attention within a modality."""
+        """memory (B, I, D) -> (B, T, D) one vector per target token; self-attention within a modality.
+        (family 4m: the decoder reads context_projection(memory) plus the input tokens' embeddings.)"""
         N = self.config.tokens_per_modality
         positions = self.position[selection.targets % N]
-        queries = self.mask_token + self.modality_embedding[selection.target_modality] + positions
+        targets = self.modality_embedding if self.target_modality_embedding is None else self.target_modality_embedding
+        queries = self.mask_token + targets[selection.target_modality] + positions
         same_modality = selection.target_modality[:, :, None] == selection.target_modality[:, None, :]
+        if self.context_projection is not None:
+            memory = self.context_projection(memory) + self.token_embeddings()[selection.inputs]
         x = queries
         for block in self.decoder:
             x = block(x, memory, same_modality)

@@ -137,7 +137,7 @@ def _run_config(cfg: DictConfig, overrides: list[str]) -> tuple[dict, Path, str 
     if not cfg.get("resume"):
         if RUN_DIR_VARIABLE in os.environ:  # a DDP worker started by the primary process: same run
             return config, Path(os.environ[RUN_DIR_VARIABLE]), None
-        name = cfg.run_name or f"{cfg.pretrain.objective}-{new_run_name()}"
+        name = cfg.run_name or f"{'adapted' if cfg.pretrain.get('init') else cfg.pretrain.objective}-{new_run_name()}"
         run_dir = artifact_dir(cfg.workspace_dir, _space_name(cfg), "pretrain", name)
         if run_dir.exists():
             raise TSTError(f"{run_dir}: already exists; resume it with resume={run_dir} or choose another run_name")
@@ -213,8 +213,21 @@ def run(cfg: DictConfig, overrides: list[str] = ()) -> Path:
         if (directory / "manifest.json").is_file():
             check_quality(read_manifest(directory)["outputs"].get("quality"),
                           float(config["pretrain"]["min_code_share"]), str(directory))
+    published = None
+    if config["pretrain"].get("init") and checkpoint is None:  # adapted TST: the architecture comes from the file
+        from tst.pretrain.adapted import adapted_model_config, read_published
+
+        published, source = read_published(str(config["pretrain"]["init"]))
+        config["model"] = adapted_model_config(published, int(config["model"]["image_size"]))
     L.seed_everything(int(config["pretrain"]["seed"]), workers=True, verbose=False)  # before any weight exists
     module = build_module(config, data)
+    if published is not None:
+        from tst.pretrain.adapted import load_adapted
+
+        adapted = load_adapted(module.model, published)
+        fresh = sorted({".".join(k.split(".")[:2]) for k in adapted["fresh"]})
+        console.print(f"pretrain.init={config['pretrain']['init']}: {adapted['mapped']} tensors from {source}; "
+                      f"fresh: {', '.join(fresh) or 'none'}; {adapted['dropped']} published tensors have no place")
     p, d = config["pretrain"], config["data"]
     codes = None
     if p["objective"] == "fourm" and p.get("precomputed_tokens"):

@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 
 from tst.errors import TSTError
-from tst.transfer.foreign_weights import (FOREIGN, FOREIGN_SPECS, WEIGHTS_ENV, build_foreign, load_foreign,
+from tst.transfer.foreign_weights import (FOREIGN, FOREIGN_SPECS, build_foreign, load_foreign,
                                           load_weights, read_state_dict)
 from tst.layers import sincos_2d
 from tst.transfer.vit import PlainViT
+from tst.weights import WEIGHTS_ENV
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)

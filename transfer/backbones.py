@@ -86,13 +86,15 @@ def make_backbone(spec: str, model_config: dict, settings: dict | None = None) -
         from tst.pretrain.backbone import rgb_encoder_state
         from tst.pretrain.run import read_pretrain_config
 
-        objective = read_pretrain_config(path)["pretrain"]["objective"]
+        pretraining = read_pretrain_config(path)["pretrain"]
+        objective = pretraining["objective"]
+        name = "adapted" if pretraining.get("init") else objective  # the paper's row: 4M-21 adapted to the space
         pretrained_config, state = rgb_encoder_state(path)
         backbone = ScratchViT(ModelConfig(**pretrained_config))
         missing = [k for k in backbone.model.state_dict() if k.startswith(ENCODER_KEYS) and k not in state]
         if missing:
             raise TSTError(f"{path}: its encoder lacks {missing[:3]}")
         backbone.model.load_state_dict(state, strict=False)
-        return backbone, BackboneInfo(objective, str(path), objective, path), backbone.model.config.image_size
+        return backbone, BackboneInfo(name, str(path), objective, path), backbone.model.config.image_size
     raise TSTError(f"transfer.backbone: '{spec}' is neither 'scratch', 'generalist', one of "
                    f"{', '.join(FOREIGN_SPECS)} nor a tst pretrain run folder")

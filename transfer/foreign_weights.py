@@ -23,9 +23,7 @@ architecture itself comes from the spec's ViTConfig and the strict load checks e
 
 from __future__ import annotations
 
-import os
 import re
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -34,71 +32,10 @@ import torch
 
 from tst.errors import TSTError
 from tst.layers import sincos_2d
-from tst.weights import read_torch_file
+from tst.weights import KeyMapper, published_weights_file, read_state_dict, split_qkv
 from tst.transfer.vit import CLIP_MEAN, CLIP_STD, PlainViT, ViTConfig
 
-WEIGHTS_ENV = "TST_WEIGHTS_DIR"
 EXTENSIONS = (".pth", ".pt", ".safetensors")
-
-
-class _Keys:
-    """Reads a published state dict and records what happened to every key (`accounted`)."""
-
-    def __init__(self, state_dict: dict[str, torch.Tensor], model: str):
-        self.state_dict, self.model = state_dict, model
-        self.accounted: dict[str, str] = {}
-        self.out: dict[str, torch.Tensor] = {}
-
-    def has(self, key: str) -> bool:
-        return key in self.state_dict
-
-    def take(self, key: str, note: str) -> torch.Tensor:
-        if key not in self.state_dict:
-            raise TSTError(f"{self.model} weights: missing key '{key}'")
-        self.accounted[key] = note
-        return self.state_dict[key].detach().float()
-
-    def put(self, ours: str, tensor: torch.Tensor) -> None:
-        self.out[ours] = tensor
-
-    def copy(self, key: str, ours: str) -> None:
-        self.put(ours, self.take(key, f"-> {ours}"))
-
-    def drop(self, key: str, reason: str) -> None:
-        self.accounted[key] = f"dropped: {reason}"
-
-    def drop_matching(self, pattern: str, reason: str) -> None:
-        expression = re.compile(pattern)
-        for key in self.state_dict:
-            if key not in self.accounted and expression.fullmatch(key):
-                self.drop(key, reason)
-
-    def blocks(self, prefix: str) -> int:
-        """Number of blocks `prefix.N.` in the state dict (N = 0..depth-1, checked contiguous)."""
-        indices = {int(m.group(1)) for k in self.state_dict if (m := re.match(re.escape(prefix) + r"\.(\d+)\.", k))}
-        if not indices:
-            raise TSTError(f"{self.model} weights: no '{prefix}.N.' keys (is this the right file?)")
-        for index in range(max(indices) + 1):
-            if index not in indices:
-                raise TSTError(f"{self.model} weights: missing key '{prefix}.{index}.*'")
-        return len(indices)
-
-    def finish(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        unknown = [k for k in self.state_dict if k not in self.accounted]
-        if unknown:
-            more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
-            raise TSTError(f"{self.model} weights: unknown key '{unknown[0]}'{more}")
-        return self.out, self.accounted
-
-
-def _split_qkv(keys: _Keys, ours: str, weight: torch.Tensor, bias: torch.Tensor) -> None:
-    """A fused [q; k; v] projection (3D, D) -> our separate q (D, D) and kv (2D, D): rows 0..D-1 are q,
-    then k, then v, in DINOv2, CLIP and 4M alike, and our `kv` reads k first, then v."""
-    dim = weight.shape[1]
-    keys.put(f"{ours}.q.weight", weight[:dim])
-    keys.put(f"{ours}.kv.weight", weight[dim:])
-    keys.put(f"{ours}.q.bias", bias[:dim])
-    keys.put(f"{ours}.kv.bias", bias[dim:])
 
 
 # ----------------------------------------------------------------------------------------------- DINOv2
@@ -110,7 +47,7 @@ def map_dinov2(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Ten
     so `ls1.gamma` scales the attention output projection and `ls2.gamma` the MLP's second linear. This
     keeps our Block unchanged; the only difference is in fine-tuning, where gamma is no longer a separate
     parameter (the function at load time is identical)."""
-    keys = _Keys(state_dict, "DINOv2")
+    keys = KeyMapper(state_dict, "DINOv2")
     # Dropped: the masked-image-modeling token that replaces masked patches in iBOT-style pretraining;
     # an unmasked forward pass (all dense-feature use) never reads it.
     keys.drop("mask_token", "masked-image-modeling token, unused without masking")
@@ -125,7 +62,7 @@ def map_dinov2(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Ten
         for norm in ("norm1", "norm2"):
             keys.copy(f"{p}.{norm}.weight", f"{o}.{norm}.weight")
             keys.copy(f"{p}.{norm}.bias", f"{o}.{norm}.bias")
-        _split_qkv(keys, f"{o}.attn", keys.take(f"{p}.attn.qkv.weight", f"-> {o}.attn.q/kv.weight"),
+        split_qkv(keys, f"{o}.attn", keys.take(f"{p}.attn.qkv.weight", f"-> {o}.attn.q/kv.weight"),
                    keys.take(f"{p}.attn.qkv.bias", f"-> {o}.attn.q/kv.bias"))
         gamma1 = keys.take(f"{p}.ls1.gamma", f"folded into {o}.attn.out")
         proj = keys.take(f"{p}.attn.proj.weight", f"-> {o}.attn.out.weight")
@@ -158,7 +95,7 @@ def map_clip(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tenso
     patch tokens as well is the usual way to read dense CLIP features (e.g. MaskCLIP); `proj`, the
     projection of the class token into the 512-d image-text space, is dropped, so features are 768-d."""
     whole = any(k.startswith("visual.") for k in state_dict)
-    keys = _Keys(state_dict, "CLIP")
+    keys = KeyMapper(state_dict, "CLIP")
     v = "visual." if whole else ""
     if whole:
         for pattern in CLIP_TEXT_TOWER:
@@ -175,7 +112,7 @@ def map_clip(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tenso
         p, o = f"{v}transformer.resblocks.{i}", f"blocks.{i}"
         keys.copy(f"{p}.ln_1.weight", f"{o}.norm1.weight")
         keys.copy(f"{p}.ln_1.bias", f"{o}.norm1.bias")
-        _split_qkv(keys, f"{o}.attn", keys.take(f"{p}.attn.in_proj_weight", f"-> {o}.attn.q/kv.weight"),
+        split_qkv(keys, f"{o}.attn", keys.take(f"{p}.attn.in_proj_weight", f"-> {o}.attn.q/kv.weight"),
                    keys.take(f"{p}.attn.in_proj_bias", f"-> {o}.attn.q/kv.bias"))
         keys.copy(f"{p}.attn.out_proj.weight", f"{o}.attn.out.weight")
         keys.copy(f"{p}.attn.out_proj.bias", f"{o}.attn.out.bias")
@@ -213,7 +150,7 @@ def map_4m(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor]
     embedding added to every RGB token; it becomes our conv patch embedding, weight reshaped to
     (dim, 3, p, p) and bias = the modality embedding (exactly the same sum). Its position embedding is
     4M's fixed 2D sin-cos buffer; if a file leaves it out, it is rebuilt with ml-4m's formula."""
-    keys = _Keys(state_dict, "4M")
+    keys = KeyMapper(state_dict, "4M")
     # Dropped: everything that is not the RGB encoder. The decoder and its embeddings (queries, target
     # modality embeddings, output logits) only serve to predict target modalities; the other modalities'
     # input embeddings would only be used if those modalities were fed as inputs; mask_token is the
@@ -252,7 +189,7 @@ def map_4m(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor]
         bias_free_norm(f"{p}.norm1", f"{o}.norm1")
         bias_free_norm(f"{p}.norm2", f"{o}.norm2")
         qkv = keys.take(f"{p}.attn.qkv.weight", f"-> {o}.attn.q/kv.weight")
-        _split_qkv(keys, f"{o}.attn", qkv, torch.zeros(qkv.shape[0]))
+        split_qkv(keys, f"{o}.attn", qkv, torch.zeros(qkv.shape[0]))
         bias_free_linear(f"{p}.attn.proj", f"{o}.attn.out")
         for fc in ("fc1", "fc2", "fc3"):  # gated MLP: fc2(silu(fc1 x) * fc3 x)
             bias_free_linear(f"{p}.mlp.{fc}", f"{o}.mlp.{fc}")
@@ -317,46 +254,9 @@ FOREIGN_SPECS = tuple(FOREIGN)
 
 # ------------------------------------------------------------------------------------------------ loading
 
-def _is_torchscript(path: Path) -> bool:
-    """A TorchScript archive is a zip with a `code/` folder (OpenAI's CLIP files are); torch.save writes
-    zips without one."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.startswith("code/") or "/code/" in name for name in archive.namelist())
-
-
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A .safetensors file, a TorchScript archive (its parameters and buffers), or a torch-saved state dict."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    if _is_torchscript(path):
-        return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
-    state_dict = read_torch_file(path)
-    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise TSTError(f"{path}: not a state dict of tensors")
-    return state_dict
-
-
 def weights_file(spec: str, weights_dir: str | Path | None = None) -> Path:
     """The weight file of `spec` in `weights_dir`, else in $TST_WEIGHTS_DIR (a one-line TSTError if absent)."""
-    model = FOREIGN[spec]
-    expected = model.files[0]
-    directory = weights_dir if weights_dir is not None else os.environ.get(WEIGHTS_ENV)
-    if not directory:
-        raise TSTError(f"transfer.backbone={spec} needs its published weights: set {WEIGHTS_ENV} to a directory "
-                       f"holding {expected}")
-    directory = Path(directory).expanduser()
-    if not directory.is_dir():
-        raise TSTError(f"transfer.backbone={spec}: weights directory {directory} ({WEIGHTS_ENV}) does not exist; "
-                       f"it should hold {expected}")
-    for name in model.files:
-        if (directory / name).is_file():
-            return directory / name
-    raise TSTError(f"transfer.backbone={spec}: {expected} not found in {directory} (the weights directory: "
-                   f"weights_dir or {WEIGHTS_ENV})")
+    return published_weights_file(FOREIGN[spec].files, f"transfer.backbone={spec}", weights_dir)
 
 
 def load_weights(model: PlainViT, state_dict: dict[str, torch.Tensor], spec: str) -> None:

@@ -36,8 +36,9 @@ from tst.pretrain.objectives import OBJECTIVES
 from tst.transfer.foreign_weights import FOREIGN_SPECS
 
 console = Console(stderr=True)
-# Table rows: scratch, the test-space objectives, the generalists (the offline one, then every published one).
-ROW_ORDER = ["scratch", *reversed(OBJECTIVES), "generalist", *FOREIGN_SPECS]
+# Table rows: scratch, the test-space objectives, adapted TST (4M-21 continued on the space), the generalists
+# (the offline one, then every published one).
+ROW_ORDER = ["scratch", *reversed(OBJECTIVES), "adapted", "generalist", *FOREIGN_SPECS]
 COLUMNS = {"seg_miou": "seg mIoU", "det_map": "det mAP", "det_ap50": "det AP50", "caption_cider_d": "caption CIDEr-D"}
 HEADLINE = [m for m in COLUMNS if m != "det_ap50"]  # one per task: the curves' panels
 REFERENCE = "scratch"  # the row every other row is tested against

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tst.errors import TSTError
-from tst.layers import Block, sincos_2d
+from tst.layers import Block, GatedMLP, sincos_2d, swiglu_hidden
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -70,23 +70,6 @@ class QuickGELU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.sigmoid(1.702 * x)
-
-
-class GatedMLP(nn.Module):
-    """4M's gated feed-forward (SwiGLU): fc2(silu(fc1 x) * fc3 x); names follow ml-4m's GatedMlp."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.fc1, self.fc3 = nn.Linear(dim, hidden), nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.silu(self.fc1(x)) * self.fc3(x))
-
-
-def swiglu_hidden(dim: int, mlp_ratio: float) -> int:
-    """Hidden width of 4M's gated MLP: 2/3 of the plain MLP's, so the parameter count stays the same."""
-    return int(2 * int(dim * mlp_ratio) / 3)
 
 
 class PlainViT(nn.Module):

@@ -24,6 +24,7 @@ class ModelConfig:
     patch: int = 8
     image_size: int = 64
     mlp_ratio: float = 4.0
+    family: str = "tst"
 
     @property
     def grid(self) -> int:
@@ -69,6 +70,14 @@ def unpatchify(patches: torch.Tensor, patch: int, channels: int) -> torch.Tensor
     return x.permute(0, 5, 1, 3, 2, 4).reshape(B, channels, grid * patch, grid * patch)
 
 
+FAMILIES = ("tst", "4m")
+
+
+def block_options(config: ModelConfig) -> dict:
+    """Block keyword arguments of a model family (ModelConfig.family)."""
+    return {"mlp": "swiglu", "eps": 1e-6} if config.family == "4m" else {"mlp": "gelu", "eps": 1e-5}
+
+
 class Attention(nn.Module):
     """Multi-head attention on scaled_dot_product_attention; keys/values from `context` (cross) or x."""
 
@@ -90,17 +99,40 @@ class Attention(nn.Module):
         return self.out(attended.transpose(1, 2).reshape(B, L, D))
 
 
-class Block(nn.Module):
-    """Pre-norm transformer block: self-attention, optional cross-attention, MLP."""
+class GatedMLP(nn.Module):
+    """4M's gated feed-forward (SwiGLU): fc2(silu(fc1 x) * fc3 x); names follow ml-4m's GatedMlp."""
 
-    def __init__(self, dim: int, heads: int, mlp_ratio: float, cross: bool = False):
+    def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.norm1, self.attn = nn.LayerNorm(dim), Attention(dim, heads)
+        self.fc1, self.fc3 = nn.Linear(dim, hidden), nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.silu(self.fc1(x)) * self.fc3(x))
+
+
+def swiglu_hidden(dim: int, mlp_ratio: float) -> int:
+    """Hidden width of 4M's gated MLP: 2/3 of the plain MLP's, so the parameter count stays the same."""
+    return int(2 * int(dim * mlp_ratio) / 3)
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: self-attention, optional cross-attention, MLP (GELU, or 4M's gated
+    SwiGLU with mlp="swiglu"); eps: every LayerNorm's epsilon."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, cross: bool = False, mlp: str = "gelu",
+                 eps: float = 1e-5):
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(dim, eps=eps), Attention(dim, heads)
         self.cross = cross
         if cross:
-            self.norm_cross, self.cross_attn, self.norm_memory = nn.LayerNorm(dim), Attention(dim, heads), nn.LayerNorm(dim)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = nn.Sequential(nn.Linear(dim, int(dim * mlp_ratio)), nn.GELU(), nn.Linear(int(dim * mlp_ratio), dim))
+            self.norm_cross, self.cross_attn = nn.LayerNorm(dim, eps=eps), Attention(dim, heads)
+            self.norm_memory = nn.LayerNorm(dim, eps=eps)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        if mlp == "swiglu":
+            self.mlp = GatedMLP(dim, swiglu_hidden(dim, mlp_ratio))
+        else:
+            self.mlp = nn.Sequential(nn.Linear(dim, int(dim * mlp_ratio)), nn.GELU(), nn.Linear(int(dim * mlp_ratio), dim))
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -163,6 +163,7 @@ RULES: dict[str, Rule] = {
     "model.mlp_ratio": RATE,
     # pretrain
     "pretrain.objective": choice("fourm", "multimae", "mae"),
+    "pretrain.init": optional(choice("4m21-b")),
     "pretrain.label_ablation": flag(),
     "pretrain.input_budget": POSITIVE,
     "pretrain.target_budget": POSITIVE,

@@ -3,7 +3,10 @@ one-line errors naming the file."""
 
 from __future__ import annotations
 
+import os
 import pickle
+import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -43,3 +46,109 @@ def load_safetensors(path: Path, expected: str = "safetensors weights") -> dict:
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise TSTError(f"{path}: truncated or not a safetensors file ({reason}); expected {expected}") from None
+
+
+# ------------------------------------------------------------------------------ published weights
+
+WEIGHTS_ENV = "TST_WEIGHTS_DIR"  # the directory published weight files are read from (never downloaded)
+
+
+def published_weights_file(files: tuple[str, ...], key: str, weights_dir: str | Path | None = None) -> Path:
+    """The first of `files` (names accepted for one published model) in `weights_dir`, else in
+    $TST_WEIGHTS_DIR; a one-line TSTError naming `key` (the setting that asked for it), the directory,
+    the environment variable and the expected file otherwise."""
+    expected = files[0]
+    directory = weights_dir if weights_dir is not None else os.environ.get(WEIGHTS_ENV)
+    if not directory:
+        raise TSTError(f"{key} needs its published weights: set {WEIGHTS_ENV} to a directory holding {expected}")
+    directory = Path(directory).expanduser()
+    if not directory.is_dir():
+        raise TSTError(f"{key}: weights directory {directory} ({WEIGHTS_ENV}) does not exist; it should hold {expected}")
+    for name in files:
+        if (directory / name).is_file():
+            return directory / name
+    raise TSTError(f"{key}: {expected} not found in {directory} (the weights directory: {WEIGHTS_ENV})")
+
+
+def _is_torchscript(path: Path) -> bool:
+    """A TorchScript archive is a zip with a `code/` folder (OpenAI's CLIP files are); torch.save writes
+    zips without one."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.startswith("code/") or "/code/" in name for name in archive.namelist())
+
+
+def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A .safetensors file, a TorchScript archive (its parameters and buffers), or a torch-saved state dict."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    if _is_torchscript(path):
+        return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+    state_dict = read_torch_file(path)
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
+        raise TSTError(f"{path}: not a state dict of tensors")
+    return state_dict
+
+
+class KeyMapper:
+    """Maps a published state dict onto ours key by key and records what happened to every published key
+    (`accounted`): taken, dropped with a reason, or (at `finish`) an error naming an unknown one."""
+
+    def __init__(self, state_dict: dict[str, torch.Tensor], model: str):
+        self.state_dict, self.model = state_dict, model
+        self.accounted: dict[str, str] = {}
+        self.out: dict[str, torch.Tensor] = {}
+
+    def has(self, key: str) -> bool:
+        return key in self.state_dict
+
+    def take(self, key: str, note: str) -> torch.Tensor:
+        if key not in self.state_dict:
+            raise TSTError(f"{self.model} weights: missing key '{key}'")
+        self.accounted[key] = note
+        return self.state_dict[key].detach().float()
+
+    def put(self, ours: str, tensor: torch.Tensor) -> None:
+        self.out[ours] = tensor
+
+    def copy(self, key: str, ours: str) -> None:
+        self.put(ours, self.take(key, f"-> {ours}"))
+
+    def drop(self, key: str, reason: str) -> None:
+        self.accounted[key] = f"dropped: {reason}"
+
+    def drop_matching(self, pattern: str, reason: str) -> None:
+        expression = re.compile(pattern)
+        for key in self.state_dict:
+            if key not in self.accounted and expression.fullmatch(key):
+                self.drop(key, reason)
+
+    def blocks(self, prefix: str) -> int:
+        """Number of blocks `prefix.N.` in the state dict (N = 0..depth-1, checked contiguous)."""
+        indices = {int(m.group(1)) for k in self.state_dict if (m := re.match(re.escape(prefix) + r"\.(\d+)\.", k))}
+        if not indices:
+            raise TSTError(f"{self.model} weights: no '{prefix}.N.' keys (is this the right file?)")
+        for index in range(max(indices) + 1):
+            if index not in indices:
+                raise TSTError(f"{self.model} weights: missing key '{prefix}.{index}.*'")
+        return len(indices)
+
+    def finish(self) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        unknown = [k for k in self.state_dict if k not in self.accounted]
+        if unknown:
+            more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+            raise TSTError(f"{self.model} weights: unknown key '{unknown[0]}'{more}")
+        return self.out, self.accounted
+
+
+def split_qkv(keys: KeyMapper, ours: str, weight: torch.Tensor, bias: torch.Tensor) -> None:
+    """A fused [q; k; v] projection (3D, D) -> our separate q (D, D) and kv (2D, D): rows 0..D-1 are q,
+    then k, then v, in DINOv2, CLIP and 4M alike, and our `kv` reads k first, then v."""
+    dim = weight.shape[1]
+    keys.put(f"{ours}.q.weight", weight[:dim])
+    keys.put(f"{ours}.kv.weight", weight[dim:])
+    keys.put(f"{ours}.q.bias", bias[:dim])
+    keys.put(f"{ours}.kv.bias", bias[dim:])
