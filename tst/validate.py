@@ -228,7 +228,7 @@ RULES: dict[str, Rule] = {
     "trainer.deterministic": Rule("true, false or warn", lambda v: isinstance(v, bool) or v == "warn"),
     "report.fraction": optional(FRACTION),
     "tracking.enabled": flag(),
-    "experiment.objectives": each(choice("fourm", "multimae", "mae")),
+    "experiment.objectives": each(choice("fourm", "multimae", "mae", "adapted")),
     "experiment.seeds": nonempty(each(SEED)),
     "experiment.fractions": nonempty(each(FRACTION)),
     "experiment.seed_pretraining": flag(),

@@ -28,6 +28,13 @@ from tst.workspace import fingerprint, read_manifest
 
 console = Console(stderr=True)
 OTHER_BACKBONES = ("scratch", "generalist")
+# Pretrained backbones that are an objective plus settings: adapted TST continues 4M-21 B on the space.
+VARIANTS = {"adapted": ["pretrain.objective=multimae", "pretrain.init=4m21-b"]}
+
+
+def pretraining_overrides(name: str) -> list[str]:
+    """The overrides that make experiment.objectives' `name` (an objective or a VARIANTS entry)."""
+    return VARIANTS.get(name, [f"pretrain.objective={name}"])
 
 
 def _name_hash(*parts) -> str:
@@ -56,11 +63,17 @@ class Pipeline:
         self.root = Path(cfg.workspace_dir) / self.space
         self.timings: dict[str, float] = {}
         for name in self.e.backbones:
-            if name not in OBJECTIVES + OTHER_BACKBONES:
-                raise TSTError(f"experiment.backbones: '{name}' is not one of {', '.join(OBJECTIVES + OTHER_BACKBONES)}")
-            if name in OBJECTIVES and name not in self.e.objectives:
+            known = OBJECTIVES + tuple(VARIANTS) + OTHER_BACKBONES
+            if name not in known:
+                raise TSTError(f"experiment.backbones: '{name}' is not one of {', '.join(known)}")
+            if name not in OTHER_BACKBONES and name not in self.e.objectives:
                 raise TSTError(f"experiment.backbones: '{name}' is not pretrained (experiment.objectives: "
                                f"{', '.join(self.e.objectives)})")
+        if "adapted" in self.e.objectives:  # its weights file must be there before the first stage runs
+            from tst.pretrain.adapted import INITS
+            from tst.weights import published_weights_file
+
+            published_weights_file(INITS["4m21-b"], "experiment.objectives=[...,adapted] (pretrain.init=4m21-b)")
         if self.e.get("deploy_backbone") and self.e.deploy_backbone not in self.e.backbones:
             raise TSTError(f"experiment.deploy_backbone: '{self.e.deploy_backbone}' is not among the transferred "
                            f"backbones (experiment.backbones: {', '.join(self.e.backbones)}); name one or null")
@@ -109,7 +122,7 @@ class Pipeline:
         if _finished(run_dir):
             console.print(f"pretraining {run_dir} is finished: skipped")
             return run_dir
-        overrides = overrides + [f"pretrain.objective={objective}"]
+        overrides = overrides + pretraining_overrides(objective)
         if (run_dir / "config.json").is_file():  # killed: resumes from its newest complete checkpoint, if any
             console.print(f"resuming {run_dir}")
             return run(load("pretrain", overrides + [f"resume={run_dir}"]), overrides)
