@@ -71,3 +71,31 @@ def test_a_pretraining_killed_between_checkpoints_is_resumed_not_deleted(finishe
     assert f"resuming {run}" in capsys.readouterr().err.replace("\n", "")
     assert (run / "checkpoints" / "step-000002.ckpt").read_bytes() == kept  # the folder was not started over
     assert (run / "manifest.json").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_the_modalities_analysis_pretrains_each_set_as_its_own_row(tmp_path):
+    """experiment=modalities at smoke sizes, two of its modality sets: each variant pretrains on its own
+    modalities and is a row of its own in the table and the chart."""
+    from omegaconf import OmegaConf
+
+    from tst.config import config_root
+
+    smoke = OmegaConf.load(config_root() / "experiment" / "smoke.yaml").experiment
+    smoke.pretrain.append("pretrain.input_budget=16")  # the RGB-only set has 64 tokens: 16 in, 48 out
+    lists = {key: "[" + ",".join(f'"{o}"' for o in smoke[key]) + "]" for key in ("collect", "pretrain", "transfer")}
+    assert main(["run", "experiment=modalities", f"workspace_dir={tmp_path}", "tracking.enabled=false",
+                 *[f"experiment.{key}={value}" for key, value in lists.items()],
+                 "experiment.objectives=[rgb,no-depth]", "experiment.backbones=[rgb,no-depth,scratch]"]) == 0
+    space = tmp_path / "procedural-0"
+    modalities = {p.name.split("-")[0]: json.loads((p / "config.json").read_text())["pretrain"]["modalities"]
+                  for p in (space / "pretrain").iterdir()}
+    assert modalities == {"rgb": ["rgb"], "no": ["rgb", "normals", "edges"]}
+    rows = {json.loads((p / "metrics.json").read_text())["backbone"] for p in (space / "transfer").iterdir()}
+    assert rows == {"rgb", "no-depth", "scratch"}
+    table = (space / "report" / "results.md").read_text()
+    assert "| rgb |" in table and "| no-depth |" in table and (space / "report" / "results.png").is_file()
+
+
+def test_an_unknown_objective_names_the_variants(tmp_path, capsys):
+    assert main(["run", "experiment=modalities", f"workspace_dir={tmp_path}", "experiment.objectives=[rgb,depth]"]) != 0
+    assert "experiment.objectives[1]: 'depth' is neither an objective" in capsys.readouterr().err

@@ -69,7 +69,7 @@ def test_bad_setting_is_one_line_naming_key_and_value(args, key, got, tmp_path, 
     assert key in line and got in line and "expected" in line, line
 
 
-PRESETS = ["default", "smoke", "paper", "proof"]
+PRESETS = ["default", "smoke", "paper", "proof", "modalities", "modalities-paper"]
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -77,7 +77,7 @@ def test_every_shipped_preset_passes(preset):
     cfg = load("run", [f"experiment={preset}"])  # composes each stage's list too
     pipeline, e = Pipeline(cfg), cfg.experiment
     for objective in e.objectives:
-        load("pretrain", pipeline.overrides("pretrain") + [f"pretrain.objective={objective}"])
+        load("pretrain", pipeline.overrides("pretrain") + pipeline.pretraining_overrides(objective))
     for fraction in e.fractions:
         load("transfer", pipeline.overrides("transfer") + [f"transfer.fraction={fraction}"])
     for stage in ("collect", "deploy", "report"):

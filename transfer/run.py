@@ -7,6 +7,8 @@ multi-task model the deploy stage runs).
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 from pathlib import Path
@@ -102,6 +104,8 @@ def run(cfg: DictConfig) -> Path:
     settings = OmegaConf.to_container(t, resolve=True)
     L.seed_everything(int(t.seed), workers=True, verbose=False)  # before any weight exists
     backbone, info, size = make_backbone(str(t.backbone), OmegaConf.to_container(cfg.model, resolve=True), settings)
+    if t.get("backbone_name"):  # a row of its own in the results table (a pretraining variant of tst run)
+        info = dataclasses.replace(info, name=str(t.backbone_name))
     modalities = [m for name in names for m in TASKS[name].modalities]
     train, eval_frames, taxonomy, root, source = transfer_and_eval(cfg, modalities, size)
     name = cfg.run_name or f"{'+'.join(names)}-{info.name}-f{t.fraction}-s{t.seed}-{new_run_name()}"

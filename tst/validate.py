@@ -80,6 +80,9 @@ def registered_task() -> Rule:
     return Rule("a registered task (seg, det, caption, ...)", accepts)
 
 
+NAME = Rule("a non-empty name", lambda v: isinstance(v, str) and v != "")
+
+
 def flag() -> Rule:
     return Rule("true or false", lambda v: isinstance(v, bool))
 
@@ -228,7 +231,10 @@ RULES: dict[str, Rule] = {
     "trainer.deterministic": Rule("true, false or warn", lambda v: isinstance(v, bool) or v == "warn"),
     "report.fraction": optional(FRACTION),
     "tracking.enabled": flag(),
-    "experiment.objectives": each(choice("fourm", "multimae", "mae", "adapted")),
+    "experiment.objectives": each(NAME),  # an objective or a variant: the pipeline checks which
+    "experiment.variants": Rule("a mapping of names to lists of pretrain overrides",
+                                lambda v: isinstance(v, dict) and all(isinstance(o, list) for o in v.values())),
+    "transfer.backbone_name": optional(NAME),
     "experiment.seeds": nonempty(each(SEED)),
     "experiment.fractions": nonempty(each(FRACTION)),
     "experiment.seed_pretraining": flag(),

@@ -28,13 +28,9 @@ from tst.workspace import fingerprint, read_manifest
 
 console = Console(stderr=True)
 OTHER_BACKBONES = ("scratch", "generalist")
-# Pretrained backbones that are an objective plus settings: adapted TST continues 4M-21 B on the space.
+# Pretrained backbones that are an objective plus settings (a preset adds its own in experiment.variants):
+# adapted TST continues 4M-21 B on the space.
 VARIANTS = {"adapted": ["pretrain.objective=multimae", "pretrain.init=4m21-b"]}
-
-
-def pretraining_overrides(name: str) -> list[str]:
-    """The overrides that make experiment.objectives' `name` (an objective or a VARIANTS entry)."""
-    return VARIANTS.get(name, [f"pretrain.objective={name}"])
 
 
 def _name_hash(*parts) -> str:
@@ -62,8 +58,13 @@ class Pipeline:
         self.space = space_name(cfg.space)
         self.root = Path(cfg.workspace_dir) / self.space
         self.timings: dict[str, float] = {}
+        self.variants = VARIANTS | {str(k): [str(o) for o in v] for k, v in (self.e.get("variants") or {}).items()}
+        for index, name in enumerate(self.e.objectives):
+            if name not in OBJECTIVES and name not in self.variants:
+                raise TSTError(f"experiment.objectives[{index}]: '{name}' is neither an objective "
+                               f"({', '.join(OBJECTIVES)}) nor a variant ({', '.join(self.variants)})")
         for name in self.e.backbones:
-            known = OBJECTIVES + tuple(VARIANTS) + OTHER_BACKBONES
+            known = OBJECTIVES + tuple(self.variants) + OTHER_BACKBONES
             if name not in known:
                 raise TSTError(f"experiment.backbones: '{name}' is not one of {', '.join(known)}")
             if name not in OTHER_BACKBONES and name not in self.e.objectives:
@@ -122,7 +123,7 @@ class Pipeline:
         if _finished(run_dir):
             console.print(f"pretraining {run_dir} is finished: skipped")
             return run_dir
-        overrides = overrides + pretraining_overrides(objective)
+        overrides = overrides + self.pretraining_overrides(objective)
         if (run_dir / "config.json").is_file():  # killed: resumes from its newest complete checkpoint, if any
             console.print(f"resuming {run_dir}")
             return run(load("pretrain", overrides + [f"resume={run_dir}"]), overrides)
@@ -130,11 +131,17 @@ class Pipeline:
             shutil.rmtree(run_dir)
         return run(load("pretrain", overrides + [f"run_name={name}"]), overrides)
 
+    def pretraining_overrides(self, name: str) -> list[str]:
+        """The overrides that make experiment.objectives' `name` (an objective or a variant)."""
+        return self.variants.get(name, [f"pretrain.objective={name}"])
+
     def transfer(self, backbone: str, spec: str, seed: int, fraction: float, data: Path) -> Path:
         from tst.transfer.run import run
 
         source = fingerprint(Path(spec)) if Path(spec).is_dir() else spec
         extra = [f"transfer.backbone={spec}", f"transfer.seed={seed}", f"transfer.fraction={fraction}"]
+        if backbone in self.variants:  # a row of its own in the results table
+            extra.append(f"transfer.backbone_name={backbone}")
         name = f"{backbone}-s{seed}-f{fraction:g}-{_name_hash(self.overrides('transfer'), extra[1:], source, fingerprint(data))}"
         run_dir = self.root / "transfer" / name
         if _finished(run_dir):
