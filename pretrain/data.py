@@ -1,4 +1,5 @@
-"""Training data for pretraining: the test space's `pretrain` split, with a resumable sample order."""
+"""Training data for pretraining: the test space's `pretrain` split (and, with pretrain.splits, the
+transfer split's sensor modalities too), with a resumable sample order."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from typing import Iterator
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import ConcatDataset, DataLoader, Sampler
 
 from tst.errors import TSTError
+from tst.modalities import get
 
 from tst.collect.dataset import FrameDataset, RandomResizedCropFlip, collate
 from tst.pretrain.tokens import whole_frame
@@ -69,19 +71,43 @@ class EpochCrops(torch.utils.data.Dataset):
         return sample
 
 
+SPLITS = ("pretrain", "transfer")  # what pretraining may read: never a split's labels, never the eval split
+
+
+def pretraining_frames(root: Path, splits: list[str], modalities: list[str], skip_corrupt: bool):
+    """The frames of `splits`, one after the other (a FrameDataset, or their concatenation). Only the
+    trained (sensor) modalities are read, so the transfer split's labels stay unseen."""
+    unknown = [s for s in splits if s not in SPLITS]
+    if unknown or not splits:
+        raise TSTError(f"pretrain.splits: expected a list of {', '.join(SPLITS)}, got {list(splits)}")
+    labels = [m for m in modalities if get(m).tier == "label"]
+    if "transfer" in splits and labels:
+        raise TSTError(f"pretrain.splits: the transfer split's labels ({', '.join(labels)}) are for the heads only; "
+                       "pretrain on it with sensor modalities")
+    parts = [FrameDataset(root, split, modalities, skip_corrupt=skip_corrupt) for split in splits]
+    return parts[0] if len(parts) == 1 else ConcatDataset(parts)
+
+
 class PretrainData(L.LightningDataModule):
-    """Random resized crops of the pretrain split at the model's size, with only the trained modalities
-    (whole frames plus their precomputed codes when `codes` is given); cache_frames: keep decoded frames
-    in memory (each loader worker holds the split: frames x pixels x 8 channels x 4 bytes)."""
+    """Random resized crops of the pretraining splits at the model's size, with only the trained
+    modalities (whole frames plus their precomputed codes when `codes` is given); cache_frames: keep
+    decoded frames in memory (each loader worker holds them: frames x pixels x 8 channels x 4 bytes).
+    splits: the test space's `pretrain` split, and `transfer` to add the transfer split's frames (other
+    spaces' sensor modalities, the frames the heads will later be trained on; the paper found mixing them
+    in helps)."""
 
     def __init__(self, root: Path, modalities: list[str], size: int, batch_size: int, num_workers: int,
                  crop_scale: tuple[float, float], seed: int, skip_corrupt: bool,
-                 codes: dict[str, dict[str, torch.Tensor]] | None = None, cache_frames: bool = False):
+                 codes: dict[str, dict[str, torch.Tensor]] | None = None, cache_frames: bool = False,
+                 splits: tuple[str, ...] = ("pretrain",)):
         super().__init__()
         self.root, self.modalities, self.size = root, modalities, size
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        if codes is not None and list(splits) != ["pretrain"]:
+            raise TSTError("pretrain.precomputed_tokens: codes exist for the pretrain split only; use "
+                           "pretrain.splits=[pretrain] or precomputed_tokens=false")
         transform = whole_frame(size) if codes is not None else RandomResizedCropFlip(size, scale=tuple(crop_scale))
-        self.train = EpochCrops(FrameDataset(root, "pretrain", modalities, skip_corrupt=skip_corrupt),
+        self.train = EpochCrops(pretraining_frames(root, list(splits), modalities, skip_corrupt),
                                 transform, modalities, seed, codes, cache_frames)
         if len(self.train.frames) == 0:
             raise TSTError(f"{root}: the pretrain split is empty; collect it first (tst collect)")

@@ -234,7 +234,7 @@ def run(cfg: DictConfig, overrides: list[str] = ()) -> Path:
         codes = load_tokens(_tokenizer_dir(OmegaConf.create(config)), data, config["model"]["image_size"])
     datamodule = PretrainData(data, module.modalities, config["model"]["image_size"], int(d["batch_size"]),
                               int(d["num_workers"]), tuple(d["crop_scale"]), int(p["seed"]), bool(d["skip_corrupt"]),
-                              codes, bool(d.get("cache_frames", False)))
+                              codes, bool(d.get("cache_frames", False)), tuple(p.get("splits", ["pretrain"])))
     eval_batch = _eval_batch(data, module.modalities, config["model"]["image_size"], 4,
                              bool(d["skip_corrupt"]))  # read before the run folder is made
     created = not run_dir.exists()

@@ -293,3 +293,21 @@ def test_cached_frames_give_the_same_samples_and_decode_once(workspace):
         assert all(torch.equal(a[m], b[m]) for m in SENSORS)
     assert sorted(cached.frames.decoded) == [0, 5]
     assert not torch.equal(plain[5]["rgb"], plain[size + 5]["rgb"])  # each epoch crops anew
+
+
+def test_pretraining_can_read_the_transfer_splits_sensor_frames_never_its_labels(tmp_path, capsys):
+    from tst.collect.dataset import FrameDataset
+    from tst.pretrain.data import PretrainData
+
+    collect_small(tmp_path, 8, 2, 6, 32)
+    root = tmp_path / "procedural-0" / "data"
+    both = PretrainData(root, SENSORS, 32, 4, 0, (0.6, 1.0), 0, False, splits=("pretrain", "transfer"))
+    transfer = FrameDataset(root, "transfer", SENSORS)
+    assert len(both.train) == 8 + 6
+    assert torch.equal(both.train.frame(8)["rgb"], transfer[0]["rgb"])  # the transfer frames follow
+    with pytest.raises(TSTError, match="the transfer split's labels \\(semantic\\) are for the heads only"):
+        PretrainData(root, SENSORS + ["semantic"], 32, 4, 0, (0.6, 1.0), 0, False, splits=("pretrain", "transfer"))
+    assert pretrain(tmp_path, "pretrain.steps=1", "pretrain.input_budget=8", "pretrain.target_budget=8",
+                    "pretrain.splits=[pretrain,transfer]", "run_name=mixed") == 0
+    assert pretrain(tmp_path, "pretrain.splits=[eval]") != 0
+    assert "pretrain.splits[0]: expected pretrain or transfer, got 'eval'" in capsys.readouterr().err

@@ -167,6 +167,7 @@ RULES: dict[str, Rule] = {
     # pretrain
     "pretrain.objective": choice("fourm", "multimae", "mae"),
     "pretrain.init": optional(choice("4m21-b")),
+    "pretrain.splits": nonempty(each(choice("pretrain", "transfer"))),
     "pretrain.label_ablation": flag(),
     "pretrain.input_budget": POSITIVE,
     "pretrain.target_budget": POSITIVE,
