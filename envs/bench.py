@@ -72,27 +72,27 @@ def bench_render(cfg: DictConfig) -> dict:
     space = make_space(cfg.space)
     if not isinstance(space, MeshSpace):
         raise TSTError(f"bench render: space '{space.name}' is not a mesh space")
-    if space.num_triangles < cfg.render.min_triangles:
+    if space.num_triangles < cfg.render_bench.min_triangles:
         raise TSTError(f"bench render: {space.name} has {space.num_triangles} triangles, fewer than "
-                       f"render.min_triangles={cfg.render.min_triangles}; lower space.max_edge")
+                       f"render_bench.min_triangles={cfg.render_bench.min_triangles}; lower space.max_edge")
     hfov = 90.0
     console.print(f"[bold]bench render[/bold]: {space.name}, {space.num_triangles} triangles")
-    base = preview_cameras(space, max(cfg.render.frames, cfg.render.process_frames), 64, np.random.default_rng(0), hfov)
-    report: dict = {"space": space.name, "triangles": space.num_triangles, "frames": cfg.render.frames,
+    base = preview_cameras(space, max(cfg.render_bench.frames, cfg.render_bench.process_frames), 64, np.random.default_rng(0), hfov)
+    report: dict = {"space": space.name, "triangles": space.num_triangles, "frames": cfg.render_bench.frames,
                     "nthreads": space.renderer.nthreads, "sizes": {}}
-    for size in cfg.render.sizes:
-        cameras = _resized(base[:cfg.render.frames], int(size), hfov)
+    for size in cfg.render_bench.sizes:
+        cameras = _resized(base[:cfg.render_bench.frames], int(size), hfov)
         fps = _interleaved_fps({"render": lambda c: space.render(c, RENDERED), "cast": space.renderer.cast}, cameras)
         render_fps, cast_fps = fps["render"], fps["cast"]
         report["sizes"][str(size)] = {"render_fps": round(render_fps, 2), "raycast_only_fps": round(cast_fps, 2),
                                       "render_over_raycast": round(cast_fps / render_fps, 3)}
         console.print(f"  {size}px: render {render_fps:.1f} fps, ray cast only {cast_fps:.1f} fps")
-    process_cameras = _resized(base[:cfg.render.process_frames], int(cfg.render.process_size), hfov)
+    process_cameras = _resized(base[:cfg.render_bench.process_frames], int(cfg.render_bench.process_size), hfov)
     workers = {}
-    for count in cfg.render.workers:
-        workers[str(count)] = round(_parallel_fps(cfg.space, process_cameras, int(count), int(cfg.render.process_size), hfov), 2)
-        console.print(f"  {count} process(es), 1 thread each, {cfg.render.process_size}px: {workers[str(count)]} fps")
-    report["processes"] = {"size": cfg.render.process_size, "frames": cfg.render.process_frames, "fps": workers}
+    for count in cfg.render_bench.workers:
+        workers[str(count)] = round(_parallel_fps(cfg.space, process_cameras, int(count), int(cfg.render_bench.process_size), hfov), 2)
+        console.print(f"  {count} process(es), 1 thread each, {cfg.render_bench.process_size}px: {workers[str(count)]} fps")
+    report["processes"] = {"size": cfg.render_bench.process_size, "frames": cfg.render_bench.process_frames, "fps": workers}
     if len(workers) >= 2:
         counts = sorted(workers, key=int)
         report["processes"]["speedup"] = round(workers[counts[-1]] / workers[counts[0]], 3)

@@ -94,9 +94,9 @@ def test_mesh_space_renders_from_the_cli(tmp_path, workspace, capsys):
 
 
 def test_bench_render_prints_json(tmp_path, workspace, capsys):
-    code, out, err = run(["bench", "render", "space.max_edge=0.3", "render.min_triangles=0", "render.sizes=[24]",
-                          "render.frames=3", "render.process_frames=4", "render.process_size=24",
-                          "render.workers=[1,2]", *workspace,
+    code, out, err = run(["bench", "render", "space.max_edge=0.3", "render_bench.min_triangles=0", "render_bench.sizes=[24]",
+                          "render_bench.frames=3", "render_bench.process_frames=4", "render_bench.process_size=24",
+                          "render_bench.workers=[1,2]", *workspace,
                           "tracking.enabled=false"], capsys)
     assert code == 0, err
     report = json.loads(out)
@@ -119,8 +119,8 @@ BAD_INPUTS = [
     (["spaces", "render", "out=sheet.jpg"], "out: expected a .png"),
     (["spaces", "dance"], "unknown action 'dance'"),
     (["bench", "fly"], "unknown benchmark 'fly'"),
-    (["bench", "render", "render.sizes=[0]"], "render.sizes[0]: expected a positive integer"),
-    (["bench", "render", "render.workers=[-2]"], "render.workers[0]: expected a positive integer"),
+    (["bench", "render", "render_bench.sizes=[0]"], "render_bench.sizes[0]: expected a positive integer"),
+    (["bench", "render", "render_bench.workers=[-2]"], "render_bench.workers[0]: expected a positive integer"),
     (["bench", "pretrain", "pretrain_bench.models=[xl]"], "pretrain_bench.models[0]: expected tiny, s or b, got 'xl'"),
     (["bench", "pretrain", "pretrain_bench.steps=0"], "pretrain_bench.steps: expected a positive integer, got 0"),
     (["bench", "deploy", "deploy_bench.cpu_runtimes=[tensorrt]"], "deploy_bench.cpu_runtimes[0]: expected eager, compiled or onnx"),
