@@ -37,7 +37,7 @@ import torch
 from tst.errors import TSTError
 from tst.layers import swiglu_hidden
 from tst.modalities import RGB_MEAN, RGB_STD
-from tst.weights import KeyMapper, published_weights_file, read_state_dict, split_qkv
+from tst.weights import KeyMapper, check_mapped, published_weights_file, read_state_dict, split_qkv
 
 from tst.pretrain.model import MultimodalMaskedModel
 
@@ -94,48 +94,37 @@ def map_4m_model(state_dict: dict[str, torch.Tensor], model: MultimodalMaskedMod
     ours = model.state_dict()
     dim = model.config.dim
 
-    def norm(published: str, mine: str) -> None:
-        weight = keys.take(f"{published}.weight", f"-> {mine}.weight")
-        keys.put(f"{mine}.weight", weight)
-        keys.put(f"{mine}.bias", keys.take(f"{published}.bias", f"-> {mine}.bias (zero buffer)")
-                 if keys.has(f"{published}.bias") else torch.zeros_like(weight))
-
-    def linear(published: str, mine: str) -> None:
-        keys.put(f"{mine}.weight", keys.take(f"{published}.weight", f"-> {mine}.weight"))
-        keys.put(f"{mine}.bias", keys.take(f"{published}.bias", f"-> {mine}.bias") if keys.has(f"{published}.bias")
-                 else torch.zeros(ours[f"{mine}.bias"].shape))
-
     def attention(published: str, mine: str, fused: bool) -> None:
         if fused:
             qkv = keys.take(f"{published}.qkv.weight", f"-> {mine}.q/kv.weight")
             split_qkv(keys, mine, qkv, torch.zeros(qkv.shape[0]))
         else:
-            linear(f"{published}.q", f"{mine}.q")
-            linear(f"{published}.kv", f"{mine}.kv")
-        linear(f"{published}.proj", f"{mine}.out")
+            keys.linear(f"{published}.q", f"{mine}.q")
+            keys.linear(f"{published}.kv", f"{mine}.kv")
+        keys.linear(f"{published}.proj", f"{mine}.out")
 
     def mlp(published: str, mine: str) -> None:
         for fc in ("fc1", "fc2", "fc3"):
-            linear(f"{published}.{fc}", f"{mine}.{fc}")
+            keys.linear(f"{published}.{fc}", f"{mine}.{fc}")
 
     for i in range(model.config.encoder_depth):
         p, o = f"encoder.{i}", f"encoder.{i}"
-        norm(f"{p}.norm1", f"{o}.norm1")
+        keys.norm(f"{p}.norm1", f"{o}.norm1")
         attention(f"{p}.attn", f"{o}.attn", fused=True)
-        norm(f"{p}.norm2", f"{o}.norm2")
+        keys.norm(f"{p}.norm2", f"{o}.norm2")
         mlp(f"{p}.mlp", f"{o}.mlp")
     for i in range(model.config.decoder_depth):
         p, o = f"decoder.{i}", f"decoder.{i}"
-        norm(f"{p}.norm1", f"{o}.norm1")
+        keys.norm(f"{p}.norm1", f"{o}.norm1")
         attention(f"{p}.self_attn", f"{o}.attn", fused=True)
-        norm(f"{p}.query_norm", f"{o}.norm_cross")
+        keys.norm(f"{p}.query_norm", f"{o}.norm_cross")
         attention(f"{p}.cross_attn", f"{o}.cross_attn", fused=False)
-        norm(f"{p}.context_norm", f"{o}.norm_memory")
-        norm(f"{p}.norm2", f"{o}.norm2")
+        keys.norm(f"{p}.context_norm", f"{o}.norm_memory")
+        keys.norm(f"{p}.norm2", f"{o}.norm2")
         mlp(f"{p}.mlp", f"{o}.mlp")
-    norm("encoder_norm", "encoder_norm")
-    norm("decoder_norm", "decoder_norm")
-    linear("decoder_proj_context", "context_projection")
+    keys.norm("encoder_norm", "encoder_norm")
+    keys.norm("decoder_norm", "decoder_norm")
+    keys.linear("decoder_proj_context", "context_projection")
     keys.put("mask_token", keys.take("mask_token", "-> mask_token").reshape(dim))
 
     inputs, targets = ours["modality_embedding"].clone(), ours["target_modality_embedding"].clone()
@@ -164,12 +153,7 @@ def map_4m_model(state_dict: dict[str, torch.Tensor], model: MultimodalMaskedMod
                        "a 4M modality this TST model does not have")
     keys.drop_matching(r"encoder_embeddings\.[^.]+\.proj\.bias", "a 4M modality this TST model does not have")
     mapped, accounted = keys.finish()
-    for key, tensor in mapped.items():
-        if key not in ours:
-            raise TSTError(f"4M weights: mapped '{key}' has no place in the TST model")
-        if tuple(tensor.shape) != tuple(ours[key].shape):
-            raise TSTError(f"4M weights: '{key}' has shape {tuple(tensor.shape)} after mapping, the TST model "
-                           f"expects {tuple(ours[key].shape)}")
+    check_mapped(mapped, ours, "4M weights", complete=False)  # what is left out starts fresh (below)
     fresh = sorted(k for k in ours if k not in mapped)
     return mapped, accounted, fresh
 

@@ -32,7 +32,7 @@ import torch
 
 from tst.errors import TSTError
 from tst.layers import sincos_2d
-from tst.weights import KeyMapper, published_weights_file, read_state_dict, split_qkv
+from tst.weights import KeyMapper, check_mapped, published_weights_file, read_state_dict, split_qkv
 from tst.transfer.vit import CLIP_MEAN, CLIP_STD, PlainViT, ViTConfig
 
 EXTENSIONS = (".pth", ".pt", ".safetensors")
@@ -164,17 +164,6 @@ def map_4m(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor]
         if modality != FOURM_RGB:
             keys.drop_matching(re.escape(f"encoder_embeddings.{modality}.") + ".+", "non-RGB 4M input embedding")
 
-    def bias_free_norm(key: str, ours: str) -> None:
-        weight = keys.take(f"{key}.weight", f"-> {ours}.weight")
-        keys.put(f"{ours}.weight", weight)
-        keys.put(f"{ours}.bias", keys.take(f"{key}.bias", f"-> {ours}.bias (zero buffer)")
-                 if keys.has(f"{key}.bias") else torch.zeros_like(weight))
-
-    def bias_free_linear(key: str, ours: str) -> None:
-        weight = keys.take(f"{key}.weight", f"-> {ours}.weight")
-        keys.put(f"{ours}.weight", weight)
-        keys.put(f"{ours}.bias", torch.zeros(weight.shape[0]))
-
     e = f"encoder_embeddings.{FOURM_RGB}"
     projection = keys.take(f"{e}.proj.weight", "-> patch_embed.weight")  # (dim, p*p*3), (ph pw c) order
     dim, patch = projection.shape[0], int(round((projection.shape[1] / 3) ** 0.5))
@@ -186,14 +175,14 @@ def map_4m(state_dict: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor]
         keys.put("pos_embed", sincos_2d(224 // patch, 224 // patch, dim, row_first=True)[None])
     for i in range(keys.blocks("encoder")):
         p, o = f"encoder.{i}", f"blocks.{i}"
-        bias_free_norm(f"{p}.norm1", f"{o}.norm1")
-        bias_free_norm(f"{p}.norm2", f"{o}.norm2")
+        keys.norm(f"{p}.norm1", f"{o}.norm1")
+        keys.norm(f"{p}.norm2", f"{o}.norm2")
         qkv = keys.take(f"{p}.attn.qkv.weight", f"-> {o}.attn.q/kv.weight")
         split_qkv(keys, f"{o}.attn", qkv, torch.zeros(qkv.shape[0]))
-        bias_free_linear(f"{p}.attn.proj", f"{o}.attn.out")
+        keys.linear(f"{p}.attn.proj", f"{o}.attn.out")
         for fc in ("fc1", "fc2", "fc3"):  # gated MLP: fc2(silu(fc1 x) * fc3 x)
-            bias_free_linear(f"{p}.mlp.{fc}", f"{o}.mlp.{fc}")
-    bias_free_norm("encoder_norm", "norm")
+            keys.linear(f"{p}.mlp.{fc}", f"{o}.mlp.{fc}")
+    keys.norm("encoder_norm", "norm")
     return keys.finish()
 
 
@@ -261,16 +250,7 @@ def weights_file(spec: str, weights_dir: str | Path | None = None) -> Path:
 
 def load_weights(model: PlainViT, state_dict: dict[str, torch.Tensor], spec: str) -> None:
     """Strict load with a one-line TSTError naming the first missing, unexpected or mis-shaped key."""
-    expected = model.state_dict()
-    for key in expected:
-        if key not in state_dict:
-            raise TSTError(f"{spec}: mapped weights lack '{key}'")
-    for key, tensor in state_dict.items():
-        if key not in expected:
-            raise TSTError(f"{spec}: mapped weights have unexpected '{key}'")
-        if tuple(tensor.shape) != tuple(expected[key].shape):
-            raise TSTError(f"{spec}: '{key}' has shape {tuple(tensor.shape)} in the file, the model expects "
-                           f"{tuple(expected[key].shape)}")
+    check_mapped(state_dict, model.state_dict(), spec)
     model.load_state_dict(state_dict, strict=True)
 
 

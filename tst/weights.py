@@ -117,6 +117,21 @@ class KeyMapper:
     def copy(self, key: str, ours: str) -> None:
         self.put(ours, self.take(key, f"-> {ours}"))
 
+    def norm(self, key: str, ours: str) -> None:
+        """A LayerNorm `key` -> `ours`; a bias-free one (ml-4m saves a zero `bias` buffer, or nothing) gets
+        a zero bias."""
+        weight = self.take(f"{key}.weight", f"-> {ours}.weight")
+        self.put(f"{ours}.weight", weight)
+        self.put(f"{ours}.bias", self.take(f"{key}.bias", f"-> {ours}.bias") if self.has(f"{key}.bias")
+                 else torch.zeros_like(weight))
+
+    def linear(self, key: str, ours: str) -> None:
+        """A Linear `key` -> `ours`; a bias-free one gets a zero bias."""
+        weight = self.take(f"{key}.weight", f"-> {ours}.weight")
+        self.put(f"{ours}.weight", weight)
+        self.put(f"{ours}.bias", self.take(f"{key}.bias", f"-> {ours}.bias") if self.has(f"{key}.bias")
+                 else torch.zeros(weight.shape[0]))
+
     def drop(self, key: str, reason: str) -> None:
         self.accounted[key] = f"dropped: {reason}"
 
@@ -152,3 +167,19 @@ def split_qkv(keys: KeyMapper, ours: str, weight: torch.Tensor, bias: torch.Tens
     keys.put(f"{ours}.kv.weight", weight[dim:])
     keys.put(f"{ours}.q.bias", bias[:dim])
     keys.put(f"{ours}.kv.bias", bias[dim:])
+
+
+def check_mapped(mapped: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], what: str,
+                 complete: bool = True) -> None:
+    """A one-line TSTError naming the first mapped key the model (its state dict `expected`) does not
+    have or holds in another shape, and with `complete` the first model key the mapping left out."""
+    if complete:
+        for key in expected:
+            if key not in mapped:
+                raise TSTError(f"{what}: mapped weights lack '{key}'")
+    for key, tensor in mapped.items():
+        if key not in expected:
+            raise TSTError(f"{what}: mapped weights have unexpected '{key}'")
+        if tuple(tensor.shape) != tuple(expected[key].shape):
+            raise TSTError(f"{what}: '{key}' has shape {tuple(tensor.shape)} in the file, the model expects "
+                           f"{tuple(expected[key].shape)}")
