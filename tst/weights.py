@@ -1,5 +1,6 @@
 """Reading weight files (torch checkpoints without ever unpickling arbitrary objects, safetensors) with
-one-line errors naming the file."""
+one-line errors naming the file; finding published weights in $TST_WEIGHTS_DIR and mapping their keys
+onto ours (the transfer stage's generalists and adapted TST's 4M-21 both use KeyMapper)."""
 
 from __future__ import annotations
 
