@@ -99,3 +99,10 @@ def test_the_modalities_analysis_pretrains_each_set_as_its_own_row(tmp_path):
 def test_an_unknown_objective_names_the_variants(tmp_path, capsys):
     assert main(["run", "experiment=modalities", f"workspace_dir={tmp_path}", "experiment.objectives=[rgb,depth]"]) != 0
     assert "experiment.objectives[1]: 'depth' is neither an objective" in capsys.readouterr().err
+
+
+def test_a_bad_variant_is_refused_before_anything_runs(tmp_path, capsys):
+    assert main(["run", "experiment=modalities", f"workspace_dir={tmp_path / 'ws'}",
+                 'experiment.variants.rgb=["pretrain.init=bogus"]']) != 0
+    assert "experiment.variants.rgb: pretrain.init: expected null or 4m21-b, got 'bogus'" in capsys.readouterr().err
+    assert not (tmp_path / "ws").exists()

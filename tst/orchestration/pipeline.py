@@ -70,11 +70,13 @@ class Pipeline:
             if name not in OTHER_BACKBONES and name not in self.e.objectives:
                 raise TSTError(f"experiment.backbones: '{name}' is not pretrained (experiment.objectives: "
                                f"{', '.join(self.e.objectives)})")
-        if "adapted" in self.e.objectives:  # its weights file must be there before the first stage runs
-            from tst.pretrain.adapted import INITS
-            from tst.weights import published_weights_file
+        for name in self.e.objectives:  # a variant's published weights must be there before the first stage
+            for init in (o.split("=", 1)[1] for o in self.variants.get(name, []) if o.startswith("pretrain.init=")):
+                from tst.pretrain.adapted import INITS
+                from tst.weights import published_weights_file
 
-            published_weights_file(INITS["4m21-b"], "experiment.objectives=[...,adapted] (pretrain.init=4m21-b)")
+                if init in INITS:  # an unknown one is refused when check_presets composes the variant
+                    published_weights_file(INITS[init], f"experiment.objectives: {name} (pretrain.init={init})")
         if self.e.get("deploy_backbone") and self.e.deploy_backbone not in self.e.backbones:
             raise TSTError(f"experiment.deploy_backbone: '{self.e.deploy_backbone}' is not among the transferred "
                            f"backbones (experiment.backbones: {', '.join(self.e.backbones)}); name one or null")
@@ -211,3 +213,9 @@ def check_presets(cfg: DictConfig) -> None:
             load(stage, pipeline.overrides(stage))
         except TSTError as error:
             raise TSTError(f"experiment.{stage}: {error}") from None
+    for name in cfg.experiment.objectives:
+        if name in pipeline.variants:
+            try:
+                load("pretrain", pipeline.overrides("pretrain") + pipeline.pretraining_overrides(name))
+            except TSTError as error:
+                raise TSTError(f"experiment.variants.{name}: {error}") from None
