@@ -96,6 +96,21 @@ def test_the_modalities_analysis_pretrains_each_set_as_its_own_row(tmp_path):
     assert "| rgb |" in table and "| no-depth |" in table and (space / "report" / "results.png").is_file()
 
 
+def test_editing_a_variant_names_a_new_pretraining_folder(tmp_path):
+    """A finished pretraining is reused only for the same settings: a variant's own overrides are part of
+    its folder's name, so changing them does not silently reuse the old run."""
+    from tst.config import load
+    from tst.orchestration.pipeline import Pipeline
+
+    def folder(*extra):
+        pipeline = Pipeline(load("run", ["experiment=modalities", f"workspace_dir={tmp_path}", *extra]))
+        return pipeline.pretraining_dir("rgb", pipeline.overrides("pretrain"), ["data"], None)
+
+    assert folder() == folder()
+    assert folder() != folder('experiment.variants.rgb=["pretrain.objective=multimae","pretrain.modalities=[rgb]"]')
+    assert folder().parent == tmp_path / "procedural-0" / "pretrain" and folder().name.startswith("rgb-")
+
+
 def test_an_unknown_objective_names_the_variants(tmp_path, capsys):
     assert main(["run", "experiment=modalities", f"workspace_dir={tmp_path}", "experiment.objectives=[rgb,depth]"]) != 0
     assert "experiment.objectives[1]: 'depth' is neither an objective" in capsys.readouterr().err

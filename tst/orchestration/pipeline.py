@@ -120,8 +120,7 @@ class Pipeline:
 
         inputs = [fingerprint(data)] + ([fingerprint(tokenizers)] if tokenizers else [])
         overrides = self.overrides("pretrain") + ([] if seed is None else [f"pretrain.seed={seed}"])
-        name = f"{objective}-{'' if seed is None else f's{seed}-'}{_name_hash(overrides, inputs)}"
-        run_dir = self.root / "pretrain" / name
+        run_dir = self.pretraining_dir(objective, overrides, inputs, seed)
         if _finished(run_dir):
             console.print(f"pretraining {run_dir} is finished: skipped")
             return run_dir
@@ -132,6 +131,13 @@ class Pipeline:
         if run_dir.exists():  # killed before it wrote its config
             shutil.rmtree(run_dir)
         return run(load("pretrain", overrides + [f"run_name={name}"]), overrides)
+
+    def pretraining_dir(self, objective: str, overrides: list[str], inputs: list[str], seed: int | None) -> Path:
+        """The run folder of one pretraining: named after the objective (or variant) and a hash of the
+        shared overrides, the inputs' fingerprints and, for a variant, its own overrides (so editing a
+        variant pretrains it again; plain objectives keep the names they always had)."""
+        parts = [overrides, inputs] + ([self.variants[objective]] if objective in self.variants else [])
+        return self.root / "pretrain" / f"{objective}-{'' if seed is None else f's{seed}-'}{_name_hash(*parts)}"
 
     def pretraining_overrides(self, name: str) -> list[str]:
         """The overrides that make experiment.objectives' `name` (an objective or a variant)."""
