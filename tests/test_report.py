@@ -9,7 +9,8 @@ from PIL import Image
 from tst.orchestration.cli import main
 from tst.config import load
 from tst.tracking import record_run
-from tst.transfer.report import COLUMNS, Cell, TransferResult, compare, markdown, paired, tokenizer_quality
+from tst.transfer.report import (COLUMNS, Cell, TransferResult, backbone_order, compare, in_row_order, markdown, paired,
+                                 tokenizer_quality)
 from tst.workspace import write_manifest
 
 QUALITY = {"rgb": {"codes_used": 200, "codebook": 256, "perplexity": 150.25, "metric": "mae", "error": 0.05,
@@ -164,6 +165,15 @@ def test_single_seed_scratch_marks_nothing():
     text = markdown(rows, 1.0, "s", [TransferResult("scratch", 1.0, 0, {})])
     assert "| fourm | 50.5 ± 0.7 | – | – | – |" in text
     assert "scratch rests on one seed in seg mIoU: no cell of those columns can be marked." in text
+
+
+def test_variant_rows_follow_report_rows():
+    """scratch, the objectives and the generalists keep their places; variants follow report.rows (tst run
+    passes experiment.backbones), and a variant it does not name comes last, alphabetically."""
+    results = [TransferResult(name, 0.1, 0, {}) for name in ("zeta", "rgb+depth", "generalist", "all", "rgb", "scratch")]
+    assert backbone_order(in_row_order(results, ["rgb", "rgb+depth", "all"])) == [
+        "scratch", "generalist", "rgb", "rgb+depth", "all", "zeta"]
+    assert backbone_order(in_row_order(results, [])) == ["scratch", "generalist", "all", "rgb", "rgb+depth", "zeta"]
 
 
 def test_report_without_runs_says_so(tmp_path, capsys):

@@ -210,8 +210,17 @@ def folder_results(cfg: DictConfig, space: str) -> list[TransferResult]:
 
 
 def backbone_order(results: list[TransferResult]) -> list[str]:
-    names = {r.backbone for r in results}
-    return [n for n in ROW_ORDER if n in names] + sorted(names - set(ROW_ORDER))
+    """Table rows: scratch, the objectives, adapted and the generalists (ROW_ORDER), then every other row
+    (a variant) in the order its results come; report() sorts them by `report.rows`."""
+    names = list(dict.fromkeys(r.backbone for r in results))
+    return [n for n in ROW_ORDER if n in names] + [n for n in names if n not in ROW_ORDER]
+
+
+def in_row_order(results: list[TransferResult], rows: list[str]) -> list[TransferResult]:
+    """The results with the rows not in ROW_ORDER (variants) in `rows`' order, any others after them
+    alphabetically; a backbone's own results keep their order."""
+    rank = {name: k for k, name in enumerate(rows)}
+    return sorted(results, key=lambda r: (rank.get(r.backbone, len(rank)), r.backbone))
 
 
 def seeds_caption(results: list[TransferResult]) -> str:
@@ -547,7 +556,8 @@ def report(cfg: DictConfig) -> Path:
     """Write the report files; print the Markdown. Returns the report folder."""
     space = space_name(cfg.space)
     tracked = bool(cfg.tracking.enabled)
-    every = tracked_results(cfg, space) if tracked else folder_results(cfg, space)
+    every = in_row_order(tracked_results(cfg, space) if tracked else folder_results(cfg, space),
+                         [str(name) for name in cfg.report.get("rows") or []])
     if not every:
         where = tracking_uri(cfg) if tracked else artifact_dir(cfg.workspace_dir, space, "transfer")
         raise TSTError(f"{where}: no {'tracked ' if tracked else ''}transfer runs of space {space}; "

@@ -231,6 +231,7 @@ RULES: dict[str, Rule] = {
     "trainer.num_nodes": POSITIVE,
     "trainer.deterministic": Rule("true, false or warn", lambda v: isinstance(v, bool) or v == "warn"),
     "report.fraction": optional(FRACTION),
+    "report.rows": each(NAME),
     "tracking.enabled": flag(),
     "experiment.objectives": each(NAME),  # an objective or a variant: the pipeline checks which
     "experiment.variants": Rule("a mapping of names to lists of pretrain overrides",

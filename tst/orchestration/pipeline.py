@@ -170,7 +170,8 @@ class Pipeline:
     def report(self) -> Path:
         from tst.transfer.report import report
 
-        return report(load("report", self.shared + [str(o) for o in self.e.get("report", [])]))
+        rows = f"report.rows={override_value([str(name) for name in self.e.backbones])}"  # variants in the preset's order
+        return report(load("report", self.shared + [rows] + [str(o) for o in self.e.get("report", [])]))
 
     # --- the whole thing --------------------------------------------------------------------------
     def run(self) -> Path:
