@@ -15,9 +15,8 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tst.errors import TSTError
 from tst.sheets import grid_image
-from tst.tracking import record_run
-from tst.workspace import (artifact_dir, atomic_write_json, new_run_name, read_json, read_manifest, staged_directory,
-                           write_manifest)
+from tst.stage import new_run_dir, publish
+from tst.workspace import artifact_dir, atomic_write_json, read_json, read_manifest
 
 from tst.collect.dataset import FrameDataset
 from tst.collect.plan import read_plan
@@ -115,10 +114,7 @@ def deploy(cfg: DictConfig) -> Path:
     predictor = make_predictor(cfg)
     goal = search_goal(predictor.taxonomy, str(d.target), float(d.score_threshold), float(d.success_distance),
                        int(cfg.collect.min_box_pixels)) if d.task == "find" else None
-    name = cfg.run_name or f"{d.task}-{predictor.model.run_dir.name}-{new_run_name()}"
-    run_dir = artifact_dir(cfg.workspace_dir, space_name(cfg.space), "deploy", name)
-    if run_dir.exists():
-        raise TSTError(f"{run_dir}: already exists; choose another run_name")
+    run_dir = new_run_dir(cfg, space_name(cfg.space), "deploy", f"{d.task}-{predictor.model.run_dir.name}")
     _set_threads(cfg)
     console.print(f"deploying {predictor.model.run_dir.name} ({', '.join(predictor.tasks)}) on "
                   f"{predictor.device}, {d.runtime}, {d.precision}{', compiled' if d.compile else ''}")
@@ -136,23 +132,21 @@ def deploy(cfg: DictConfig) -> Path:
               "caption_every": int(d.caption_every)} \
         | latency_summary(result, float(d.rate_hz)) | {"online": result.metrics} \
         | ({"search": result.search} if result.search else {})
-    with staged_directory(run_dir) as tmp:
-        atomic_write_json(tmp / "report.json", report)
-        _strip(result, predictor.module.tasks, int(d.strip_frames), float(d.score_threshold)).save(tmp / "strip.png")
-        write_manifest(tmp, "deploy", cfg, {"model": predictor.model.run_dir},
-                       {"report": "report.json", "strip": "strip.png"})
+    def write(folder: Path) -> dict:
+        atomic_write_json(folder / "report.json", report)
+        _strip(result, predictor.module.tasks, int(d.strip_frames), float(d.score_threshold)).save(folder / "strip.png")
+        return {"report": "report.json", "strip": "strip.png"}
+
     metrics = {f"online_{k}": v for k, v in result.metrics.items()} | {
         "perception_p50_ms": report["perception_ms"]["p50"], "perception_p99_ms": report["perception_ms"]["p99"],
         "period_p50_ms": report["period_ms"]["p50"], "fps": report["fps"], "deadline_misses": report["deadline_misses"]}
     if result.search:
         metrics["search_success"] = float(result.search["success"])
-    record_run(cfg, "deploy", space_name(cfg.space), run_dir, {"model": str(predictor.model.run_dir)},
-               {"report": str(run_dir / "report.json")}, metrics, images=[run_dir / "strip.png"],
-               tags={"backbone": predictor.model.backbone.name})
+    publish(cfg, "deploy", space_name(cfg.space), run_dir, write, {"model": predictor.model.run_dir}, metrics,
+            images=("strip.png",), tags={"backbone": predictor.model.backbone.name}, summary=report)
     console.print(f"[green]deploy[/green] {len(result.steps)} steps: perception p50 {report['perception_ms']['p50']:.1f} ms, "
                   f"period p50 {report['period_ms']['p50']:.1f} ms (render {report['render_ms']['p50']:.1f} ms), "
                   f"{report['fps']:.1f} FPS  ({run_dir})")
-    print(json.dumps(report))
     return run_dir
 
 

@@ -16,8 +16,8 @@ from safetensors.torch import save_file
 from tst.determinism import deterministic_kernels
 from tst.modalities import from_network, tokenized
 from tst.sheets import grid_image
-from tst.tracking import record_run
-from tst.workspace import fingerprint, staged_directory, write_manifest
+from tst.stage import publish
+from tst.workspace import fingerprint
 
 from tst.collect.dataset import FrameDataset, RandomResizedCropFlip, collate
 from tst.pretrain.run import _eval_batch, _modalities, _space_name, _tokenizer_dir, dataset_dir, load_tokenizers
@@ -86,26 +86,25 @@ def train_tokenizers(cfg: DictConfig) -> Path:
     quality = measure(tokenizers, torch.utils.data.DataLoader(eval_frames, batch_size=32, collate_fn=collate), "eval")
     console.print(quality_table(quality))
     held_out = _eval_batch(data, modalities, size, 4)
-    rows = []
-    with staged_directory(out, replace=True) as staging:  # a finished set replaces the old one whole
+    def write(folder: Path) -> dict:
+        rows = []
         for name, tokenizer in tokenizers.items():
-            save_file({k: v.contiguous() for k, v in tokenizer.state_dict().items()},
-                      str(staging / f"{name}.safetensors"))
+            save_file({k: v.contiguous() for k, v in tokenizer.state_dict().items()}, str(folder / f"{name}.safetensors"))
             with torch.no_grad():
                 decoded = from_network(name, tokenizer.decode(tokenizer.encode(held_out[name])))
             rows += [[to_uint8(name, truth), to_uint8(name, image)] for truth, image in zip(held_out[name], decoded)]
-        image = grid_image(rows, ["eval frame", "tokenized + decoded"],
-                           [f"{m} #{b}" for m in modalities for b in range(4)])
-        image.save(staging / "reconstructions.png")
-        write_manifest(staging, "pretrain.tokenizers", cfg, {"dataset": data},
-                       {"dataset": str(data), "dataset_fingerprint": fingerprint(data), "modalities": modalities,
-                        "levels": list(config.levels), "patch": config.patch, "hidden": config.hidden,
-                        "vocab": config.vocab, "image_size": size, "quality": quality,
-                        "reconstruction_error": {m: q["error"] for m, q in quality.items()}})
-    record_run(cfg, "pretrain.tokenizers", _space_name(cfg), out, {"dataset": str(data)}, {"tokenizers": str(out)},
-               {f"{key}_{m}": q[key] for m, q in quality.items() for key in ("error", "baseline_error", "perplexity",
-                                                                             "codes_used")},
-               images=[out / "reconstructions.png"])
+        grid_image(rows, ["eval frame", "tokenized + decoded"],
+                   [f"{m} #{b}" for m in modalities for b in range(4)]).save(folder / "reconstructions.png")
+        return {"reconstructions": "reconstructions.png", "dataset": str(data), "dataset_fingerprint": fingerprint(data),
+                "modalities": modalities, "levels": list(config.levels), "patch": config.patch, "hidden": config.hidden,
+                "vocab": config.vocab, "image_size": size, "quality": quality,
+                "reconstruction_error": {m: q["error"] for m, q in quality.items()}}
+
+    metrics = {f"{key}_{m}": q[key] for m, q in quality.items() for key in ("error", "baseline_error", "perplexity",
+                                                                            "codes_used")}
+    # A finished set replaces the old one whole (the folder is the one pretrain.tokenizers names).
+    publish(cfg, "pretrain.tokenizers", _space_name(cfg), out, write, {"dataset": data}, metrics,
+            images=("reconstructions.png",), replace=True)
     console.print(f"[green]tokenizers[/green] {out}")
     return out
 

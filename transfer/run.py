@@ -8,9 +8,6 @@ multi-task model the deploy stage runs).
 from __future__ import annotations
 
 import dataclasses
-
-import json
-import os
 from pathlib import Path
 
 import lightning as L
@@ -23,9 +20,9 @@ from tst.determinism import deterministic_kernels
 from tst.errors import TSTError
 from tst.progress import StepProgressBar
 from tst.sheets import grid_image
+from tst.stage import new_run_dir, publish
 from tst.taxonomy import Taxonomy
-from tst.tracking import record_run
-from tst.workspace import artifact_dir, atomic_write_json, new_run_name, staged_directory, write_manifest
+from tst.workspace import atomic_write_json, read_manifest
 
 from tst.collect.dataset import FrameDataset, collate
 from tst.pretrain.run import read_pretrain_config
@@ -108,11 +105,9 @@ def run(cfg: DictConfig) -> Path:
         info = dataclasses.replace(info, name=str(t.backbone_name))
     modalities = [m for name in names for m in TASKS[name].modalities]
     train, eval_frames, taxonomy, root, source = transfer_and_eval(cfg, modalities, size)
-    name = cfg.run_name or f"{'+'.join(names)}-{info.name}-f{t.fraction}-s{t.seed}-{new_run_name()}"
-    space = Path(os.path.abspath(root)).parent.name  # <space>/data, or the folder holding data_dir
-    run_dir = artifact_dir(cfg.workspace_dir, space, "transfer", name, space_key="space name (from data_dir)")
-    if run_dir.exists():
-        raise TSTError(f"{run_dir}: already exists; choose another run_name")
+    space = str(read_manifest(root)["outputs"]["space"])  # the space the eval frames were rendered in
+    run_dir = new_run_dir(cfg, space, "transfer", f"{'+'.join(names)}-{info.name}-f{t.fraction}-s{t.seed}",
+                          space_key=f"{root}/manifest.json: outputs.space")
     vocabulary = caption_vocabulary(train, int(t.caption_min_count)) if "caption" in names else None
     tasks = build_tasks(names, taxonomy, settings, vocabulary)
     module = TransferModule(backbone, tasks, settings)
@@ -134,23 +129,22 @@ def run(cfg: DictConfig) -> Path:
     columns = ["eval rgb"] + [c for task in tasks for c in task.columns()]
     inputs = {"dataset": root} | ({"transfer_data": source} if source != root else {}) \
         | ({"backbone": info.path} if info.path else {})
-    with staged_directory(run_dir) as tmp:
-        grid_image(rows, columns, [f"#{i}" for i in range(len(rows))]).save(tmp / "predictions.png")
-        atomic_write_json(tmp / "metrics.json", metrics)
-        atomic_write_json(tmp / "tasks.json", {"taxonomy": taxonomy.to_dict(), "image_size": size,
-                                               "tasks": {task.name: task.state() for task in tasks}})
-        torch.save(module.state_dict(), tmp / "model.pt")
-        write_manifest(tmp, "transfer", cfg, inputs, {"metrics": "metrics.json", "model": "model.pt",
-                                                      "tasks": "tasks.json", "predictions": "predictions.png"})
+
+    def write(folder: Path) -> dict:
+        grid_image(rows, columns, [f"#{i}" for i in range(len(rows))]).save(folder / "predictions.png")
+        atomic_write_json(folder / "metrics.json", metrics)
+        atomic_write_json(folder / "tasks.json", {"taxonomy": taxonomy.to_dict(), "image_size": size,
+                                                  "tasks": {task.name: task.state() for task in tasks}})
+        torch.save(module.state_dict(), folder / "model.pt")
+        return {"metrics": "metrics.json", "model": "model.pt", "tasks": "tasks.json", "predictions": "predictions.png"}
+
     tags = {"task": "+".join(names), "backbone": info.name, "objective": info.objective,
             "fraction": str(float(t.fraction)), "seed": str(int(t.seed)), "mode": str(t.mode)}
     if pretrain_steps is not None:  # the report's pretraining-length curve
         tags["pretrain_steps"] = str(pretrain_steps)
-    record_run(cfg, "transfer", space, run_dir, {"dataset": str(root)},
-               {"metrics": str(run_dir / "metrics.json")}, scalar_metrics(scores),
-               images=[run_dir / "predictions.png"], tags=tags)
+    publish(cfg, "transfer", space, run_dir, write, inputs, scalar_metrics(scores), images=("predictions.png",),
+            tags=tags, summary={k: v for k, v in metrics.items() if not isinstance(v, dict)})
     headline = ", ".join(f"{task.headline} {scores[task.headline]:.3f}" for task in tasks)
     console.print(f"[green]{'+'.join(names)}[/green] backbone {info.name}: {headline} on "
                   f"{len(eval_frames)} eval frames  ({run_dir})")
-    print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, dict)}))
     return run_dir

@@ -10,20 +10,22 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig
 
-from tst.tracking import record_run
-from tst.workspace import artifact_dir, atomic_write_json, new_run_name, staged_directory, write_manifest
+from tst.stage import publish
+from tst.workspace import artifact_dir, atomic_write_json, new_run_name
 
 
 def save_report(cfg: DictConfig, name: str, space: str, report: dict, metrics: dict[str, float]) -> Path:
     """Print `report` as JSON and keep it: <workspace>/<space>/bench/<run>/bench.json (+ cfg.out)."""
     print(json.dumps(report, indent=2))
     final = artifact_dir(cfg.workspace_dir, space, "bench", cfg.run_name or new_run_name())
-    with staged_directory(final) as tmp:
-        atomic_write_json(tmp / "bench.json", report)
-        write_manifest(tmp, f"bench.{name}", cfg, {}, {"report": "bench.json"})
+
+    def write(folder: Path) -> dict:
+        atomic_write_json(folder / "bench.json", report)
+        return {"report": "bench.json"}
+
+    publish(cfg, f"bench.{name}", space, final, write, {}, metrics)
     if cfg.get("out"):
         atomic_write_json(Path(str(cfg.out)), report)
-    record_run(cfg, f"bench.{name}", space, final, {}, {"report": str(final / "bench.json")}, metrics)
     return final
 
 

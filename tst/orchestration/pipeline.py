@@ -6,7 +6,9 @@ three tasks on one backbone) -> deploy (the first pretrained backbone's speciali
 Each stage is the same command a person would type (`tst collect ...`), composed from the experiment's
 override lists (configs/experiment/*.yaml). Run folders are named after a hash of what made them, so a
 re-run finds the finished ones and skips them; a pretraining run killed midway resumes from its last
-checkpoint. Like the CLI, this module imports the stages lazily: it sits above them.
+checkpoint. `Pipeline.execute` is the one place that decides, for every stage, whether its folder is kept,
+resumed or made; inside each stage, `tst.stage.publish` lands the finished folder (staged, manifest last,
+tracked). Like the CLI, this module imports the stages lazily: it sits above them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
@@ -84,34 +87,41 @@ class Pipeline:
     def overrides(self, stage: str) -> list[str]:
         return self.shared + [str(o) for o in self.e.get(stage, [])]
 
-    def stage(self, title: str, action):
+    def execute(self, title: str, run_dir: Path, start: Callable[[], Path],
+                reusable: Callable[[Path], bool] | None = None, resume: Callable[[], Path] | None = None) -> Path:
+        """The one way `tst run` runs a stage: a finished `run_dir` that `reusable` accepts (default: it holds
+        a manifest) is kept and skipped; with `resume`, a folder killed after writing its config.json
+        continues and one killed before is removed; otherwise `start` runs the stage. Times each title."""
         console.print(Rule(f"[bold]{title}"))
-        start = time.perf_counter()
-        result = action()
-        self.timings[title] = round(time.perf_counter() - start, 1)
-        return result
+        began = time.perf_counter()
+        if (reusable or _finished)(run_dir):
+            console.print(f"{run_dir} is finished: skipped")
+        elif resume is not None and (run_dir / "config.json").is_file():
+            console.print(f"resuming {run_dir}")
+            run_dir = resume()
+        else:
+            if resume is not None and run_dir.exists():  # killed before it wrote its config
+                shutil.rmtree(run_dir)
+            run_dir = start()
+        self.timings[title] = round(time.perf_counter() - began, 1)
+        return run_dir
 
-    # --- stages -----------------------------------------------------------------------------------
+    # --- stages: each builds its config and folder, then hands them to execute() -------------------
     def collect(self) -> Path:
         from tst.collect.run import run
 
         cfg = load("collect", self.overrides("collect"))
-        data = self.root / "data"
-        if _finished(data) and read_manifest(data)["config"] == OmegaConf.to_container(cfg, resolve=True):
-            console.print(f"dataset {data} is complete: skipped")
-            return data
-        return run(cfg)
+        config = OmegaConf.to_container(cfg, resolve=True)
+        return self.execute("collect", self.root / "data", lambda: run(cfg),
+                            lambda data: _finished(data) and read_manifest(data)["config"] == config)
 
     def tokenizers(self) -> Path:
         from tst.pretrain.tokenizer_training import train_tokenizers
 
         cfg = load("pretrain", self.overrides("pretrain") + ["pretrain.objective=fourm"])
-        out = self.root / "pretrain" / "tokenizers"
         config = OmegaConf.to_container(cfg, resolve=True)
-        if _finished(out) and _same_training(read_manifest(out)["config"], config):
-            console.print(f"tokenizers {out} are trained: skipped")
-            return out
-        return train_tokenizers(cfg)
+        return self.execute("tokenizers", self.root / "pretrain" / "tokenizers", lambda: train_tokenizers(cfg),
+                            lambda out: _finished(out) and _same_training(read_manifest(out)["config"], config))
 
     def pretrain(self, objective: str, data: Path, tokenizers: Path | None, seed: int | None) -> Path:
         """One pretraining run; seed None keeps the preset's pretrain.seed (one run shared by every
@@ -121,16 +131,11 @@ class Pipeline:
         inputs = [fingerprint(data)] + ([fingerprint(tokenizers)] if tokenizers else [])
         overrides = self.overrides("pretrain") + ([] if seed is None else [f"pretrain.seed={seed}"])
         run_dir = self.pretraining_dir(objective, overrides, inputs, seed)
-        if _finished(run_dir):
-            console.print(f"pretraining {run_dir} is finished: skipped")
-            return run_dir
         overrides = overrides + self.pretraining_overrides(objective)
-        if (run_dir / "config.json").is_file():  # killed: resumes from its newest complete checkpoint, if any
-            console.print(f"resuming {run_dir}")
-            return run(load("pretrain", overrides + [f"resume={run_dir}"]), overrides)
-        if run_dir.exists():  # killed before it wrote its config
-            shutil.rmtree(run_dir)
-        return run(load("pretrain", overrides + [f"run_name={name}"]), overrides)
+        # A killed run resumes from its newest complete checkpoint, if any.
+        return self.execute(f"pretrain {objective}" + ("" if seed is None else f" seed {seed}"), run_dir,
+                            lambda: run(load("pretrain", overrides + [f"run_name={run_dir.name}"]), overrides),
+                            resume=lambda: run(load("pretrain", overrides + [f"resume={run_dir}"]), overrides))
 
     def pretraining_dir(self, objective: str, overrides: list[str], inputs: list[str], seed: int | None) -> Path:
         """The run folder of one pretraining: named after the objective (or variant) and a hash of the
@@ -151,21 +156,15 @@ class Pipeline:
         if backbone in self.variants:  # a row of its own in the results table
             extra.append(f"transfer.backbone_name={backbone}")
         name = f"{backbone}-s{seed}-f{fraction:g}-{_name_hash(self.overrides('transfer'), extra[1:], source, fingerprint(data))}"
-        run_dir = self.root / "transfer" / name
-        if _finished(run_dir):
-            console.print(f"transfer {run_dir} is finished: skipped")
-            return run_dir
-        return run(load("transfer", self.overrides("transfer") + extra + [f"run_name={name}"]))
+        return self.execute(f"transfer {backbone} seed {seed} fraction {fraction:g}", self.root / "transfer" / name,
+                            lambda: run(load("transfer", self.overrides("transfer") + extra + [f"run_name={name}"])))
 
-    def deploy(self, model: Path) -> Path | None:
+    def deploy(self, model: Path) -> Path:
         from tst.deploy.run import deploy
 
         name = f"{self.e.deploy_task}-{model.name}-{_name_hash(self.overrides('deploy'))}"
-        run_dir = self.root / "deploy" / name
-        if _finished(run_dir):
-            console.print(f"deploy {run_dir} is finished: skipped")
-            return run_dir
-        return deploy(load("deploy", self.overrides("deploy") + [f"deploy.model={model}", f"run_name={name}"]))
+        return self.execute("deploy", self.root / "deploy" / name, lambda: deploy(
+            load("deploy", self.overrides("deploy") + [f"deploy.model={model}", f"run_name={name}"])))
 
     def report(self) -> Path:
         from tst.transfer.report import report
@@ -176,26 +175,20 @@ class Pipeline:
     # --- the whole thing --------------------------------------------------------------------------
     def run(self) -> Path:
         e = self.e
-        data = self.stage("collect", self.collect)
-        tokenizers = self.stage("tokenizers", self.tokenizers) if "fourm" in e.objectives else None
+        data = self.collect()
+        tokenizers = self.tokenizers() if "fourm" in e.objectives else None
         pretrain_seeds = [int(seed) for seed in e.seeds] if e.get("seed_pretraining") else [None]
-        backbones: dict[tuple[str, int | None], str] = {}
-        for objective in e.objectives:
-            for seed in pretrain_seeds:
-                title = f"pretrain {objective}" + ("" if seed is None else f" seed {seed}")
-                backbones[objective, seed] = str(self.stage(
-                    title, lambda o=objective, s=seed: self.pretrain(o, data, tokenizers, s)))
+        backbones = {(objective, seed): str(self.pretrain(objective, data, tokenizers, seed))
+                     for objective in e.objectives for seed in pretrain_seeds}
         transferred: dict[str, Path] = {}
         for name in e.backbones:
             for seed in e.seeds:
                 spec = backbones.get((name, int(seed) if e.get("seed_pretraining") else None), name)
                 for fraction in e.fractions:
-                    run_dir = self.stage(f"transfer {name} seed {seed} fraction {fraction:g}",
-                                         lambda n=name, s=spec, sd=seed, f=fraction: self.transfer(n, s, int(sd), float(f), data))
-                    transferred.setdefault(name, run_dir)
+                    transferred.setdefault(name, self.transfer(name, spec, int(seed), float(fraction), data))
         if e.deploy_backbone:  # checked against experiment.backbones before anything ran
-            self.stage("deploy", lambda: self.deploy(transferred[e.deploy_backbone]))
-        out = self.stage("report", self.report)
+            self.deploy(transferred[e.deploy_backbone])
+        out = self.execute("report", self.root / "report", self.report, reusable=lambda _: False)  # always redrawn
         console.print(f"stage seconds: {json.dumps(self.timings)}")
         return out
 
