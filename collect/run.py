@@ -83,7 +83,8 @@ def _transfer_space_configs(cfg: DictConfig, test_space_cfg: dict) -> list[dict]
 
 
 def dataset_identity(cfg: DictConfig) -> str:
-    """What determines the dataset's content: the space and every collect key but the runtime ones."""
+    """What determines the dataset's content: the space and every collect key but the runtime ones
+    (RUNTIME_KEYS; "out" is the dataset folder's key in configs stored before it became data_dir)."""
     collect = {k: v for k, v in OmegaConf.to_container(cfg.collect, resolve=True).items() if k not in RUNTIME_KEYS}
     for key, default in (("poses", "sampled"), ("real_rgb", True), ("min_shared_classes", 3)):  # keys added later:
         if collect.get(key) == default:  # at their defaults they keep older datasets' identity
@@ -111,7 +112,7 @@ def _validate(cfg: DictConfig) -> None:
 def _output_dir(cfg: DictConfig, space_name: str) -> tuple[Path, Path | None]:
     """The dataset directory, created and checked writable, and the topmost folder this call created
     (None if the directory existed), which a run refused before rendering removes again."""
-    out = Path(str(cfg.collect.out)) if cfg.collect.out else artifact_dir(cfg.workspace_dir, space_name, "data")
+    out = Path(str(cfg.data_dir)) if cfg.get("data_dir") else artifact_dir(cfg.workspace_dir, space_name, "data")
     created = next((p for p in reversed([out, *out.parents]) if not p.exists()), None)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -119,7 +120,7 @@ def _output_dir(cfg: DictConfig, space_name: str) -> tuple[Path, Path | None]:
         probe.write_bytes(b"x")
         probe.unlink()
     except OSError as error:
-        raise TSTError(f"collect.out: cannot write to {out} ({error.strerror or error})") from None
+        raise TSTError(f"data_dir: cannot write to {out} ({error.strerror or error})") from None
     return out, created
 
 
@@ -141,8 +142,8 @@ def _load_or_make_plan(cfg: DictConfig, out: Path, space, test_space_cfg: dict) 
             console.print(f"resuming the collection in {out}")
             return stored_plan
         if not cfg.collect.overwrite and not _nothing_rendered(out):  # a plan alone is cheap to replace
-            raise TSTError(f"collect.out: {out} holds a dataset collected with a different config; "
-                           "choose another collect.out or set collect.overwrite=true")
+            raise TSTError(f"data_dir: {out} holds a dataset collected with a different config; "
+                           "choose another data_dir or set collect.overwrite=true")
         for entry in [out / PLAN, out / "manifest.json", *[out / s for s in SPLITS]]:
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink(missing_ok=True)
     console.print(f"planning cameras for {space.name} ...")

@@ -184,8 +184,8 @@ def test_an_unwritable_output_is_refused_before_the_work(tmp_path, capsys, monke
               f"workspace_dir: {blocker / 'ws'}: {blocker} is a file; expected a folder this user may write to"),
              (["spaces", "render", f"workspace_dir={tmp_path / 'ws'}", f"out={blocker / 'sheet.png'}"],
               f"out: {blocker / 'sheet.png'}: {blocker} is a file"),
-             (["collect", f"workspace_dir={tmp_path / 'ws'}", f"collect.out={blocker / 'data'}"],
-              f"collect.out: {blocker / 'data'}: {blocker} is a file"),
+             (["collect", f"workspace_dir={tmp_path / 'ws'}", f"data_dir={blocker / 'data'}"],
+              f"data_dir: {blocker / 'data'}: {blocker} is a file"),
              (["deploy", "export", f"workspace_dir={tmp_path / 'ws'}", f"deploy.export_dir={blocker / 'x'}"],
               f"deploy.export_dir: {blocker / 'x'}: {blocker} is a file")]
     if sys.platform.startswith("linux"):  # sysfs refuses new entries, even to root

@@ -275,9 +275,9 @@ def test_bad_input(extra, message, tmp_path, capsys):
 def test_unwritable_output_directory(tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    code = collect(tmp_path, f"collect.out={blocker / 'data'}")
+    code = collect(tmp_path, f"data_dir={blocker / 'data'}")
     err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
-    assert code != 0 and len(err) == 1 and f"collect.out: {blocker / 'data'}: {blocker} is a file" in err[0]
+    assert code != 0 and len(err) == 1 and f"data_dir: {blocker / 'data'}: {blocker} is a file" in err[0]
     assert not (tmp_path / "procedural-0").exists()  # refused before planning or rendering
 
 

@@ -100,7 +100,7 @@ def test_a_broken_plan_json_is_named(ws, tmp_path, capsys):
     (data / "plan.json").write_text('{"identity": "x", "plan": {')
     before = tree(data)
     capsys.readouterr()
-    assert main(["collect", f"collect.out={data}", f"workspace_dir={ws}", "collect.frames.pretrain=8",
+    assert main(["collect", f"data_dir={data}", f"workspace_dir={ws}", "collect.frames.pretrain=8",
                  "collect.frames.eval=4", "collect.frames.transfer=4", "collect.transfer_spaces=[1]",
                  "collect.size=32", "collect.workers=1", "tracking.enabled=false"]) != 0
     line = one_error_line(capsys)

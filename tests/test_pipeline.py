@@ -111,6 +111,26 @@ def test_editing_a_variant_names_a_new_pretraining_folder(tmp_path):
     assert folder().parent == tmp_path / "procedural-0" / "pretrain" and folder().name.startswith("rgb-")
 
 
+def test_a_dataset_is_reused_when_its_content_would_be_the_same(tmp_path):
+    """tst run keeps a finished dataset when the collect config would render the same frames: runtime keys
+    (workers) and the folder key's old name (collect.out, before data_dir) do not matter; content keys and
+    a missing split do."""
+    from omegaconf import OmegaConf
+
+    from tst.config import load
+    from tst.orchestration.pipeline import _same_dataset
+
+    def config(*extra):
+        return load("collect", [f"workspace_dir={tmp_path}", *extra])
+
+    stored = OmegaConf.to_container(config(), resolve=True)
+    assert _same_dataset(stored, config("collect.workers=1"))
+    assert _same_dataset(stored | {"collect": stored["collect"] | {"out": None}}, config())
+    assert not _same_dataset(stored, config("collect.frames.eval=7"))
+    only_eval = OmegaConf.to_container(config("collect.splits=[eval]"), resolve=True)
+    assert not _same_dataset(only_eval, config()) and _same_dataset(stored, config("collect.splits=[eval]"))
+
+
 def test_an_unknown_objective_names_the_variants(tmp_path, capsys):
     assert main(["run", "experiment=modalities", f"workspace_dir={tmp_path}", "experiment.objectives=[rgb,depth]"]) != 0
     assert "experiment.objectives[1]: 'depth' is neither an objective" in capsys.readouterr().err

@@ -76,7 +76,7 @@ def test_collect_from_scene_cameras(release, tmp_path):
                  f"space.scene={SCENE}", "space.nthreads=1", "collect.poses=scene", "collect.frames.pretrain=2",
                  "collect.frames.eval=1", "collect.frames.transfer=0", "collect.splits=[pretrain,eval]",
                  f"collect.size={SIZE}", "collect.workers=1", "collect.sheet_samples=1", "tracking.enabled=false",
-                 f"collect.out={out}", "collect.modalities=[rgb,depth,semantic,instance]"]) == 0
+                 f"data_dir={out}", "collect.modalities=[rgb,depth,semantic,instance]"]) == 0
     space = build(OmegaConf.create({"backend": "scannetpp", "root": str(release), "scene": SCENE, "nthreads": 1}))
     cameras = dict(space.scene_cameras())
     assert sorted(cameras) == NAMES

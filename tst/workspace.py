@@ -122,8 +122,9 @@ def inside(path: str | Path, root: str | Path, key: str) -> Path:
 
 
 # Config keys naming places a command writes: folders, and files (whose folder must be writable).
-OUTPUT_FOLDER_KEYS = ("workspace_dir", "collect.out", "report.out", "deploy.export_dir")
+OUTPUT_FOLDER_KEYS = ("workspace_dir", "report.out", "deploy.export_dir")
 OUTPUT_FILE_KEYS = ("out",)
+WRITTEN_BY = {"data_dir": "collect"}  # keys that name a place only one stage writes (the others read it)
 
 
 def check_writable(path: str | Path, key: str, *, is_file: bool = False) -> None:
@@ -146,9 +147,11 @@ def check_writable(path: str | Path, key: str, *, is_file: bool = False) -> None
                        "expected a folder this user may write to") from None
 
 
-def check_outputs(cfg: DictConfig) -> None:
-    """`check_writable` for every output key a composed config sets (OUTPUT_FOLDER_KEYS, OUTPUT_FILE_KEYS)."""
-    for keys, is_file in ((OUTPUT_FOLDER_KEYS, False), (OUTPUT_FILE_KEYS, True)):
+def check_outputs(cfg: DictConfig, stage: str) -> None:
+    """`check_writable` for every output key the composed config of `stage` sets (OUTPUT_FOLDER_KEYS,
+    OUTPUT_FILE_KEYS, and the WRITTEN_BY keys of this stage)."""
+    written = tuple(key for key, writer in WRITTEN_BY.items() if writer == stage)
+    for keys, is_file in ((OUTPUT_FOLDER_KEYS + written, False), (OUTPUT_FILE_KEYS, True)):
         for key in keys:
             value = OmegaConf.select(cfg, key, default=None)
             if value not in (None, ""):

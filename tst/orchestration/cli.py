@@ -30,7 +30,7 @@ def _load(stage: str, overrides: list[str]):
         from tst.orchestration.pipeline import check_presets
 
         check_presets(cfg)
-    check_outputs(cfg)
+    check_outputs(cfg, stage)
     return cfg
 
 

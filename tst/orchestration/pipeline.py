@@ -111,9 +111,8 @@ class Pipeline:
         from tst.collect.run import run
 
         cfg = load("collect", self.overrides("collect"))
-        config = OmegaConf.to_container(cfg, resolve=True)
         return self.execute("collect", self.root / "data", lambda: run(cfg),
-                            lambda data: _finished(data) and read_manifest(data)["config"] == config)
+                            lambda data: _finished(data) and _same_dataset(read_manifest(data)["config"], cfg))
 
     def tokenizers(self) -> Path:
         from tst.pretrain.tokenizer_training import train_tokenizers
@@ -191,6 +190,15 @@ class Pipeline:
         out = self.execute("report", self.root / "report", self.report, reusable=lambda _: False)  # always redrawn
         console.print(f"stage seconds: {json.dumps(self.timings)}")
         return out
+
+
+def _same_dataset(stored: dict, wanted: DictConfig) -> bool:
+    """A finished dataset holds what `wanted` would render: the same content identity (space and content
+    keys, not runtime ones such as workers) and every split it asks for."""
+    from tst.collect.run import dataset_identity
+
+    return dataset_identity(OmegaConf.create(stored)) == dataset_identity(wanted) and \
+        set(wanted.collect.splits) <= set(stored["collect"]["splits"])
 
 
 def _same_training(stored: dict, wanted: dict) -> bool:
