@@ -57,6 +57,6 @@ def tiny_runs(workspace, tasks: str = "[seg,det,caption]"):
     assert main(["pretrain", "pretrain.steps=2", "pretrain.checkpoint_every=1", "pretrain.input_budget=8",
                  "pretrain.target_budget=8", "run_name=mm", *common]) == 0
     assert main(["transfer", f"transfer.task={tasks}", "transfer.steps=1", "run_name=multi",
-                 "transfer.max_caption_words=8", *common]) == 0
+                 "transfer.caption.max_words=8", *common]) == 0
     space = workspace / "procedural-0"
     return space / "pretrain" / "mm", space / "transfer" / "multi"

@@ -13,7 +13,7 @@ from tst.errors import TSTError
 from conftest import collect_small
 
 TINY = ["model.dim=32", "model.encoder_depth=1", "model.heads=2", "data.num_workers=0", "data.batch_size=4",
-        "transfer.max_caption_words=12", "tracking.enabled=false"]
+        "transfer.caption.max_words=12", "tracking.enabled=false"]
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +44,25 @@ def test_predictor_outputs_every_task(workspace):
     assert prediction.semantic.shape == (64, 64) and prediction.semantic.dtype == np.int64
     assert prediction.boxes.shape[1] == 4 and len(prediction.scores) == len(prediction.classes)
     assert isinstance(prediction.caption, str)
+
+
+def test_a_run_stored_with_the_flat_task_keys_still_loads(workspace, tmp_path):
+    """Transfer runs made before transfer.det/caption were nested (det_score_threshold, beam, ...) load
+    with the values they were trained with."""
+    import shutil
+
+    from tst.transfer.checkpoint import load_transfer
+
+    old = tmp_path / "old"
+    shutil.copytree(_model(workspace), old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    settings = manifest["config"]["transfer"]
+    det, caption = settings.pop("det"), settings.pop("caption")
+    settings |= {"det_score_threshold": 0.3, "det_iou_threshold": det["iou_threshold"], "beam": 2,
+                 "max_caption_words": caption["max_words"], "caption_min_count": 1, "meteor": False}
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    tasks = load_transfer(old).module.tasks
+    assert tasks["det"].score_threshold == 0.3 and tasks["caption"].beam == 2
 
 
 def test_export_matches_onnx_runtime_and_the_onnx_predictor_agrees(workspace, capsys):

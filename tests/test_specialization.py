@@ -125,7 +125,7 @@ def test_same_seed_same_weights_and_metrics(workspace, capsys):
     def transfer(name: str, seed: int) -> tuple[dict, dict]:
         capsys.readouterr()
         assert main(["transfer", f"workspace_dir={workspace}", *TRANSFER, "transfer.task=[seg,caption]",
-                     f"transfer.seed={seed}", f"run_name={name}", "transfer.max_caption_words=8"]) == 0
+                     f"transfer.seed={seed}", f"run_name={name}", "transfer.caption.max_words=8"]) == 0
         run = workspace / "procedural-0" / "transfer" / name
         return json.loads((run / "metrics.json").read_text()), torch.load(run / "model.pt", weights_only=True)
 

@@ -26,6 +26,23 @@ class TransferredModel:
     run_dir: Path
 
 
+# Keys of transfer configs stored before the detection and captioning keys were nested: new -> old name.
+FLAT_KEYS = {"det": {"score_threshold": "det_score_threshold", "iou_threshold": "det_iou_threshold"},
+             "caption": {"width": "caption_width", "beam": "beam", "max_words": "max_caption_words",
+                         "min_count": "caption_min_count", "meteor": "meteor"}}
+
+
+def nested_settings(settings: dict) -> dict:
+    """A stored transfer config with `det` and `caption` nested as they are now, so runs made before
+    (flat det_*/caption keys; caption width 128 before it was a key) still load."""
+    settings = dict(settings)
+    for group, keys in FLAT_KEYS.items():
+        if group not in settings:
+            settings[group] = {new: settings.pop(old) for new, old in keys.items() if old in settings}
+    settings["caption"].setdefault("width", 128)
+    return settings
+
+
 def load_transfer(run_dir: str | Path, required_tasks: tuple[str, ...] = ()) -> TransferredModel:
     """The transfer run at `run_dir`; a one-line error when it is not one or lacks a required task head."""
     from tst.transfer.run import build_tasks
@@ -40,7 +57,7 @@ def load_transfer(run_dir: str | Path, required_tasks: tuple[str, ...] = ()) -> 
         raise TSTError(f"{run_dir}: the checkpoint has no {', '.join(missing)} head (it holds "
                        f"{', '.join(saved['tasks'])}); transfer with transfer.task=[seg,det,caption]")
     config = manifest["config"]
-    settings = config["transfer"]
+    settings = nested_settings(config["transfer"])
     taxonomy = Taxonomy.from_dict(saved["taxonomy"])
     vocabulary = None
     if "caption" in saved["tasks"]:

@@ -108,7 +108,7 @@ def run(cfg: DictConfig) -> Path:
     space = str(read_manifest(root)["outputs"]["space"])  # the space the eval frames were rendered in
     run_dir = new_run_dir(cfg, space, "transfer", f"{'+'.join(names)}-{info.name}-f{t.fraction}-s{t.seed}",
                           space_key=f"{root}/manifest.json: outputs.space")
-    vocabulary = caption_vocabulary(train, int(t.caption_min_count)) if "caption" in names else None
+    vocabulary = caption_vocabulary(train, int(t.caption.min_count)) if "caption" in names else None
     tasks = build_tasks(names, taxonomy, settings, vocabulary)
     module = TransferModule(backbone, tasks, settings)
     batch_size = int(cfg.data.batch_size)

@@ -171,8 +171,8 @@ class DetectionTask(Task):
 
     @classmethod
     def from_settings(cls, taxonomy, settings, vocabulary=None):
-        return cls(taxonomy, float(settings["det_score_threshold"]), float(settings["det_iou_threshold"]),
-                   int(settings.get("head_width", 64)))
+        det = settings["det"]
+        return cls(taxonomy, float(det["score_threshold"]), float(det["iou_threshold"]), int(settings.get("head_width", 64)))
 
     def build_head(self, dim: int) -> nn.Module:
         from tst.transfer.detection import DetectionHead
@@ -253,8 +253,9 @@ class CaptionTask(Task):
 
     @classmethod
     def from_settings(cls, taxonomy, settings, vocabulary=None):
-        return cls(vocabulary, int(settings["beam"]), int(settings["max_caption_words"]) + 2,
-                   bool(settings["meteor"]), int(settings.get("caption_width", 128)))
+        caption = settings["caption"]
+        return cls(vocabulary, int(caption["beam"]), int(caption["max_words"]) + 2, bool(caption["meteor"]),
+                   int(caption["width"]))
 
     def build_head(self, dim: int) -> nn.Module:
         from tst.transfer.captioning import CaptionDecoder
