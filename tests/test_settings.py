@@ -8,7 +8,7 @@ import pytest
 import trimesh
 
 from tst.orchestration.cli import main
-from tst.config import groups, load, stages
+from tst.config import config_root, groups, load, stages
 from tst.orchestration.pipeline import Pipeline
 
 from conftest import collect_small
@@ -69,7 +69,7 @@ def test_bad_setting_is_one_line_naming_key_and_value(args, key, got, tmp_path, 
     assert key in line and got in line and "expected" in line, line
 
 
-PRESETS = ["default", "smoke", "paper", "proof", "modalities", "modalities-paper"]
+PRESETS = sorted(path.stem for path in (config_root() / "experiment").glob("*.yaml"))  # every shipped preset
 
 
 @pytest.mark.parametrize("preset", PRESETS)
