@@ -24,9 +24,12 @@ def test_run_smoke_writes_every_stage_and_the_table(finished):
     assert transferred == ["fourm", "generalist", "mae", "scratch"]
     (deployed,) = (space / "deploy").iterdir()
     assert json.loads((deployed / "report.json").read_text())["steps"] == 3
+    probed = sorted(p.name.split("-")[0] for p in (space / "probe").iterdir())
+    assert probed == ["fourm", "generalist", "mae", "scratch"]  # experiment.probe: each backbone's frozen probe
     table = (space / "report" / "results.md").read_text()
     for row in ("| scratch |", "| mae |", "| fourm |", "| generalist |"):
         assert row in table
+    assert table.split("## Frozen-feature probe")[1].split("## ")[0].count("\n| ") == 5  # header + 4 backbones
     assert (space / "report" / "results.png").is_file()
 
 

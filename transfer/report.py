@@ -417,6 +417,35 @@ def tokenizer_quality(directory: Path) -> str | None:
     return "\n".join(lines) + "\n"
 
 
+PROBE_COLUMNS = {"test_space": "test space", "in_domain": "in-domain (held-out transfer frames)"}
+
+
+def probe_table(folder: Path, rows: list[str]) -> str | None:
+    """The frozen-feature probe table (Markdown) of the finished `tst transfer probe` runs in `folder`
+    (<space>/probe), one row per backbone (ordered as `rows`, others after), cells mean ± std over seeds of
+    patch mIoU; None without runs."""
+    from tst.workspace import read_json
+
+    runs: dict[str, dict[str, Cell]] = {}
+    for manifest in sorted(Path(folder).glob(f"*/{MANIFEST}")):
+        result = read_json(manifest.parent / "probe.json", "the result of tst transfer probe")
+        cells = runs.setdefault(str(result["backbone"]), {key: Cell() for key in (*PROBE_COLUMNS, "gap")})
+        for key in PROBE_COLUMNS:
+            cells[key].values.append(float(result[key]["patch_miou"]))
+        cells["gap"].values.append(float(result["gap"]))
+    if not runs:
+        return None
+    lines = ["## Frozen-feature probe", "",
+             "Ridge regression from each backbone's frozen patch features to patch classes, fitted on the even "
+             "transfer frames (other spaces); patch mIoU x100 on the odd transfer frames (in-domain) and on the "
+             "test space's eval split. The gap is what the test space costs; pretraining on the test space should "
+             "shrink it.", "",
+             "| backbone | " + " | ".join(PROBE_COLUMNS.values()) + " | gap |", "|---|---|---|---|"]
+    for name in [n for n in rows if n in runs] + sorted(set(runs) - set(rows)):
+        lines.append(f"| {name} | " + " | ".join(runs[name][key].text(SCALE) for key in (*PROBE_COLUMNS, "gap")) + " |")
+    return "\n".join(lines) + "\n"
+
+
 # Figures ------------------------------------------------------------------------------------------------
 
 def _pyplot():
@@ -573,9 +602,10 @@ def report(cfg: DictConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     used = [r for r in results if r.fraction == fraction]
     text = markdown(rows, fraction, space, used, length_notes(every, fraction))
-    tokenizers = tokenizer_quality(artifact_dir(cfg.workspace_dir, space, "pretrain", "tokenizers"))
-    if tokenizers:
-        text += "\n" + tokenizers
+    for extra in (probe_table(artifact_dir(cfg.workspace_dir, space, "probe"), list(rows)),
+                  tokenizer_quality(artifact_dir(cfg.workspace_dir, space, "pretrain", "tokenizers"))):
+        if extra:
+            text += "\n" + extra
     atomic_write_bytes(out / "results.md", text.encode())
     atomic_write_bytes(out / "results.csv", csv_text(rows, fraction).encode())
     atomic_write_bytes(out / "results.png", bar_chart(rows, fraction, used))

@@ -203,6 +203,7 @@ RULES: dict[str, Rule] = {
     "transfer.head_width": POSITIVE,
     "transfer.seg_head": choice("pyramid", "linear"),
     "transfer.map_by_name": flag(),
+    "transfer.probe.ridge": RATE,
     "transfer.det.score_threshold": PROBABILITY,
     "transfer.det.iou_threshold": FRACTION,
     "transfer.caption.width": POSITIVE,
@@ -240,6 +241,7 @@ RULES: dict[str, Rule] = {
     "experiment.seeds": nonempty(each(SEED)),
     "experiment.fractions": nonempty(each(FRACTION)),
     "experiment.seed_pretraining": flag(),
+    "experiment.probe": flag(),
     "experiment.deploy_task": choice("explore", "find"),
 }
 

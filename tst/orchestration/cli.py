@@ -76,10 +76,14 @@ def _collect_runner() -> Callable:
     return run
 
 
-def _transfer_runner() -> Callable:
+def _transfer(args: list[str]) -> int:
+    from tst.transfer.probe import probe
     from tst.transfer.run import run
 
-    return run
+    action = probe if args and args[0] == "probe" else run
+    for cfg in _sweep("transfer", args[1:] if action is probe else args):
+        action(cfg)
+    return 0
 
 
 def _pipeline_runner() -> Callable:
@@ -144,8 +148,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "pretrain": Subcommand("multimodal masked pretraining on the test space",
                            "tst pretrain [tokenizers | tokens | predict] [overrides]", _pretrain, "pretrain"),
     "transfer": Subcommand("train segmentation / detection / captioning heads on the transfer split, score them on eval",
-                           "tst transfer [-m] [overrides]", _each_config("transfer", _transfer_runner),
-                           "transfer"),
+                           "tst transfer [probe] [-m] [overrides]", _transfer, "transfer"),
     "deploy": Subcommand("run the specialist in the agent's perception loop; `export`: .pt2 and ONNX graphs",
                          "tst deploy [export] [overrides]", _deploy, "deploy"),
     "run": Subcommand("the whole pipeline: collect, pretrain, transfer, deploy, report (resumable)",

@@ -147,16 +147,32 @@ class Pipeline:
         """The overrides that make experiment.objectives' `name` (an objective or a variant)."""
         return self.variants.get(name, [f"pretrain.objective={name}"])
 
+    def backbone_overrides(self, backbone: str, spec: str, seed: int, data: Path,
+                           fraction: float | None = None) -> tuple[list[str], str]:
+        """(the transfer overrides that pick the backbone, seed and fraction; the hash naming the run folder)."""
+        source = fingerprint(Path(spec)) if Path(spec).is_dir() else spec
+        extra = [f"transfer.backbone={spec}", f"transfer.seed={seed}"] + \
+            ([] if fraction is None else [f"transfer.fraction={fraction}"])
+        if backbone in self.variants:  # a row of its own in the results table
+            extra.append(f"transfer.backbone_name={backbone}")
+        return extra, _name_hash(self.overrides("transfer"), extra[1:], source, fingerprint(data))
+
     def transfer(self, backbone: str, spec: str, seed: int, fraction: float, data: Path) -> Path:
         from tst.transfer.run import run
 
-        source = fingerprint(Path(spec)) if Path(spec).is_dir() else spec
-        extra = [f"transfer.backbone={spec}", f"transfer.seed={seed}", f"transfer.fraction={fraction}"]
-        if backbone in self.variants:  # a row of its own in the results table
-            extra.append(f"transfer.backbone_name={backbone}")
-        name = f"{backbone}-s{seed}-f{fraction:g}-{_name_hash(self.overrides('transfer'), extra[1:], source, fingerprint(data))}"
+        extra, digest = self.backbone_overrides(backbone, spec, seed, data, fraction)
+        name = f"{backbone}-s{seed}-f{fraction:g}-{digest}"
         return self.execute(f"transfer {backbone} seed {seed} fraction {fraction:g}", self.root / "transfer" / name,
                             lambda: run(load("transfer", self.overrides("transfer") + extra + [f"run_name={name}"])))
+
+    def probe(self, backbone: str, spec: str, seed: int, data: Path) -> Path:
+        """The frozen-feature probe of one backbone (`tst transfer probe`): seconds, no SGD."""
+        from tst.transfer.probe import probe
+
+        extra, digest = self.backbone_overrides(backbone, spec, seed, data)
+        name = f"{backbone}-s{seed}-{digest}"
+        return self.execute(f"probe {backbone} seed {seed}", self.root / "probe" / name,
+                            lambda: probe(load("transfer", self.overrides("transfer") + extra + [f"run_name={name}"])))
 
     def deploy(self, model: Path) -> Path:
         from tst.deploy.run import deploy
@@ -185,6 +201,8 @@ class Pipeline:
                 spec = backbones.get((name, int(seed) if e.get("seed_pretraining") else None), name)
                 for fraction in e.fractions:
                     transferred.setdefault(name, self.transfer(name, spec, int(seed), float(fraction), data))
+                if e.get("probe"):
+                    self.probe(name, spec, int(seed), data)
         if e.deploy_backbone:  # checked against experiment.backbones before anything ran
             self.deploy(transferred[e.deploy_backbone])
         out = self.execute("report", self.root / "report", self.report, reusable=lambda _: False)  # always redrawn
