@@ -134,6 +134,30 @@ def test_a_dataset_is_reused_when_its_content_would_be_the_same(tmp_path):
     assert not _same_dataset(only_eval, config()) and _same_dataset(stored, config("collect.splits=[eval]"))
 
 
+def test_held_out_spaces_score_every_transfer_and_the_report_shows_the_gap(tmp_path):
+    """experiment.held_out at smoke sizes: the held-out space's eval split is collected on its own, every
+    transfer is also scored there, and the report has the specialization table and figure."""
+    assert main(["run", "experiment=smoke", f"workspace_dir={tmp_path}", "tracking.enabled=false",
+                 "experiment.objectives=[mae]", "experiment.backbones=[mae,scratch]", "experiment.deploy_backbone=null",
+                 'experiment.held_out=[["space.seed=5"]]']) == 0
+    held_out = tmp_path / "procedural-5" / "data"
+    assert json.loads((held_out / "manifest.json").read_text())["config"]["collect"]["splits"] == ["eval"]
+    assert not (held_out / "pretrain").exists()
+    for run in (tmp_path / "procedural-0" / "transfer").iterdir():
+        scores = json.loads((run / "metrics.json").read_text())["held_out"]
+        assert list(scores) == ["procedural-5"] and 0 <= scores["procedural-5"]["seg_miou"] <= 1
+    report = tmp_path / "procedural-0" / "report"
+    table = (report / "results.md").read_text()
+    assert "## Specialization" in table and "| procedural-0 (test) | procedural-5 | gap |" in table
+    assert (report / "specialization.png").is_file()
+
+
+def test_the_test_space_cannot_be_held_out(tmp_path, capsys):
+    assert main(["run", "experiment=smoke", f"workspace_dir={tmp_path / 'ws'}", 'experiment.held_out=[["space.seed=0"]]']) != 0
+    assert "experiment.held_out[0]: procedural-0 is the test space" in capsys.readouterr().err
+    assert not (tmp_path / "ws").exists()
+
+
 def test_an_unknown_objective_names_the_variants(tmp_path, capsys):
     assert main(["run", "experiment=modalities", f"workspace_dir={tmp_path}", "experiment.objectives=[rgb,depth]"]) != 0
     assert "experiment.objectives[1]: 'depth' is neither an objective" in capsys.readouterr().err

@@ -60,6 +60,7 @@ class TransferResult:
     run_dir: Path | None = None
     space: str = ""
     pretrain_steps: int | None = None
+    held_out: dict[str, dict[str, float]] = field(default_factory=dict)  # space -> metrics (transfer.held_out)
 
 
 @dataclass
@@ -182,9 +183,14 @@ def tracked_results(cfg: DictConfig, space: str | None) -> list[TransferResult]:
         tags = run.data.tags
         if "backbone" not in tags or (space and tags.get("space") != space):
             continue
+        held_out: dict[str, dict[str, float]] = {}
+        for key, value in run.data.metrics.items():
+            if key.startswith("held_out/"):  # held_out/<space>/<metric>
+                _, where, metric = key.split("/", 2)
+                held_out.setdefault(where, {})[metric] = float(value)
         results.append(TransferResult(tags["backbone"], float(tags.get("fraction", 1.0)), int(tags.get("seed", 0)),
                                       dict(run.data.metrics), Path(tags["artifact_dir"]) if "artifact_dir" in tags
-                                      else None, tags.get("space", ""), _pretrain_steps(tags)))
+                                      else None, tags.get("space", ""), _pretrain_steps(tags), held_out))
     return results
 
 
@@ -204,8 +210,10 @@ def folder_results(cfg: DictConfig, space: str) -> list[TransferResult]:
             raise TSTError(f"{run_dir / 'metrics.json'}: expected the metrics a transfer run writes "
                            "(backbone, fraction, seed and scores)")
         scores = {k: float(v) for k, v in m.items() if k in COLUMNS and isinstance(v, (int, float))}
+        held_out = {str(where): {k: float(v) for k, v in values.items() if k in COLUMNS}
+                    for where, values in (m.get("held_out") or {}).items()}
         results.append(TransferResult(str(m["backbone"]), float(m["fraction"]), int(m["seed"]), scores, run_dir,
-                                      space, m.get("pretrain_steps")))
+                                      space, m.get("pretrain_steps"), held_out))
     return results
 
 
@@ -583,6 +591,8 @@ def qualitative(results: list[TransferResult], fraction: float) -> bytes | None:
 
 def report(cfg: DictConfig) -> Path:
     """Write the report files; print the Markdown. Returns the report folder."""
+    from tst.transfer.specialization import specialization_chart, specialization_markdown, specialization_table
+
     space = space_name(cfg.space)
     tracked = bool(cfg.tracking.enabled)
     every = in_row_order(tracked_results(cfg, space) if tracked else folder_results(cfg, space),
@@ -602,13 +612,16 @@ def report(cfg: DictConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     used = [r for r in results if r.fraction == fraction]
     text = markdown(rows, fraction, space, used, length_notes(every, fraction))
-    for extra in (probe_table(artifact_dir(cfg.workspace_dir, space, "probe"), list(rows)),
-                  tokenizer_quality(artifact_dir(cfg.workspace_dir, space, "pretrain", "tokenizers"))):
-        if extra:
-            text += "\n" + extra
+    held_out = specialization_table(used, space)
+    sections = (specialization_markdown(held_out, space, used) if held_out else None,
+                probe_table(artifact_dir(cfg.workspace_dir, space, "probe"), list(rows)),
+                tokenizer_quality(artifact_dir(cfg.workspace_dir, space, "pretrain", "tokenizers")))
+    text += "".join("\n" + section for section in sections if section)
     atomic_write_bytes(out / "results.md", text.encode())
     atomic_write_bytes(out / "results.csv", csv_text(rows, fraction).encode())
     atomic_write_bytes(out / "results.png", bar_chart(rows, fraction, used))
+    if held_out:
+        atomic_write_bytes(out / "specialization.png", specialization_chart(held_out, space, used))
     if len(fractions) > 1:
         atomic_write_bytes(out / "label_efficiency.png", label_efficiency(results))
     for name, picture in (("pretrain_length.png", pretrain_length(every, fraction)),

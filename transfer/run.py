@@ -28,7 +28,7 @@ from tst.collect.dataset import FrameDataset, collate
 from tst.pretrain.run import read_pretrain_config
 from tst.pretrain.visualize import to_uint8
 from tst.transfer.backbones import make_backbone
-from tst.transfer.data import transfer_and_eval
+from tst.transfer.data import Relabel, class_mapping, full_frame, split_taxonomy, transfer_and_eval
 from tst.transfer.module import TransferModule
 from tst.transfer.tasks import TASKS, Task
 
@@ -81,11 +81,34 @@ def evaluate(module: TransferModule, frames, batch_size: int, examples: int = EX
     return metrics, rows
 
 
+def held_out_scores(module: TransferModule, datasets: list[str], taxonomy: Taxonomy, modalities: list[str], size: int,
+                    settings: dict) -> dict[str, dict]:
+    """transfer.held_out: the heads scored on each listed dataset's eval split (spaces never pretrained on
+    nor trained on), by space name; the headline metrics only. A taxonomy that differs is mapped by name
+    under transfer.map_by_name, else refused."""
+    scores = {}
+    for index, folder in enumerate(datasets):
+        root = Path(folder)
+        where = f"transfer.held_out[{index}]: {root}"
+        if not (root / "manifest.json").is_file():
+            raise TSTError(f"{where} holds no collected dataset (no manifest.json)")
+        lookup = class_mapping(split_taxonomy(root, "eval"), taxonomy, bool(settings["map_by_name"]), where)
+        frames = FrameDataset(root, "eval", ["rgb", *modalities], transform=Relabel(full_frame(size), lookup))
+        if len(frames) == 0:
+            raise TSTError(f"{where}: its eval split is empty")
+        metrics, _ = evaluate(module, frames, int(settings["eval_batch_size"]), examples=0)
+        scores[str(read_manifest(root)["outputs"]["space"])] = {k: v for k, v in metrics.items()
+                                                               if not isinstance(v, dict)}
+    return scores
+
+
 def scalar_metrics(metrics: dict) -> dict[str, float]:
     """MLflow metrics: the headline numbers plus per-class values as iou/<class>, ap/<class>."""
     flat: dict[str, float] = {}
     for key, value in metrics.items():
-        if isinstance(value, dict):
+        if key == "held_out":  # held_out/<space>/<metric>
+            flat |= {f"held_out/{space}/{name}": float(v) for space, values in value.items() for name, v in values.items()}
+        elif isinstance(value, dict):
             prefix = {"seg_per_class_iou": "iou", "det_per_class_ap": "ap"}.get(key, key)
             flat |= {f"{prefix}/{name}": float(v) for name, v in value.items()}
         elif isinstance(value, (int, float)):
@@ -121,6 +144,8 @@ def run(cfg: DictConfig) -> Path:
                         gradient_clip_val=1.0, callbacks=[StepProgressBar("transfer")])
     trainer.fit(module, loader)
     scores, rows = evaluate(module, eval_frames, int(t.eval_batch_size))
+    if t.held_out:
+        scores["held_out"] = held_out_scores(module, [str(d) for d in t.held_out], taxonomy, modalities, size, settings)
     pretrain_steps = None if info.path is None else \
         int(read_pretrain_config(info.path)["pretrain"]["steps"])
     metrics = {"tasks": names, "backbone": info.name, "backbone_source": info.source, "objective": info.objective,

@@ -204,6 +204,7 @@ RULES: dict[str, Rule] = {
     "transfer.seg_head": choice("pyramid", "linear"),
     "transfer.map_by_name": flag(),
     "transfer.probe.ridge": RATE,
+    "transfer.held_out": each(NAME),
     "transfer.det.score_threshold": PROBABILITY,
     "transfer.det.iou_threshold": FRACTION,
     "transfer.caption.width": POSITIVE,
@@ -242,6 +243,8 @@ RULES: dict[str, Rule] = {
     "experiment.fractions": nonempty(each(FRACTION)),
     "experiment.seed_pretraining": flag(),
     "experiment.probe": flag(),
+    "experiment.held_out": Rule("a list of override lists, one per held-out space (e.g. [[space.seed=11]])",
+                                lambda v: isinstance(v, list) and all(isinstance(o, list) for o in v)),
     "experiment.deploy_task": choice("explore", "find"),
 }
 

@@ -61,6 +61,7 @@ class Pipeline:
         self.space = space_name(cfg.space)
         self.root = Path(cfg.workspace_dir) / self.space
         self.timings: dict[str, float] = {}
+        self.held_out_data: list[Path] = []  # experiment.held_out's datasets, once collected
         self.variants = VARIANTS | {str(k): [str(o) for o in v] for k, v in (self.e.get("variants") or {}).items()}
         for index, name in enumerate(self.e.objectives):
             if name not in OBJECTIVES and name not in self.variants:
@@ -114,6 +115,32 @@ class Pipeline:
         return self.execute("collect", self.root / "data", lambda: run(cfg),
                             lambda data: _finished(data) and _same_dataset(read_manifest(data)["config"], cfg))
 
+    def held_out_config(self, index: int) -> DictConfig:
+        """The collect config of experiment.held_out[index]: the test space's collect settings with that
+        space's overrides, the eval split only."""
+        overrides = [str(o) for o in self.e.held_out[index]]
+        return load("collect", self.overrides("collect") + overrides + ["collect.splits=[eval]"])
+
+    def held_out(self, data: Path) -> list[Path]:
+        """Collect the eval split of every experiment.held_out space (each a space neither pretrained nor
+        trained on), into <workspace>/<that space>/data; transfers then also score on them."""
+        from tst.collect.run import run
+        from tst.envs.registry import space_name
+
+        used = read_manifest(data)["outputs"]["spaces"]  # the test space and the transfer spaces
+        folders = []
+        for index in range(len(self.e.get("held_out") or [])):
+            cfg = self.held_out_config(index)
+            name = space_name(cfg.space)
+            if name in used:
+                raise TSTError(f"experiment.held_out[{index}]: {name} is the test space or a transfer space of "
+                               f"{data} ({', '.join(used)}); expected a space neither pretrained nor trained on")
+            folder = Path(str(cfg.workspace_dir)) / name / "data"
+            folders.append(self.execute(f"collect held-out {name}", folder, lambda c=cfg: run(c),
+                                        lambda d, c=cfg: _finished(d) and _same_dataset(read_manifest(d)["config"], c)))
+        self.held_out_data = folders
+        return folders
+
     def tokenizers(self) -> Path:
         from tst.pretrain.tokenizer_training import train_tokenizers
 
@@ -155,6 +182,8 @@ class Pipeline:
             ([] if fraction is None else [f"transfer.fraction={fraction}"])
         if backbone in self.variants:  # a row of its own in the results table
             extra.append(f"transfer.backbone_name={backbone}")
+        if self.held_out_data:  # also scored on the held-out spaces
+            extra.append(f"transfer.held_out={override_value([str(folder) for folder in self.held_out_data])}")
         return extra, _name_hash(self.overrides("transfer"), extra[1:], source, fingerprint(data))
 
     def transfer(self, backbone: str, spec: str, seed: int, fraction: float, data: Path) -> Path:
@@ -191,6 +220,7 @@ class Pipeline:
     def run(self) -> Path:
         e = self.e
         data = self.collect()
+        self.held_out(data)
         tokenizers = self.tokenizers() if "fourm" in e.objectives else None
         pretrain_seeds = [int(seed) for seed in e.seeds] if e.get("seed_pretraining") else [None]
         backbones = {(objective, seed): str(self.pretrain(objective, data, tokenizers, seed))
@@ -233,12 +263,22 @@ def run(cfg: DictConfig) -> Path:
 def check_presets(cfg: DictConfig) -> None:
     """`tst run`: compose (and so check) every stage's config from the experiment preset's override lists,
     as the pipeline will, so a bad value in a later stage stops the run before the first stage writes."""
+    from tst.envs.registry import space_name
+
     pipeline = Pipeline(cfg)
     for stage in ("collect", "pretrain", "transfer", "deploy", "report"):
         try:
             load(stage, pipeline.overrides(stage))
         except TSTError as error:
             raise TSTError(f"experiment.{stage}: {error}") from None
+    for index in range(len(cfg.experiment.get("held_out") or [])):
+        try:
+            held_out = space_name(pipeline.held_out_config(index).space)
+        except TSTError as error:
+            raise TSTError(f"experiment.held_out[{index}]: {error}") from None
+        if held_out == pipeline.space:
+            raise TSTError(f"experiment.held_out[{index}]: {held_out} is the test space; expected a space neither "
+                           "pretrained nor trained on")
     for name in cfg.experiment.objectives:
         if name in pipeline.variants:
             try:
