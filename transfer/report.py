@@ -11,8 +11,10 @@ second table pairs each backbone with scratch seed by seed (mean difference, pai
 p < 0.05): the test that seed-to-seed swings shared by all backbones cannot drown. Written into
 <workspace>/<space>/report/: results.md, results.csv,
 results.png (bar chart), label_efficiency.png (when several fractions were run), pretrain_length.png (when
-a backbone was run at several pretraining lengths) and qualitative.png (each backbone's eval predictions,
-stacked). results.md also holds the tokenizer quality table of <workspace>/<space>/pretrain/tokenizers.
+a backbone was run at several pretraining lengths), qualitative.png (each backbone's eval predictions,
+stacked) and, when the transfers were also scored on held-out spaces, specialization.png
+(tst.transfer.specialization). results.md also holds the specialization tables, the frozen-feature probe
+table of <workspace>/<space>/probe and the tokenizer quality table of <workspace>/<space>/pretrain/tokenizers.
 """
 
 from __future__ import annotations
