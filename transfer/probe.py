@@ -24,7 +24,7 @@ from tst.errors import TSTError
 from tst.stage import new_run_dir, publish
 from tst.workspace import atomic_write_json, read_manifest
 
-from tst.collect.dataset import FrameDataset
+from tst.collect.dataset import FrameDataset, collected_dataset
 from tst.transfer.backbones import make_backbone
 from tst.transfer.data import class_mapping, full_frame, split_taxonomy
 
@@ -101,8 +101,6 @@ def patch_scores(predicted: torch.Tensor, truth: torch.Tensor) -> dict[str, floa
 
 def probe(cfg: DictConfig) -> Path:
     """Fit and score the probe of `transfer.backbone`; writes probe.json into <space>/probe/<run>."""
-    from tst.collect.dataset import collected_dataset
-
     t = cfg.transfer
     L.seed_everything(int(t.seed), workers=True, verbose=False)  # scratch's random features
     settings = OmegaConf.to_container(t, resolve=True)
