@@ -154,7 +154,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "run": Subcommand("the whole pipeline: collect, pretrain, transfer, deploy, report (resumable)",
                       "tst run [experiment=default|smoke|paper] [-m] [overrides]", _each_config("run", _pipeline_runner),
                       "run"),
-    "report": Subcommand("the results table, charts and qualitative pictures from tracked transfer runs",
+    "report": Subcommand("the results table, charts and qualitative pictures from the finished transfer runs",
                          "tst report [overrides]", _each_config("report", _report_runner), "report"),
     "bench": Subcommand("benchmarks with JSON output", "tst bench render|collect|pretrain|transfer|deploy|gpu [overrides]", _bench, "bench"),
     "spaces": Subcommand("list spaces and render previews", "tst spaces list | tst spaces render [overrides]",
@@ -172,8 +172,9 @@ def _overview() -> str:
 def _quiet_libraries() -> None:
     """Silence library chatter that is not the user's business: Lightning's accelerator lines and its
     cloud-logging tip, a deprecation inside Lightning's own pytree helper, its note on modules in eval
-    mode (fourm's frozen tokenizers are meant to be), and its warning on resuming mid-epoch (pretraining's
-    sampler draws by global sample index, so a resumed run continues the same sequence)."""
+    mode (fourm's frozen tokenizers are meant to be), its warning on resuming mid-epoch (pretraining's
+    sampler draws by global sample index, so a resumed run continues the same sequence), and its warning
+    that a checkpoint folder is not empty (a resumed run's folder holds its earlier checkpoints by design)."""
     import logging
     import warnings
 
@@ -184,6 +185,7 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
 
 
 # Failures of the machine or the folders a user pointed TST at, not of TST: one line each, like a bad
