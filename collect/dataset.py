@@ -158,9 +158,12 @@ class CollectedData:
     rank/worker split is the four lines of `ShardStream._my_shards`. (Shards stay webdataset-readable:
     tests/test_collect.py reads them with it.)"""
 
-    def __init__(self, root: str | Path, split: str, modalities: list[str] | None = None):
+    def __init__(self, root: str | Path, split: str, modalities: list[str] | None = None,
+                 manifest: dict | None = None):
+        """`manifest`: the dataset's manifest when it is not on disk yet (collect reads its own shards back
+        for the contact sheets before it lands the manifest, which it writes once, last)."""
         self.root = Path(root)
-        self.manifest = read_manifest(self.root)
+        self.manifest = manifest if manifest is not None else read_manifest(self.root)
         if self.manifest.get("stage") != "collect":
             raise TSTError(f"{self.root}: not a dataset written by tst collect (stage {self.manifest.get('stage')!r})")
         splits = self.manifest["outputs"]["splits"]
@@ -282,8 +285,8 @@ class FrameDataset(Dataset):
     returned in its place, with one warning per corrupt sample. `len` stays the indexed count."""
 
     def __init__(self, root: str | Path, split: str, modalities: list[str] | None = None, transform=None,
-                 skip_corrupt: bool = False):
-        self.data = CollectedData(root, split, modalities)
+                 skip_corrupt: bool = False, manifest: dict | None = None):
+        self.data = CollectedData(root, split, modalities, manifest)
         self.transform, self.skip_corrupt = transform, skip_corrupt
         self.warned: set[str] = set()
         self.index: list[tuple[str, dict[str, tuple[int, int, int]]]] = []  # key -> modality -> (shard, offset, size)

@@ -186,13 +186,15 @@ def _render(units: list[Unit], settings: Settings, cfg: DictConfig) -> float:
     return total / (time.perf_counter() - start)
 
 
-def _sheets(out: Path, plan: Plan, splits: list[str], cfg: DictConfig, space, taxonomy) -> dict[str, str]:
-    """A contact sheet of random samples per split and the test space's floor plan with every camera."""
+def _sheets(out: Path, plan: Plan, splits: list[str], cfg: DictConfig, space, taxonomy,
+            manifest: dict) -> dict[str, str]:
+    """A contact sheet of random samples per split and the test space's floor plan with every camera;
+    `manifest`: the dataset's manifest, not written yet, for reading its shards back."""
     written = {}
     image_modalities = pixel_maps(cfg.collect.modalities)
     rng = np.random.default_rng(cfg.collect.seed)
     for split in splits:
-        dataset = FrameDataset(out, split, image_modalities)
+        dataset = FrameDataset(out, split, image_modalities, manifest=manifest)
         picks = sorted(rng.choice(len(dataset), min(cfg.collect.sheet_samples, len(dataset)), replace=False))
         frames = []
         for index in picks:
@@ -263,9 +265,8 @@ def run(cfg: DictConfig) -> Path:
         partial.unlink(missing_ok=True)
     fps = _render(units, settings, cfg)
     outputs = dataset_outputs(out, plan, units, settings, space)
-    write_manifest(out, "collect", cfg, {}, outputs)  # the readers below need it
-    images = _sheets(out, plan, splits, cfg, space, space.taxonomy)
-    write_manifest(out, "collect", cfg, {}, outputs | {"images": images})
+    images = _sheets(out, plan, splits, cfg, space, space.taxonomy, {"stage": "collect", "outputs": outputs})
+    write_manifest(out, "collect", cfg, {}, outputs | {"images": images})  # last: the dataset is finished
     counts = {s: len(plan.frames[s]) for s in splits}
     console.print(f"[green]dataset[/green] {out}  frames {counts}  eval-pretrain min distance "
                   f"{plan.eval_min_distance if plan.eval_min_distance is None else round(plan.eval_min_distance, 3)} m")
