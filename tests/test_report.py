@@ -1,4 +1,4 @@
-"""`tst report` from a small MLflow store created here."""
+"""`tst report` from transfer run folders created here (the report reads folders, not MLflow)."""
 
 import csv
 
@@ -11,7 +11,7 @@ from tst.config import load
 from tst.tracking import record_run
 from tst.transfer.report import (COLUMNS, Cell, TransferResult, backbone_order, compare, in_row_order, markdown, paired,
                                  tokenizer_quality)
-from tst.workspace import write_manifest
+from tst.workspace import atomic_write_json, read_manifest, write_manifest
 
 QUALITY = {"rgb": {"codes_used": 200, "codebook": 256, "perplexity": 150.25, "metric": "mae", "error": 0.05,
                    "baseline_error": 0.08, "split": "eval", "patches": 4096},
@@ -20,13 +20,13 @@ QUALITY = {"rgb": {"codes_used": 200, "codebook": 256, "perplexity": 150.25, "me
 
 
 def _track(workspace, backbone, fraction, seed, metrics, pretrain_steps=None):
-    cfg = load("transfer", [f"workspace_dir={workspace}"])
+    """A finished transfer run folder (metrics.json, predictions.png, manifest), as tst transfer lands it."""
     run_dir = workspace / "procedural-0" / "transfer" / f"{backbone}-{pretrain_steps}-{fraction}-{seed}"
     run_dir.mkdir(parents=True)
     Image.fromarray(np.full((40, 120, 3), 40 * seed, np.uint8)).save(run_dir / "predictions.png")
-    tags = {"task": "seg+det+caption", "backbone": backbone, "objective": backbone, "fraction": str(fraction),
-            "seed": str(seed)} | ({"pretrain_steps": str(pretrain_steps)} if pretrain_steps else {})
-    record_run(cfg, "transfer", "procedural-0", run_dir, {}, {}, metrics, tags=tags)
+    atomic_write_json(run_dir / "metrics.json", {"backbone": backbone, "pretrain_steps": pretrain_steps,
+                                                 "fraction": fraction, "seed": seed} | metrics)
+    write_manifest(run_dir, "transfer", {}, {}, {"metrics": "metrics.json"})
 
 
 def _seeds(workspace, backbone, columns, pretrain_steps=None):
@@ -178,4 +178,19 @@ def test_variant_rows_follow_report_rows():
 
 def test_report_without_runs_says_so(tmp_path, capsys):
     assert main(["report", f"workspace_dir={tmp_path}"]) != 0
-    assert "no tracked transfer runs" in capsys.readouterr().err
+    assert "no finished transfer runs" in capsys.readouterr().err
+
+
+def test_report_reads_folders_not_the_tracking_store(store, tmp_path):
+    """A run MLflow still lists but whose folder was deleted leaves the table; the report's manifest names
+    the run folders it read."""
+    ghost = store / "procedural-0" / "transfer" / "ghost"
+    ghost.mkdir()
+    record_run(load("transfer", [f"workspace_dir={store}"]), "transfer", "procedural-0", ghost, {}, {},
+               {"seg_miou": 0.9}, tags={"backbone": "ghost", "fraction": "1.0", "seed": "0"})
+    ghost.rmdir()
+    assert main(["report", f"workspace_dir={store}", f"report.out={tmp_path}"]) == 0
+    assert "| ghost |" not in (tmp_path / "results.md").read_text()
+    manifest = read_manifest(tmp_path)
+    assert manifest["stage"] == "report" and "scratch-None-1.0-2" in manifest["inputs"]
+    assert "results.md" in manifest["outputs"]["files"] and "label_efficiency.png" in manifest["outputs"]["files"]

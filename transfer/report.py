@@ -1,15 +1,15 @@
-"""`tst report`: the TST results table from the transfer runs tracked in MLflow (with
-tracking.enabled=false: from the transfer run folders of the workspace).
+"""`tst report`: the TST results table from the finished transfer run folders of the workspace (their
+metrics.json; MLflow, when tracking is on, shows the same runs but is not read).
 
 Rows are backbones (scratch, mae, multimae, fourm, the generalists), columns the task metrics; a cell is
-the mean ± sample std over every tracked run of that backbone (seeds) at the table's label fraction. A
-pretrained backbone run at several pretraining lengths (tag `pretrain_steps`) enters the table with its
+the mean ± sample std over every finished run of that backbone (seeds) at the table's label fraction. A
+pretrained backbone run at several pretraining lengths (`pretrain_steps` in metrics.json) enters the table with its
 longest one only. A cell that differs from the scratch cell of its column by more than 2σ (σ = the larger
 of the two cells' seed std) is marked `*`; under the table one line per column names its winner and
 whether its lead is beyond noise. Because one seed draws the same labelled subset for every backbone, a
 second table pairs each backbone with scratch seed by seed (mean difference, paired t-test, `†` at
 p < 0.05): the test that seed-to-seed swings shared by all backbones cannot drown. Written into
-<workspace>/<space>/report/: results.md, results.csv,
+<workspace>/<space>/report/ (its manifest.json, written last, names the run folders read): results.md, results.csv,
 results.png (bar chart), label_efficiency.png (when several fractions were run), pretrain_length.png (when
 a backbone was run at several pretraining lengths), qualitative.png (each backbone's eval predictions,
 stacked) and, when the transfers were also scored on held-out spaces, specialization.png
@@ -30,8 +30,7 @@ from PIL import Image, ImageDraw, ImageFont
 from rich.console import Console
 
 from tst.errors import TSTError
-from tst.tracking import tracking_uri
-from tst.workspace import MANIFEST, artifact_dir, atomic_write_bytes, read_manifest
+from tst.workspace import MANIFEST, artifact_dir, atomic_write_bytes, read_json, read_manifest, write_manifest
 
 from tst.envs.registry import space_name
 from tst.pretrain.objectives import OBJECTIVES
@@ -52,8 +51,8 @@ SCALE = 100  # every metric x100, as published tables show mIoU, mAP and CIDEr-D
 
 @dataclass
 class TransferResult:
-    """One tracked transfer run: its backbone, label fraction, seed, metrics, run folder, and the length
-    of the pretraining its backbone had (None for scratch, the generalists and runs without the tag)."""
+    """One finished transfer run: its backbone, label fraction, seed, metrics, run folder, and the length
+    of the pretraining its backbone had (None for scratch, the generalists and runs that do not record it)."""
 
     backbone: str
     fraction: float
@@ -166,41 +165,10 @@ def paired(cell: Cell, reference: Cell) -> Paired | None:
     return Paired([mine[s] - theirs[s] for s in shared]) if len(shared) > 1 else None
 
 
-def _pretrain_steps(tags: dict[str, str]) -> int | None:
-    value = tags.get("pretrain_steps")
-    return int(float(value)) if value not in (None, "", "None") else None
-
-
-def tracked_results(cfg: DictConfig, space: str | None) -> list[TransferResult]:
-    """Every finished transfer run in the workspace's MLflow store (of `space` when given)."""
-    import mlflow
-
-    mlflow.set_tracking_uri(tracking_uri(cfg))
-    if mlflow.get_experiment_by_name(cfg.tracking.experiment) is None:
-        return []
-    runs = mlflow.search_runs(experiment_names=[cfg.tracking.experiment], output_format="list",
-                              filter_string="tags.stage = 'transfer'")
-    results = []
-    for run in runs:
-        tags = run.data.tags
-        if "backbone" not in tags or (space and tags.get("space") != space):
-            continue
-        held_out: dict[str, dict[str, float]] = {}
-        for key, value in run.data.metrics.items():
-            if key.startswith("held_out/"):  # held_out/<space>/<metric>
-                _, where, metric = key.split("/", 2)
-                held_out.setdefault(where, {})[metric] = float(value)
-        results.append(TransferResult(tags["backbone"], float(tags.get("fraction", 1.0)), int(tags.get("seed", 0)),
-                                      dict(run.data.metrics), Path(tags["artifact_dir"]) if "artifact_dir" in tags
-                                      else None, tags.get("space", ""), _pretrain_steps(tags), held_out))
-    return results
-
-
 def folder_results(cfg: DictConfig, space: str) -> list[TransferResult]:
-    """Every finished transfer run folder of `space` in the workspace (its metrics.json), for workspaces
-    run with tracking.enabled=false."""
-    from tst.workspace import read_json
-
+    """Every finished transfer run folder of `space` in the workspace (its metrics.json). The folders are
+    the source of truth whether or not tracking is on: MLflow shows the runs, but a run deleted from the
+    workspace must leave the table too, and a workspace run with tracking.enabled=false has no store."""
     results = []
     folder = artifact_dir(cfg.workspace_dir, space, "transfer")
     for unfinished in sorted(p for p in folder.glob("*/metrics.json") if not (p.parent / MANIFEST).is_file()):
@@ -214,8 +182,9 @@ def folder_results(cfg: DictConfig, space: str) -> list[TransferResult]:
         scores = {k: float(v) for k, v in m.items() if k in COLUMNS and isinstance(v, (int, float))}
         held_out = {str(where): {k: float(v) for k, v in values.items() if k in COLUMNS}
                     for where, values in (m.get("held_out") or {}).items()}
+        steps = m.get("pretrain_steps")
         results.append(TransferResult(str(m["backbone"]), float(m["fraction"]), int(m["seed"]), scores, run_dir,
-                                      space, m.get("pretrain_steps"), held_out))
+                                      space, int(steps) if steps is not None else None, held_out))
     return results
 
 
@@ -596,13 +565,10 @@ def report(cfg: DictConfig) -> Path:
     from tst.transfer.specialization import specialization_chart, specialization_markdown, specialization_table
 
     space = space_name(cfg.space)
-    tracked = bool(cfg.tracking.enabled)
-    every = in_row_order(tracked_results(cfg, space) if tracked else folder_results(cfg, space),
-                         [str(name) for name in cfg.report.get("rows") or []])
+    every = in_row_order(folder_results(cfg, space), [str(name) for name in cfg.report.get("rows") or []])
     if not every:
-        where = tracking_uri(cfg) if tracked else artifact_dir(cfg.workspace_dir, space, "transfer")
-        raise TSTError(f"{where}: no {'tracked ' if tracked else ''}transfer runs of space {space}; "
-                       "run tst transfer first")
+        raise TSTError(f"{artifact_dir(cfg.workspace_dir, space, 'transfer')}: no finished transfer runs of "
+                       f"space {space}; run tst transfer first")
     fractions = sorted({r.fraction for r in every})
     fraction = float(cfg.report.fraction) if cfg.report.get("fraction") is not None else max(fractions)
     results = at_longest_pretraining(every, fraction)
@@ -619,17 +585,19 @@ def report(cfg: DictConfig) -> Path:
                 probe_table(artifact_dir(cfg.workspace_dir, space, "probe"), list(rows)),
                 tokenizer_quality(artifact_dir(cfg.workspace_dir, space, "pretrain", "tokenizers")))
     text += "".join("\n" + section for section in sections if section)
-    atomic_write_bytes(out / "results.md", text.encode())
-    atomic_write_bytes(out / "results.csv", csv_text(rows, fraction).encode())
-    atomic_write_bytes(out / "results.png", bar_chart(rows, fraction, used))
-    if held_out:
-        atomic_write_bytes(out / "specialization.png", specialization_chart(held_out, space, used))
-    if len(fractions) > 1:
-        atomic_write_bytes(out / "label_efficiency.png", label_efficiency(results))
-    for name, picture in (("pretrain_length.png", pretrain_length(every, fraction)),
-                          ("qualitative.png", qualitative(results, fraction))):
-        if picture:
-            atomic_write_bytes(out / name, picture)
+    files = {"results.md": text.encode(), "results.csv": csv_text(rows, fraction).encode(),
+             "results.png": bar_chart(rows, fraction, used),
+             "specialization.png": specialization_chart(held_out, space, used) if held_out else None,
+             "label_efficiency.png": label_efficiency(results) if len(fractions) > 1 else None,
+             "pretrain_length.png": pretrain_length(every, fraction),
+             "qualitative.png": qualitative(results, fraction)}
+    for name, content in files.items():
+        if content:
+            atomic_write_bytes(out / name, content)
+        else:  # an earlier report's picture of runs this one does not show would mislead
+            (out / name).unlink(missing_ok=True)
+    write_manifest(out, "report", cfg, {r.run_dir.name: r.run_dir for r in every if r.run_dir},
+                   {"fraction": fraction, "rows": list(rows), "files": [n for n, c in files.items() if c]})
     print(text)
     console.print(f"report written to {out}")
     return out
