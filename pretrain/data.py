@@ -1,5 +1,7 @@
 """Training data for pretraining: the test space's `pretrain` split (and, with pretrain.splits, the
-transfer split's sensor modalities too), with a resumable sample order."""
+transfer split's sensor modalities too), optionally mixed with other spaces' pretrain splits at a fixed
+frame budget (pretrain.external, pretrain.test_space_share, pretrain.frames: the paper's trade-off and
+data-worth analyses), with a resumable sample order."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from typing import Iterator
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Sampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
 from tst.errors import TSTError
 from tst.modalities import get
@@ -88,27 +90,75 @@ def pretraining_frames(root: Path, splits: list[str], modalities: list[str], ski
     return parts[0] if len(parts) == 1 else ConcatDataset(parts)
 
 
+def mixed_frames(test: Dataset, external: list[tuple[str, Dataset]], share: float, frames: int | None,
+                 seed: int) -> Dataset:
+    """The pretraining frames at a fixed budget: `frames` in all (None: as many as the test space has),
+    round(share x frames) of them from the test space's frames and the rest split evenly over the
+    `external` spaces' (name, frames) pairs. Each source's frames are a seeded draw without replacement,
+    so a share and budget name the same frames on every run. With share 1 and the whole budget, the test
+    space's frames unchanged."""
+    budget = len(test) if frames is None else frames
+    own = round(share * budget)
+    if own > len(test):
+        raise TSTError(f"pretrain.frames: {budget} frames at pretrain.test_space_share={share:g} need {own} test-space "
+                       f"frames; its pretraining splits hold {len(test)}")
+    if own < budget and not external:
+        raise TSTError(f"pretrain.test_space_share={share:g} with pretrain.frames={budget}: the other "
+                       f"{budget - own} frames need pretrain.external datasets (other spaces' collected data)")
+    counts = [(budget - own) // len(external) + (k < (budget - own) % len(external)) for k in range(len(external))] \
+        if external else []
+    for (name, frames_of), count in zip(external, counts):
+        if count > len(frames_of):
+            raise TSTError(f"pretrain.external: {name} holds {len(frames_of)} pretrain frames; this budget draws "
+                           f"{count} from it (collect more, or lower pretrain.frames)")
+    if own == len(test) and not any(counts):
+        return test
+
+    def draw(source: Dataset, count: int, index: int) -> Subset:
+        return Subset(source, sorted(np.random.default_rng([seed, index]).choice(len(source), count, replace=False)))
+
+    parts = [draw(test, own, 0)] + [draw(source, count, k + 1) for k, ((_, source), count) in
+                                    enumerate(zip(external, counts))]
+    return ConcatDataset([part for part in parts if len(part)])
+
+
+def pretraining_data(pretrain: dict | None) -> dict | None:
+    """How a pretraining run drew its frames, from its `pretrain` config (None when there was no
+    pretraining): the test-space share, the external datasets as configured and the frame budget (None:
+    all the test space's). Transfer runs record it; the report's trade-off and data-worth analyses read it."""
+    if pretrain is None:
+        return None
+    return {"objective": pretrain["objective"], "test_space_share": float(pretrain.get("test_space_share", 1.0)),
+            "external": [str(e) for e in pretrain.get("external") or []], "frames": pretrain.get("frames")}
+
+
 class PretrainData(L.LightningDataModule):
     """Random resized crops of the pretraining splits at the model's size, with only the trained
     modalities (whole frames plus their precomputed codes when `codes` is given); cache_frames: keep
     decoded frames in memory (each loader worker holds them: frames x pixels x 8 channels x 4 bytes).
     splits: the test space's `pretrain` split, and `transfer` to add the transfer split's frames (other
     spaces' sensor modalities, the frames the heads will later be trained on; the paper found mixing them
-    in helps)."""
+    in helps). external, test_space_share, frames: other spaces' datasets mixed in at a fixed budget
+    (mixed_frames)."""
 
     def __init__(self, root: Path, modalities: list[str], size: int, batch_size: int, num_workers: int,
                  crop_scale: tuple[float, float], seed: int, skip_corrupt: bool,
                  codes: dict[str, dict[str, torch.Tensor]] | None = None, cache_frames: bool = False,
-                 splits: tuple[str, ...] = ("pretrain",)):
+                 splits: tuple[str, ...] = ("pretrain",), external: tuple[Path, ...] = (),
+                 test_space_share: float = 1.0, frames: int | None = None):
         super().__init__()
         self.root, self.modalities, self.size = root, modalities, size
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
-        if codes is not None and list(splits) != ["pretrain"]:
-            raise TSTError("pretrain.precomputed_tokens: codes exist for the pretrain split only; use "
-                           "pretrain.splits=[pretrain] or precomputed_tokens=false")
+        if codes is not None and (list(splits) != ["pretrain"] or external or frames is not None):
+            raise TSTError("pretrain.precomputed_tokens: codes exist for the test space's whole pretrain split only; "
+                           "use pretrain.splits=[pretrain] without pretrain.external or pretrain.frames, or "
+                           "precomputed_tokens=false")
         transform = whole_frame(size) if codes is not None else RandomResizedCropFlip(size, scale=tuple(crop_scale))
-        self.train = EpochCrops(pretraining_frames(root, list(splits), modalities, skip_corrupt),
-                                transform, modalities, seed, codes, cache_frames)
+        others = [(str(folder), FrameDataset(folder, "pretrain", modalities, skip_corrupt=skip_corrupt))
+                  for folder in external]
+        frames_used = mixed_frames(pretraining_frames(root, list(splits), modalities, skip_corrupt), others,
+                                   test_space_share, frames, seed)
+        self.train = EpochCrops(frames_used, transform, modalities, seed, codes, cache_frames)
         if len(self.train.frames) == 0:
             raise TSTError(f"{root}: the pretrain split is empty; collect it first (tst collect)")
         self.start_step = 0

@@ -36,7 +36,7 @@ RUN_DIR_VARIABLE = "TST_PRETRAIN_RUN_DIR"  # tells DDP worker processes which ru
 # Keys a resumed run must share with the run it continues.
 STRUCTURAL = ("model", "pretrain.objective", "pretrain.modalities", "pretrain.input_budget", "pretrain.target_budget",
               "pretrain.mixture", "pretrain.mae_mask_ratio", "pretrain.seed", "data_dir", "data.batch_size",
-              "data.crop_scale")
+              "data.crop_scale", "pretrain.external", "pretrain.test_space_share", "pretrain.frames")
 
 
 def _space_name(cfg: DictConfig) -> str:
@@ -53,6 +53,28 @@ def dataset_dir(cfg: DictConfig) -> Path:
     if missing:
         raise TSTError(f"{root}: the dataset lacks {missing}; it holds {manifest['outputs']['modalities']}")
     return root
+
+
+def external_datasets(cfg: DictConfig, test_space: Path) -> list[Path]:
+    """pretrain.external's folders (a relative one from workspace_dir), each a collected dataset of another
+    space with a pretrain split and the modalities pretraining reads; one-line errors otherwise."""
+    own = read_manifest(test_space)["outputs"].get("space")
+    folders = []
+    for index, entry in enumerate(cfg.pretrain.get("external") or []):
+        folder = Path(str(entry)) if Path(str(entry)).is_absolute() else Path(str(cfg.workspace_dir)) / str(entry)
+        key = f"pretrain.external[{index}]"
+        if not (folder / "manifest.json").is_file():
+            raise TSTError(f"{key}: {folder} is not a collected dataset (no manifest.json); collect that space first")
+        outputs = read_manifest(folder)["outputs"]
+        if outputs.get("space") == own:
+            raise TSTError(f"{key}: {folder} is the test space {own}; expected another space's dataset")
+        if "pretrain" not in outputs.get("splits", {}):
+            raise TSTError(f"{key}: {folder} has no pretrain split (it holds {', '.join(outputs.get('splits', {}))})")
+        missing = [m for m in _modalities(cfg) if m not in outputs.get("modalities", [])]
+        if missing:
+            raise TSTError(f"{key}: {folder} lacks {missing}; it holds {outputs.get('modalities')}")
+        folders.append(folder)
+    return folders
 
 
 def _modalities(cfg: DictConfig) -> list[str]:
@@ -232,9 +254,11 @@ def run(cfg: DictConfig, overrides: list[str] = ()) -> Path:
     codes = None
     if p["objective"] == "fourm" and p.get("precomputed_tokens"):
         codes = load_tokens(_tokenizer_dir(OmegaConf.create(config)), data, config["model"]["image_size"])
+    external = external_datasets(OmegaConf.create(config), data)
     datamodule = PretrainData(data, module.modalities, config["model"]["image_size"], int(d["batch_size"]),
                               int(d["num_workers"]), tuple(d["crop_scale"]), int(p["seed"]), bool(d["skip_corrupt"]),
-                              codes, bool(d.get("cache_frames", False)), tuple(p.get("splits", ["pretrain"])))
+                              codes, bool(d.get("cache_frames", False)), tuple(p.get("splits", ["pretrain"])),
+                              tuple(external), float(p.get("test_space_share", 1.0)), p.get("frames"))
     eval_batch = _eval_batch(data, module.modalities, config["model"]["image_size"], 4,
                              bool(d["skip_corrupt"]))  # read before the run folder is made
     created = not run_dir.exists()
@@ -293,7 +317,8 @@ def _export(module: PretrainModule, run_dir: Path, config: dict, data: Path) -> 
     save_file(state, str(run_dir / "model.safetensors"))
     encoder = {k: v for k, v in state.items() if not k.startswith(("decoder", "output_adapters", "mask_token"))}
     save_file(encoder, str(run_dir / "encoder.safetensors"))
-    inputs = {"dataset": data}
+    inputs = {"dataset": data} | {f"external/{read_manifest(folder)['outputs']['space']}": folder
+                                  for folder in external_datasets(OmegaConf.create(config), data)}
     if config["pretrain"]["objective"] == "fourm":
         inputs["tokenizers"] = _tokenizer_dir(OmegaConf.create(config))
     write_manifest(run_dir, "pretrain", config, inputs,

@@ -168,3 +168,33 @@ def test_a_bad_variant_is_refused_before_anything_runs(tmp_path, capsys):
                  'experiment.variants.rgb=["pretrain.init=bogus"]']) != 0
     assert "experiment.variants.rgb: pretrain.init: expected null or 4m21-b, got 'bogus'" in capsys.readouterr().err
     assert not (tmp_path / "ws").exists()
+
+
+def test_a_tradeoff_run_mixes_other_spaces_into_pretraining_and_draws_the_curve(tmp_path):
+    """experiment.external at smoke sizes: the other space is collected once with both splits (held out and
+    external), a variant pretrains on half its frames from it, every transfer records how its backbone drew
+    its frames, and the report has the trade-off table and figure."""
+    variant = '"pretrain.objective=mae","pretrain.test_space_share=0.5","pretrain.external=[procedural-5/data]"'
+    assert main(["run", "experiment=smoke", f"workspace_dir={tmp_path}", "tracking.enabled=false",
+                 "experiment.objectives=[mae,mixed]", "experiment.backbones=[mae,mixed,scratch]",
+                 f"+experiment.variants.mixed=[{variant}]",
+                 "experiment.deploy_backbone=null", "experiment.probe=false",
+                 'experiment.held_out=[["space.seed=5"]]', 'experiment.external=[["space.seed=5"]]']) == 0
+    other = json.loads((tmp_path / "procedural-5" / "data" / "manifest.json").read_text())
+    assert other["config"]["collect"]["splits"] == ["eval", "pretrain"]
+    runs = {json.loads((run / "metrics.json").read_text())["backbone"]: json.loads((run / "metrics.json").read_text())
+            for run in (tmp_path / "procedural-0" / "transfer").iterdir()}
+    assert runs["mixed"]["pretrain_data"] == {"objective": "mae", "test_space_share": 0.5,
+                                              "external": ["procedural-5/data"], "frames": None}
+    assert runs["mae"]["pretrain_data"]["test_space_share"] == 1.0 and runs["scratch"]["pretrain_data"] is None
+    report = tmp_path / "procedural-0" / "report"
+    table = (report / "results.md").read_text()
+    assert "## Trade-off" in table and "| mixed | 0.5 | procedural-5 |" in table
+    assert (report / "tradeoff.png").is_file() and not (report / "data_worth.png").exists()
+
+
+def test_a_variant_must_name_a_collected_external_space(tmp_path, capsys):
+    assert main(["run", "experiment=tradeoff", f"workspace_dir={tmp_path / 'ws'}", "experiment.external=[]"]) != 0
+    assert ("experiment.variants.mixed-0.5: pretrain.external names procedural-11/data, which this experiment does "
+            "not collect") in capsys.readouterr().err
+    assert not (tmp_path / "ws").exists()

@@ -311,3 +311,44 @@ def test_pretraining_can_read_the_transfer_splits_sensor_frames_never_its_labels
                     "pretrain.splits=[pretrain,transfer]", "run_name=mixed") == 0
     assert pretrain(tmp_path, "pretrain.splits=[eval]") != 0
     assert "pretrain.splits[0]: expected pretrain or transfer, got 'eval'" in capsys.readouterr().err
+
+
+def test_mixed_frames_keep_the_budget_the_share_and_the_draw():
+    """A fixed budget: round(share x frames) test-space frames, the rest evenly over the other spaces, each a
+    seeded draw without replacement; the test space's whole split unchanged at share 1."""
+    from tst.pretrain.data import mixed_frames
+
+    test, b, c = [f"a{i}" for i in range(10)], [f"b{i}" for i in range(6)], [f"c{i}" for i in range(6)]
+    assert mixed_frames(test, [("b", b)], 1.0, None, 0) is test
+    half = list(mixed_frames(test, [("b", b), ("c", c)], 0.5, None, 0))
+    assert len(half) == 10 and sum(f[0] == "a" for f in half) == 5 and sum(f[0] == "b" for f in half) == 3
+    assert len(set(half)) == 10 and half == list(mixed_frames(test, [("b", b), ("c", c)], 0.5, None, 0))
+    assert half != list(mixed_frames(test, [("b", b), ("c", c)], 0.5, None, 1))  # another seed, another draw
+    others = list(mixed_frames(test, [("b", b), ("c", c)], 0.0, 8, 0))
+    assert sorted(f[0] for f in others) == ["b"] * 4 + ["c"] * 4
+    assert len(mixed_frames(test, [], 1.0, 4, 0)) == 4  # a subset of the test space alone
+    with pytest.raises(TSTError, match="pretrain.test_space_share=0.5 with pretrain.frames=10: the other 5 frames "
+                                       "need pretrain.external"):
+        mixed_frames(test, [], 0.5, None, 0)
+    with pytest.raises(TSTError, match="pretrain.external: b holds 6 pretrain frames; this budget draws 10"):
+        mixed_frames(test, [("b", b)], 0.0, 10, 0)
+    with pytest.raises(TSTError, match="pretrain.frames: 20 frames at pretrain.test_space_share=1 need 20"):
+        mixed_frames(test, [], 1.0, 20, 0)
+
+
+def test_pretraining_mixes_in_another_spaces_frames(tmp_path, capsys):
+    """pretrain.external: another space's collected pretrain split mixed in; its manifest is an input of the
+    run; the test space itself, or a folder that is not a dataset, is refused in one line."""
+    from tst.workspace import read_manifest
+
+    collect_small(tmp_path, 8, 2, 0, 32)
+    collect_small(tmp_path, 8, 0, 0, 32, "space.seed=5")
+    assert pretrain(tmp_path, "pretrain.steps=1", "pretrain.input_budget=8", "pretrain.target_budget=8",
+                    "pretrain.test_space_share=0.5", "pretrain.external=[procedural-5/data]", "run_name=mixed") == 0
+    inputs = read_manifest(tmp_path / "procedural-0" / "pretrain" / "mixed")["inputs"]
+    assert inputs["external/procedural-5"]["path"] == str(tmp_path / "procedural-5" / "data")
+    capsys.readouterr()
+    assert pretrain(tmp_path, "pretrain.external=[procedural-0/data]") != 0
+    assert "pretrain.external[0]: " in (err := capsys.readouterr().err) and "is the test space procedural-0" in err
+    assert pretrain(tmp_path, "pretrain.external=[nowhere]") != 0
+    assert "is not a collected dataset (no manifest.json)" in capsys.readouterr().err

@@ -194,3 +194,41 @@ def test_report_reads_folders_not_the_tracking_store(store, tmp_path):
     manifest = read_manifest(tmp_path)
     assert manifest["stage"] == "report" and "scratch-None-1.0-2" in manifest["inputs"]
     assert "results.md" in manifest["outputs"]["files"] and "label_efficiency.png" in manifest["outputs"]["files"]
+
+
+def _pretrained(backbone, seed, seg, share, external, frames, held_out=None):
+    data = {"objective": "multimae", "test_space_share": share, "external": external, "frames": frames}
+    return TransferResult(backbone, 0.1, seed, {"seg_miou": seg}, held_out=held_out or {}, pretrain_data=data)
+
+
+def test_data_worth_and_tradeoff_analyses(tmp_path):
+    """Backbones pretrained on 1, 2 and 4 other spaces only form the data-worth curve, the test-space-only
+    ones its level lines; a mixed share forms the trade-off curve with its budget's other shares."""
+    from tst.transfer.pretraining_data import (data_worth_chart, data_worth_groups, data_worth_markdown,
+                                               tradeoff_chart, tradeoff_groups, tradeoff_markdown)
+
+    others = [f"procedural-{k}/data" for k in range(11, 15)]
+    worth = [_pretrained(f"others-{n}", seed, 0.05 * n + 0.01 * seed, 0.0, others[:n], 500 * n)
+             for n in (1, 2, 4) for seed in (0, 1)]
+    worth += [_pretrained("own-500", seed, 0.15, 1.0, [], 500) for seed in (0, 1)]
+    worth += [TransferResult("scratch", 0.1, seed, {"seg_miou": 0.05}) for seed in (0, 1)]
+    groups = data_worth_groups(worth)
+    assert list(groups) == ["multimae"] and list(groups["multimae"][0]) == ["others-1", "others-2", "others-4"]
+    assert list(groups["multimae"][1]) == ["own-500"] and not tradeoff_groups(worth)
+    text = data_worth_markdown(groups, worth, "procedural-0")
+    assert "| others-2 | 2 other spaces (procedural-11, procedural-12) | 1000 | 10.5 ± 0.7 |" in text
+    assert "| own-500 | the test space only | 500 | 15.0 ± 0.0 |" in text
+    assert "| scratch | – | – | 5.0 ± 0.0 |" in text
+    (tmp_path / "data_worth.png").write_bytes(data_worth_chart(groups, worth, "procedural-0"))
+
+    mixed = [_pretrained(name, 0, seg, share, others[:2] if share < 1 else [], None, {"procedural-11": {"seg_miou": h}})
+             for name, share, seg, h in (("multimae", 1.0, 0.12, 0.08), ("mixed-0.5", 0.5, 0.11, 0.1),
+                                         ("others-only", 0.0, 0.09, 0.11))]
+    curves = tradeoff_groups(mixed)
+    assert list(curves) == ["multimae, all test-space frames"] and not data_worth_groups(mixed)
+    assert list(curves["multimae, all test-space frames"]) == ["multimae", "mixed-0.5", "others-only"]
+    text = tradeoff_markdown(curves, mixed, "procedural-0")
+    assert "| mixed-0.5 | 0.5 | procedural-11, procedural-12 | 11.0 | 10.0 |" in text
+    (tmp_path / "tradeoff.png").write_bytes(tradeoff_chart(curves, mixed, "procedural-0"))
+    for picture in ("data_worth.png", "tradeoff.png"):
+        assert Image.open(tmp_path / picture).size[0] > 300

@@ -3,18 +3,21 @@ metrics.json; MLflow, when tracking is on, shows the same runs but is not read).
 
 Rows are backbones (scratch, mae, multimae, fourm, the generalists), columns the task metrics; a cell is
 the mean ± sample std over every finished run of that backbone (seeds) at the table's label fraction. A
-pretrained backbone run at several pretraining lengths (`pretrain_steps` in metrics.json) enters the table with its
-longest one only. A cell that differs from the scratch cell of its column by more than 2σ (σ = the larger
+pretrained backbone run at several pretraining lengths (`pretrain_steps` in metrics.json) enters the
+table with its longest one only. A cell that differs from the scratch cell of its column by more than 2σ (σ = the larger
 of the two cells' seed std) is marked `*`; under the table one line per column names its winner and
 whether its lead is beyond noise. Because one seed draws the same labelled subset for every backbone, a
 second table pairs each backbone with scratch seed by seed (mean difference, paired t-test, `†` at
-p < 0.05): the test that seed-to-seed swings shared by all backbones cannot drown. Written into
-<workspace>/<space>/report/ (its manifest.json, written last, names the run folders read): results.md, results.csv,
-results.png (bar chart), label_efficiency.png (when several fractions were run), pretrain_length.png (when
-a backbone was run at several pretraining lengths), qualitative.png (each backbone's eval predictions,
-stacked) and, when the transfers were also scored on held-out spaces, specialization.png
-(tst.transfer.specialization). results.md also holds the specialization tables, the frozen-feature probe
-table of <workspace>/<space>/probe and the tokenizer quality table of <workspace>/<space>/pretrain/tokenizers.
+p < 0.05): the test that seed-to-seed swings shared by all backbones cannot drown.
+
+Written into <workspace>/<space>/report/, its manifest.json last (naming the run folders read):
+results.md, results.csv, results.png (bar chart), label_efficiency.png (when several fractions were run),
+pretrain_length.png (when a backbone was run at several pretraining lengths), qualitative.png (each
+backbone's eval predictions, stacked), specialization.png when the transfers were also scored on
+held-out spaces (tst.transfer.specialization), and tradeoff.png and data_worth.png when backbones were
+pretrained on other spaces' frames too (tst.transfer.pretraining_data). results.md also holds those
+analyses' tables, the frozen-feature probe table of <workspace>/<space>/probe and the tokenizer quality
+table of <workspace>/<space>/pretrain/tokenizers.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ class TransferResult:
     space: str = ""
     pretrain_steps: int | None = None
     held_out: dict[str, dict[str, float]] = field(default_factory=dict)  # space -> metrics (transfer.held_out)
+    pretrain_data: dict | None = None  # how its pretraining drew frames (tst.pretrain.data.pretraining_data)
 
 
 @dataclass
@@ -184,7 +188,8 @@ def folder_results(cfg: DictConfig, space: str) -> list[TransferResult]:
                     for where, values in (m.get("held_out") or {}).items()}
         steps = m.get("pretrain_steps")
         results.append(TransferResult(str(m["backbone"]), float(m["fraction"]), int(m["seed"]), scores, run_dir,
-                                      space, int(steps) if steps is not None else None, held_out))
+                                      space, int(steps) if steps is not None else None, held_out,
+                                      m.get("pretrain_data")))
     return results
 
 
@@ -562,6 +567,8 @@ def qualitative(results: list[TransferResult], fraction: float) -> bytes | None:
 
 def report(cfg: DictConfig) -> Path:
     """Write the report files; print the Markdown. Returns the report folder."""
+    from tst.transfer.pretraining_data import (data_worth_chart, data_worth_groups, data_worth_markdown,
+                                               tradeoff_chart, tradeoff_groups, tradeoff_markdown)
     from tst.transfer.specialization import specialization_chart, specialization_markdown, specialization_table
 
     space = space_name(cfg.space)
@@ -581,13 +588,18 @@ def report(cfg: DictConfig) -> Path:
     used = [r for r in results if r.fraction == fraction]
     text = markdown(rows, fraction, space, used, length_notes(every, fraction))
     held_out = specialization_table(used, space)
+    curves, worth = tradeoff_groups(used), data_worth_groups(used)
     sections = (specialization_markdown(held_out, space, used) if held_out else None,
+                tradeoff_markdown(curves, used, space) if curves else None,
+                data_worth_markdown(worth, used, space) if worth else None,
                 probe_table(artifact_dir(cfg.workspace_dir, space, "probe"), list(rows)),
                 tokenizer_quality(artifact_dir(cfg.workspace_dir, space, "pretrain", "tokenizers")))
     text += "".join("\n" + section for section in sections if section)
     files = {"results.md": text.encode(), "results.csv": csv_text(rows, fraction).encode(),
              "results.png": bar_chart(rows, fraction, used),
              "specialization.png": specialization_chart(held_out, space, used) if held_out else None,
+             "tradeoff.png": tradeoff_chart(curves, used, space) if curves else None,
+             "data_worth.png": data_worth_chart(worth, used, space) if worth else None,
              "label_efficiency.png": label_efficiency(results) if len(fractions) > 1 else None,
              "pretrain_length.png": pretrain_length(every, fraction),
              "qualitative.png": qualitative(results, fraction)}

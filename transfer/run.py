@@ -25,6 +25,7 @@ from tst.taxonomy import Taxonomy
 from tst.workspace import atomic_write_json, read_manifest
 
 from tst.collect.dataset import FrameDataset, collate
+from tst.pretrain.data import pretraining_data
 from tst.pretrain.run import read_pretrain_config
 from tst.pretrain.visualize import to_uint8
 from tst.transfer.backbones import make_backbone
@@ -146,10 +147,11 @@ def run(cfg: DictConfig) -> Path:
     scores, rows = evaluate(module, eval_frames, int(t.eval_batch_size))
     if t.held_out:
         scores["held_out"] = held_out_scores(module, [str(d) for d in t.held_out], taxonomy, modalities, size, settings)
-    pretrain_steps = None if info.path is None else \
-        int(read_pretrain_config(info.path)["pretrain"]["steps"])
+    pretraining = None if info.path is None else read_pretrain_config(info.path)["pretrain"]
+    pretrain_steps = None if pretraining is None else int(pretraining["steps"])
     metrics = {"tasks": names, "backbone": info.name, "backbone_source": info.source, "objective": info.objective,
-               "pretrain_steps": pretrain_steps, "fraction": float(t.fraction), "seed": int(t.seed), "mode": t.mode,
+               "pretrain_steps": pretrain_steps, "pretrain_data": pretraining_data(pretraining),
+               "fraction": float(t.fraction), "seed": int(t.seed), "mode": t.mode,
                "train_frames": len(train), "eval_frames": len(eval_frames), "image_size": size} | scores
     columns = ["eval rgb"] + [c for task in tasks for c in task.columns()]
     inputs = {"dataset": root} | ({"transfer_data": source} if source != root else {}) \

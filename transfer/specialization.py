@@ -50,7 +50,8 @@ def gap(cells: dict[str, Cell], test_space: str) -> Cell:
 
 def specialization_markdown(table: Table, test_space: str, used: list[TransferResult]) -> str:
     lines = ["## Specialization: the test space against held-out spaces", "",
-             f"The same heads scored on the test space ({test_space}) and on spaces never pretrained or trained on; "
+             f"The same heads scored on the test space ({test_space}) and on held-out spaces, whose labels no head "
+             "trained on (a trade-off experiment also pretrains on some of their frames); "
              f"x100, mean ± std over seeds ({seeds_caption(used)}). Gap = test space minus the held-out mean: "
              "a backbone pretrained on the test space should have the larger gap."]
     for metric, rows in table.items():

@@ -168,6 +168,9 @@ RULES: dict[str, Rule] = {
     "pretrain.objective": choice("fourm", "multimae", "mae"),
     "pretrain.init": optional(choice("4m21-b")),
     "pretrain.splits": nonempty(each(choice("pretrain", "transfer"))),
+    "pretrain.external": each(NAME),
+    "pretrain.test_space_share": PROBABILITY,
+    "pretrain.frames": optional(integer(1, MAX_FRAMES, "frames per split")),
     "pretrain.label_ablation": flag(),
     "pretrain.input_budget": POSITIVE,
     "pretrain.target_budget": POSITIVE,
@@ -243,8 +246,9 @@ RULES: dict[str, Rule] = {
     "experiment.fractions": nonempty(each(FRACTION)),
     "experiment.seed_pretraining": flag(),
     "experiment.probe": flag(),
-    "experiment.held_out": Rule("a list of override lists, one per held-out space (e.g. [[space.seed=11]])",
-                                lambda v: isinstance(v, list) and all(isinstance(o, list) for o in v)),
+    **{f"experiment.{key}": Rule(f"a list of override lists, one per {kind} space (e.g. [[space.seed=11]])",
+                                 lambda v: isinstance(v, list) and all(isinstance(o, list) for o in v))
+       for key, kind in (("held_out", "held-out"), ("external", "external"))},
     "experiment.deploy_task": choice("explore", "find"),
 }
 

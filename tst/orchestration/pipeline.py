@@ -115,31 +115,50 @@ class Pipeline:
         return self.execute("collect", self.root / "data", lambda: run(cfg),
                             lambda data: _finished(data) and _same_dataset(read_manifest(data)["config"], cfg))
 
-    def held_out_config(self, index: int) -> DictConfig:
-        """The collect config of experiment.held_out[index]: the test space's collect settings with that
-        space's overrides, the eval split only."""
-        overrides = [str(o) for o in self.e.held_out[index]]
-        return load("collect", self.overrides("collect") + overrides + ["collect.splits=[eval]"])
-
-    def held_out(self, data: Path) -> list[Path]:
-        """Collect the eval split of every experiment.held_out space (each a space neither pretrained nor
-        trained on), into <workspace>/<that space>/data; transfers then also score on them."""
-        from tst.collect.run import run
+    def other_spaces(self) -> dict[str, tuple[list[str], list[str]]]:
+        """The spaces besides the test space that the experiment collects: space name -> (its overrides,
+        its splits): the eval split of each experiment.held_out space (scored, never trained on) and the
+        pretrain split of each experiment.external space (mixed into pretraining by a variant's
+        pretrain.external), both for a space in both lists (with the overrides of both). Each is the test
+        space's collect settings with that space's overrides."""
         from tst.envs.registry import space_name
 
+        spaces: dict[str, tuple[list[str], list[str]]] = {}
+        for key, split in (("held_out", "eval"), ("external", "pretrain")):
+            for index, overrides in enumerate(self.e.get(key) or []):
+                overrides = [str(o) for o in overrides]
+                try:
+                    name = space_name(load("collect", self.overrides("collect") + overrides).space)
+                except TSTError as error:
+                    raise TSTError(f"experiment.{key}[{index}]: {error}") from None
+                if name == self.space:
+                    raise TSTError(f"experiment.{key}[{index}]: {name} is the test space; expected another space")
+                known, splits = spaces.get(name, ([], []))
+                spaces[name] = (known + [o for o in overrides if o not in known], splits + [split])
+        return spaces
+
+    def other_space_config(self, overrides: list[str], splits: list[str]) -> DictConfig:
+        return load("collect", self.overrides("collect") + overrides + [f"collect.splits={override_value(splits)}"])
+
+    def collect_other_spaces(self, data: Path) -> None:
+        """Collect other_spaces() into <workspace>/<that space>/data; transfers then also score on the
+        held-out ones. A held-out space must be neither the test space nor a transfer space of `data`."""
+        from tst.collect.run import run
+
         used = read_manifest(data)["outputs"]["spaces"]  # the test space and the transfer spaces
-        folders = []
-        for index in range(len(self.e.get("held_out") or [])):
-            cfg = self.held_out_config(index)
-            name = space_name(cfg.space)
-            if name in used:
-                raise TSTError(f"experiment.held_out[{index}]: {name} is the test space or a transfer space of "
-                               f"{data} ({', '.join(used)}); expected a space neither pretrained nor trained on")
+        held_out = []
+        for name, (overrides, splits) in self.other_spaces().items():
+            if "eval" in splits and name in used:
+                raise TSTError(f"experiment.held_out: {name} is a transfer space of {data} ({', '.join(used)}); "
+                               "expected a space neither pretrained nor trained on")
+            cfg = self.other_space_config(overrides, splits)
             folder = Path(str(cfg.workspace_dir)) / name / "data"
-            folders.append(self.execute(f"collect held-out {name}", folder, lambda c=cfg: run(c),
-                                        lambda d, c=cfg: _finished(d) and _same_dataset(read_manifest(d)["config"], c)))
-        self.held_out_data = folders
-        return folders
+            title = f"collect {' and '.join('held-out' if s == 'eval' else 'external' for s in splits)} {name}"
+            self.execute(title, folder, lambda c=cfg: run(c),
+                         lambda d, c=cfg: _finished(d) and _same_dataset(read_manifest(d)["config"], c))
+            if "eval" in splits:
+                held_out.append(folder)
+        self.held_out_data = held_out
 
     def tokenizers(self) -> Path:
         from tst.pretrain.tokenizer_training import train_tokenizers
@@ -154,8 +173,10 @@ class Pipeline:
         transfer seed), an int gives this seed its own pretraining (experiment.seed_pretraining)."""
         from tst.pretrain.run import run
 
-        inputs = [fingerprint(data)] + ([fingerprint(tokenizers)] if tokenizers else [])
         overrides = self.overrides("pretrain") + ([] if seed is None else [f"pretrain.seed={seed}"])
+        external = load("pretrain", overrides + self.pretraining_overrides(objective)).pretrain.get("external") or []
+        inputs = [fingerprint(data)] + ([fingerprint(tokenizers)] if tokenizers else []) + \
+            [fingerprint(Path(str(self.cfg.workspace_dir)) / str(folder)) for folder in external]  # re-collected: again
         run_dir = self.pretraining_dir(objective, overrides, inputs, seed)
         overrides = overrides + self.pretraining_overrides(objective)
         # A killed run resumes from its newest complete checkpoint, if any.
@@ -220,7 +241,7 @@ class Pipeline:
     def run(self) -> Path:
         e = self.e
         data = self.collect()
-        self.held_out(data)
+        self.collect_other_spaces(data)
         tokenizers = self.tokenizers() if "fourm" in e.objectives else None
         pretrain_seeds = [int(seed) for seed in e.seeds] if e.get("seed_pretraining") else [None]
         backbones = {(objective, seed): str(self.pretrain(objective, data, tokenizers, seed))
@@ -263,25 +284,21 @@ def run(cfg: DictConfig) -> Path:
 def check_presets(cfg: DictConfig) -> None:
     """`tst run`: compose (and so check) every stage's config from the experiment preset's override lists,
     as the pipeline will, so a bad value in a later stage stops the run before the first stage writes."""
-    from tst.envs.registry import space_name
-
     pipeline = Pipeline(cfg)
     for stage in ("collect", "pretrain", "transfer", "deploy", "report"):
         try:
             load(stage, pipeline.overrides(stage))
         except TSTError as error:
             raise TSTError(f"experiment.{stage}: {error}") from None
-    for index in range(len(cfg.experiment.get("held_out") or [])):
-        try:
-            held_out = space_name(pipeline.held_out_config(index).space)
-        except TSTError as error:
-            raise TSTError(f"experiment.held_out[{index}]: {error}") from None
-        if held_out == pipeline.space:
-            raise TSTError(f"experiment.held_out[{index}]: {held_out} is the test space; expected a space neither "
-                           "pretrained nor trained on")
+    collected = [f"{name}/data" for name, (_, splits) in pipeline.other_spaces().items() if "pretrain" in splits]
     for name in cfg.experiment.objectives:
         if name in pipeline.variants:
             try:
-                load("pretrain", pipeline.overrides("pretrain") + pipeline.pretraining_overrides(name))
+                variant = load("pretrain", pipeline.overrides("pretrain") + pipeline.pretraining_overrides(name))
             except TSTError as error:
                 raise TSTError(f"experiment.variants.{name}: {error}") from None
+            for entry in variant.pretrain.get("external") or []:
+                if not Path(str(entry)).is_absolute() and str(entry) not in collected:
+                    raise TSTError(f"experiment.variants.{name}: pretrain.external names {entry}, which this "
+                                   f"experiment does not collect (experiment.external collects: "
+                                   f"{', '.join(collected) or 'nothing'})")
