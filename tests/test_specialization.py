@@ -168,3 +168,24 @@ def test_frozen_tokenizers_stay_in_eval_mode_while_pretraining():
     tokenizers = {m: Tokenizer(m, TokenizerConfig((4, 4), 8, 8)) for m in ("rgb", "depth")}
     module = PretrainModule(config, ["rgb", "depth"], tokenizers=tokenizers).train()
     assert module.model.training and not any(t.training for t in module.tokenizers.values())
+
+
+def test_cross_matrix_names_where_each_backbone_pretrained():
+    """A backbone pretrained on a held-out space alone makes the cross matrix; its own space's cell is bold."""
+    from tst.transfer.report import TransferResult
+    from tst.transfer.specialization import cross_matrix_markdown, specialization_table
+
+    def run(name, seed, data, test, held):
+        return TransferResult(name, 0.1, seed, {"seg_miou": test}, held_out={"procedural-11": {"seg_miou": held}},
+                              pretrain_data=data)
+
+    own = {"objective": "multimae", "test_space_share": 1.0, "external": [], "frames": None}
+    other = {"objective": "multimae", "test_space_share": 0.0, "external": ["procedural-11/data"], "frames": None}
+    used = [run("multimae", s, own, 0.12, 0.08) for s in (0, 1)] + [run("on-11", s, other, 0.07, 0.1) for s in (0, 1)]
+    used += [run("scratch", s, None, 0.06, 0.06) for s in (0, 1)]
+    text = cross_matrix_markdown(specialization_table(used, "procedural-0"), "procedural-0", used)
+    assert "| backbone | pretrained on | procedural-0 (test) | procedural-11 |" in text
+    assert "| multimae | procedural-0 | **12.0 ± 0.0** | 8.0 ± 0.0 |" in text
+    assert "| on-11 | procedural-11 | 7.0 ± 0.0 | **10.0 ± 0.0** |" in text and "| scratch | – | 6.0 ± 0.0 |" in text
+    plain = [r for r in used if r.backbone != "on-11"]
+    assert cross_matrix_markdown(specialization_table(plain, "procedural-0"), "procedural-0", plain) is None

@@ -569,7 +569,8 @@ def report(cfg: DictConfig) -> Path:
     """Write the report files; print the Markdown. Returns the report folder."""
     from tst.transfer.pretraining_data import (data_worth_chart, data_worth_groups, data_worth_markdown,
                                                tradeoff_chart, tradeoff_groups, tradeoff_markdown)
-    from tst.transfer.specialization import specialization_chart, specialization_markdown, specialization_table
+    from tst.transfer.specialization import (cross_matrix_markdown, specialization_chart, specialization_markdown,
+                                             specialization_table)
 
     space = space_name(cfg.space)
     every = in_row_order(folder_results(cfg, space), [str(name) for name in cfg.report.get("rows") or []])
@@ -590,6 +591,7 @@ def report(cfg: DictConfig) -> Path:
     held_out = specialization_table(used, space)
     curves, worth = tradeoff_groups(used), data_worth_groups(used)
     sections = (specialization_markdown(held_out, space, used) if held_out else None,
+                cross_matrix_markdown(held_out, space, used) if held_out else None,
                 tradeoff_markdown(curves, used, space) if curves else None,
                 data_worth_markdown(worth, used, space) if worth else None,
                 probe_table(artifact_dir(cfg.workspace_dir, space, "probe"), list(rows)),

@@ -5,7 +5,9 @@ pretrained* more than elsewhere.
 For each headline metric: a table with one row per backbone and one column per eval space (the test space
 first), cells mean ± std over seeds, and the specialization gap = test-space score minus the mean over the
 held-out spaces. A backbone that specialized has a larger gap than scratch (whose heads saw neither). One
-figure, specialization.png: per metric, grouped bars per eval space, one bar per backbone.
+figure, specialization.png: per metric, grouped bars per eval space, one bar per backbone. When some
+backbone pretrained on a held-out space alone (pretrain.external, share 0), the cross matrix "pretrained on
+X, scored on Y" follows.
 """
 
 from __future__ import annotations
@@ -62,6 +64,45 @@ def specialization_markdown(table: Table, test_space: str, used: list[TransferRe
         for name, cells in rows.items():
             lines.append(f"| {name} | " + " | ".join(cells[s].text(SCALE) for s in spaces) +
                          f" | {gap(cells, test_space).text(SCALE)} |")
+    return "\n".join(lines) + "\n"
+
+
+def pretrained_on(runs: list[TransferResult], test_space: str) -> str | None:
+    """The one space a backbone's pretraining frames came from (the test space, or the single other space
+    of a backbone pretrained on it alone); None for scratch, the generalists and mixed pretraining."""
+    from tst.transfer.pretraining_data import space_names
+
+    data = runs[0].pretrain_data if runs else None
+    if not data:
+        return None
+    if data["test_space_share"] == 1:
+        return test_space
+    return space_names(data["external"]) if data["test_space_share"] == 0 and len(data["external"]) == 1 else None
+
+
+def cross_matrix_markdown(table: Table, test_space: str, used: list[TransferResult]) -> str | None:
+    """The cross matrix, "pretrained on X, scored on Y": the specialization table's rows with the space each
+    backbone pretrained on, its own space's cell in bold; None unless some backbone pretrained on a held-out
+    space alone."""
+    sources = {name: pretrained_on([r for r in used if r.backbone == name], test_space)
+               for name in backbone_order(used)}
+    spaces = {space for rows in table.values() for cells in rows.values() for space in cells}
+    if not any(source in spaces and source != test_space for source in sources.values()):
+        return None
+    lines = ["## Cross matrix: pretrained on X, scored on Y", "",
+             f"Rows: the space each backbone pretrained on; columns: the spaces its heads were scored on; x100, mean ± "
+             f"std over seeds ({seeds_caption(used)}). Bold: scored where it pretrained; a backbone specialized when "
+             "its bold cell leads its column."]
+    for metric, rows in table.items():
+        columns = list(next(iter(rows.values())))
+        lines += ["", f"**{COLUMNS[metric]}**", "",
+                  "| backbone | pretrained on | " + " | ".join(f"{s} (test)" if s == test_space else s for s in columns)
+                  + " |", "|---" * (len(columns) + 2) + "|"]
+        for name, cells in rows.items():
+            source = sources.get(name)
+            shown = [f"**{cells[s].text(SCALE)}**" if s == source and cells[s].values else cells[s].text(SCALE)
+                     for s in columns]
+            lines.append(f"| {name} | {source or '–'} | " + " | ".join(shown) + " |")
     return "\n".join(lines) + "\n"
 
 
