@@ -176,7 +176,7 @@ class Pipeline:
         overrides = self.overrides("pretrain") + ([] if seed is None else [f"pretrain.seed={seed}"])
         external = load("pretrain", overrides + self.pretraining_overrides(objective)).pretrain.get("external") or []
         inputs = [fingerprint(data)] + ([fingerprint(tokenizers)] if tokenizers else []) + \
-            [fingerprint(Path(str(self.cfg.workspace_dir)) / str(folder)) for folder in external]  # re-collected: again
+            [fingerprint(Path(str(self.cfg.workspace_dir)) / str(folder)) for folder in external]  # re-collected: pretrains again
         run_dir = self.pretraining_dir(objective, overrides, inputs, seed)
         overrides = overrides + self.pretraining_overrides(objective)
         # A killed run resumes from its newest complete checkpoint, if any.
