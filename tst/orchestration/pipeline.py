@@ -175,8 +175,9 @@ class Pipeline:
 
         overrides = self.overrides("pretrain") + ([] if seed is None else [f"pretrain.seed={seed}"])
         external = load("pretrain", overrides + self.pretraining_overrides(objective)).pretrain.get("external") or []
+        # An external dataset collected again (another fingerprint) pretrains again.
         inputs = [fingerprint(data)] + ([fingerprint(tokenizers)] if tokenizers else []) + \
-            [fingerprint(Path(str(self.cfg.workspace_dir)) / str(folder)) for folder in external]  # re-collected: pretrains again
+            [fingerprint(Path(str(self.cfg.workspace_dir)) / str(folder)) for folder in external]
         run_dir = self.pretraining_dir(objective, overrides, inputs, seed)
         overrides = overrides + self.pretraining_overrides(objective)
         # A killed run resumes from its newest complete checkpoint, if any.
