@@ -186,3 +186,37 @@ def test_layer_decay_scales_blocks_geometrically():
     rates = sorted({g["lr"] for g in groups})
     assert rates == [0.125, 0.25, 0.5, 1.0]  # embeddings, blocks 0..2 (the last at the full rate)
     assert sum(len(g["params"]) for g in groups) == len(list(backbone.parameters()))
+
+
+def test_head_first_steps_hold_the_backbone_still_then_schedule_it():
+    """LP-FT: the backbone's LR is 0 for transfer.head_first_steps, then warms up; the heads' schedule is
+    unchanged; head_first_steps must be below steps."""
+    import torch.nn as nn
+
+    from tst.transfer.module import TransferModule
+
+    class Backbone(nn.Module):
+        dim = 8
+
+        def __init__(self):
+            super().__init__()
+            self.proj = nn.Linear(3, 8)
+
+    settings = {"mode": "full", "lr": 1.0, "backbone_lr_scale": 1.0, "layer_decay": 1.0, "weight_decay": 0.0,
+                "warmup_steps": 2, "steps": 10, "head_first_steps": 4}
+    module = TransferModule(Backbone(), [], settings)
+    config = module.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    rates = []
+    for _ in range(7):
+        rates.append([group["lr"] for group in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    heads, backbone = [r[0] for r in rates], [r[-1] for r in rates]
+    assert backbone[:4] == [0.0] * 4 and backbone[4] == pytest.approx(0.5) and backbone[5] == pytest.approx(1.0)
+    assert heads[0] == pytest.approx(0.5) and heads[1] == pytest.approx(1.0) and heads[4] < 1.0
+    from tst.config import load
+    from tst.errors import TSTError
+
+    with pytest.raises(TSTError, match=r"transfer.head_first_steps: expected fewer than transfer.steps \(10\), got 10"):
+        load("transfer", ["transfer.steps=10", "transfer.head_first_steps=10"])

@@ -40,7 +40,9 @@ def layer_groups(backbone: nn.Module, lr: float, decay: float) -> list[dict]:
 
 class TransferModule(L.LightningModule):
     """settings: mode "full" (backbone trained at lr x backbone_lr_scale, layer_decay per block) or
-    "probe" (backbone frozen, in eval mode); lr, weight_decay, warmup_steps, steps."""
+    "probe" (backbone frozen, in eval mode); lr, weight_decay, warmup_steps, steps; head_first_steps: in
+    full mode, the backbone's LR is 0 for that many steps at the start, then warms up and decays over the
+    rest (LP-FT: heads fitted on the pretrained features before fine-tuning can distort them)."""
 
     def __init__(self, backbone: nn.Module, tasks: list[Task], settings: dict):
         super().__init__()
@@ -80,12 +82,17 @@ class TransferModule(L.LightningModule):
         if s["mode"] == "full":
             groups += layer_groups(self.backbone, lr * float(s["backbone_lr_scale"]), float(s.get("layer_decay", 1.0)))
         optimizer = torch.optim.AdamW(groups, weight_decay=float(s["weight_decay"]))
-        warmup, total = int(s["warmup_steps"]), int(s["steps"])
+        warmup, total, first = int(s["warmup_steps"]), int(s["steps"]), int(s.get("head_first_steps", 0))
 
-        def factor(step: int) -> float:
+        def factor(step: int, start: int = 0) -> float:
+            """Linear warmup, then cosine decay to 0 at `total`, both counted from step `start` (0 before it)."""
+            if step < start:
+                return 0.0
+            step, span = step - start, total - start
             if step < warmup:
                 return (step + 1) / max(1, warmup)
-            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, span - warmup))))
 
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        backbone = (lambda step: factor(step, first)) if first else factor
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, [factor] + [backbone] * (len(groups) - 1))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

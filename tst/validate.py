@@ -199,6 +199,7 @@ RULES: dict[str, Rule] = {
     "transfer.lr": RATE,
     "transfer.backbone_lr_scale": SHARE,
     "transfer.layer_decay": FRACTION,
+    "transfer.head_first_steps": integer(0, MAX_STEPS),
     "transfer.weight_decay": SHARE,
     "transfer.warmup_steps": integer(0, MAX_STEPS),
     "transfer.eval_batch_size": POSITIVE,
@@ -298,6 +299,8 @@ RELATIONS = [
              "model.heads: expected a divisor of model.dim ({0}), got {1}"),
     Relation(("collect.edges.low", "collect.edges.high"), lambda low, high: low <= high,
              "collect.edges.high: expected at least collect.edges.low ({0}), got {1}"),
+    Relation(("transfer.steps", "transfer.head_first_steps"), lambda steps, first: first < steps,
+             "transfer.head_first_steps: expected fewer than transfer.steps ({0}), got {1}"),
 ]
 
 _MISSING = object()
