@@ -98,7 +98,7 @@ def derive(frame: Frame, space: TestSpace, planned: PlannedFrame, settings: Sett
     return m
 
 
-def _write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
+def write_tar(path: Path, members: list[tuple[str, bytes]]) -> None:
     """Write a tar atomically: a temporary name in the same folder, then a rename. Fixed mtimes make
     the bytes depend only on the content."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,7 +139,7 @@ def render_unit(unit: Unit, settings: Settings) -> int:
             coder = coders[modality]
             items.append((f"{planned.key}.{coder.extension}", coder.encode(values[modality])))
     for modality, items in members.items():
-        _write_tar(shard_path(settings.out, unit.split, modality, unit.shard), items)
+        write_tar(shard_path(settings.out, unit.split, modality, unit.shard), items)
     return len(unit.frames)
 
 

@@ -108,12 +108,13 @@ def truth_batch(observations: list[Observation]) -> dict:
 
 
 def run_loop(predictor: Predictor, renderer: RenderProcess, steps: int, overlap: bool = True,
-             goal: SearchGoal | None = None, progress=None, caption_every: int = 1) -> LoopResult:
+             goal: SearchGoal | None = None, progress=None, caption_every: int = 1, online=None) -> LoopResult:
     """Run `steps` steps (fewer when a search ends); `progress(step)` is called after each. The caption
     head runs on steps 0, caption_every, 2 * caption_every, ...; other steps' predictions carry the newest
-    caption, with `caption_step` the step it describes."""
+    caption, with `caption_step` the step it describes. `online`: a tst.deploy.online.OnlineTST, told of
+    every step; the specialist it returns is used from the next step on."""
     result = LoopResult()
-    online = OnlineScores(predictor)
+    scores = OnlineScores(predictor)
     captions = "caption" in predictor.tasks
     caption, caption_step = None, None
     renderer.submit(0)
@@ -129,7 +130,9 @@ def run_loop(predictor: Predictor, renderer: RenderProcess, steps: int, overlap:
         if captions and not skip:
             caption, caption_step = prediction.caption, step
         prediction.caption, prediction.caption_step = caption, caption_step
-        online.update(observation, prediction, skip)
+        scores.update(observation, prediction, skip)
+        if online is not None:
+            predictor = online.after_step(step, observation, prediction, skip, predictor) or predictor
         stop = goal is not None and found(prediction, goal)
         if not overlap and step + 1 < steps and not stop:
             renderer.submit(step + 1)
@@ -147,7 +150,7 @@ def run_loop(predictor: Predictor, renderer: RenderProcess, steps: int, overlap:
             break
     if goal is not None and result.search is None:
         result.search = {"target": goal.name, "found_at_step": None, "success": False, "target_distance_m": None}
-    result.metrics = online.compute()
+    result.metrics = scores.compute()
     return result
 
 

@@ -5,6 +5,8 @@ The render process builds the space once, plans the agent's path (the collect st
 navigation grid kept `avoid_distance` metres away from every pretraining camera, so the agent never
 retraces pretraining paths), and on request renders a step: the observation (uint8 RGB, depth) and its
 truth (semantic map, boxes of the visible things, a caption) derived as the collect stage derives them.
+For online TST it also renders the sensor modalities pretraining reads (normals, edges from the RGB) and
+the camera, in the values the collect stage stores.
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from tst.errors import TSTError
+from tst.modalities import MODALITIES, RENDERED
 
-MODALITIES = ("rgb", "depth", "semantic", "instance")
+STEP_MODALITIES = ("rgb", "depth", "semantic", "instance")  # rendered at every step
 
 
 @dataclass
@@ -36,13 +39,16 @@ class PathSettings:
     avoid: np.ndarray | None
     avoid_distance: float
     min_box_pixels: int
+    sensors: tuple[str, ...] = ()  # online TST: sensor modalities stored per step (Observation.sensors)
+    edges: tuple[float, float] = (100.0, 200.0)  # Canny thresholds of the edges modality (collect.edges)
 
 
 @dataclass
 class Observation:
     """A rendered step. rgb (S, S, 3) uint8, depth (S, S) float32 metres; truth: semantic (S, S) int64,
     boxes (N, 4) float32 pixels, box_classes (N,) int64, caption str; render_s: seconds spent rendering
-    and deriving it; position (3,) metres."""
+    and deriving it; position (3,) metres; sensors: PathSettings.sensors' values as collect stores them,
+    plus "camera" (its dict), when online TST asked for them."""
 
     step: int
     rgb: np.ndarray
@@ -53,6 +59,7 @@ class Observation:
     caption: str
     render_s: float
     position: np.ndarray
+    sensors: dict | None = None
 
 
 def _plan(space, settings: PathSettings) -> list:
@@ -70,16 +77,22 @@ def render_step(space, camera, step: int, settings: PathSettings) -> Observation
     from tst.collect.derive import instance_boxes
 
     start = time.perf_counter()
-    frame = space.render(camera, MODALITIES)
-    rgb, depth, semantic, instance = (frame[m] for m in MODALITIES)
+    frame = space.render(camera, tuple(dict.fromkeys(STEP_MODALITIES + tuple(m for m in settings.sensors
+                                                                         if m in RENDERED))))
+    rgb, depth, semantic, instance = (frame[m] for m in STEP_MODALITIES)
     boxes = instance_boxes(semantic, instance, space.taxonomy, settings.min_box_pixels)
     objects = visible_objects(rgb, depth, boxes, space.taxonomy, instance, space.instance_materials())
     rng = np.random.default_rng([settings.seed, zlib.crc32(f"deploy_{step:07d}".encode())])
     caption = make_caption(objects, space.region_at(camera.position), rng)
     box_array = np.array([b[2:6] for b in boxes], np.float32).reshape(-1, 4)
     classes = np.array([b[0] for b in boxes], np.int64)
+    sensors = None
+    if settings.sensors:
+        sensors = {m: frame[m] if m in RENDERED else MODALITIES[m].derive(frame.modalities, settings)
+                   for m in settings.sensors}
+        sensors["camera"] = {**camera.to_dict(), "space": space.name, "split": "pretrain", "path_id": 0, "step": step}
     return Observation(step, rgb, depth, semantic.astype(np.int64), box_array, classes, caption,
-                       time.perf_counter() - start, np.asarray(camera.position))
+                       time.perf_counter() - start, np.asarray(camera.position), sensors)
 
 
 def _serve(settings: PathSettings, requests, replies) -> None:

@@ -23,6 +23,7 @@ from tst.collect.plan import read_plan
 from tst.deploy.export import export
 from tst.deploy.loop import latency_summary, run_loop, search_goal, truth_batch
 from tst.deploy.observations import PathSettings, RenderProcess
+from tst.deploy.online import OnlineSettings, OnlineTST, online_chart
 from tst.deploy.predictor import Predictor
 from tst.collect.dataset import collected_dataset
 from tst.transfer.data import full_frame
@@ -77,11 +78,32 @@ def _pretrain_positions(cfg: DictConfig) -> np.ndarray | None:
     return np.array(positions) if positions else None
 
 
-def path_settings(cfg: DictConfig, size: int, steps: int) -> PathSettings:
+def path_settings(cfg: DictConfig, size: int, steps: int, sensors: tuple[str, ...] = ()) -> PathSettings:
+    """sensors: the sensor modalities online TST stores from every step."""
     c = cfg.collect
     return PathSettings(OmegaConf.to_container(cfg.space, resolve=True), size,
                         OmegaConf.to_container(c.walks, resolve=True), float(c.hfov_deg), steps, int(cfg.deploy.seed),
-                        _pretrain_positions(cfg), float(c.eval_min_distance), int(c.min_box_pixels))
+                        _pretrain_positions(cfg), float(c.eval_min_distance), int(c.min_box_pixels), sensors,
+                        (float(c.edges.low), float(c.edges.high)))
+
+
+def online_tst(cfg: DictConfig, predictor: Predictor, run_dir: Path) -> OnlineTST | None:
+    """deploy.online's OnlineTST for this walk (None when off); its folder is <workspace>/<space>/online/<run>."""
+    d = cfg.deploy
+    if not d.online.enabled:
+        return None
+    if str(d.runtime) != "torch":
+        raise TSTError(f"deploy.online: the refitted specialists run in PyTorch; expected deploy.runtime=torch, "
+                       f"got {d.runtime}")
+    space = space_name(cfg.space)
+
+    def load(model: Path) -> Predictor:
+        return Predictor.from_run(model, tuple(d.tasks), device=str(d.device), precision=str(d.precision),
+                                  compile=bool(d.compile), runtime="torch")
+
+    return OnlineTST(OnlineSettings.from_config(d.online), predictor, artifact_dir(cfg.workspace_dir, space, "online",
+                                                                                   run_dir.name),
+                     load, space, OmegaConf.to_container(cfg, resolve=True))
 
 
 def _strip(result, tasks: dict, count: int, min_score: float):
@@ -118,23 +140,32 @@ def deploy(cfg: DictConfig) -> Path:
     _set_threads(cfg)
     console.print(f"deploying {predictor.model.run_dir.name} ({', '.join(predictor.tasks)}) on "
                   f"{predictor.device}, {d.runtime}, {d.precision}{', compiled' if d.compile else ''}")
-    with RenderProcess(path_settings(cfg, predictor.image_size, int(d.steps))) as renderer:
+    online = online_tst(cfg, predictor, run_dir)
+    sensors = online.modalities if online else ()
+    with RenderProcess(path_settings(cfg, predictor.image_size, int(d.steps), sensors)) as renderer:
         if renderer.taxonomy != predictor.taxonomy.to_dict():
             raise TSTError(f"{predictor.model.run_dir}: the model's taxonomy differs from space {space_name(cfg.space)}'s")
         with Progress(TextColumn("agent"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
                       TimeElapsedColumn(), console=console) as progress:
             bar = progress.add_task("loop", total=int(d.steps))
-            result = run_loop(predictor, renderer, int(d.steps), bool(d.overlap), goal,
-                              lambda step: progress.update(bar, completed=step + 1), int(d.caption_every))
+            try:
+                result = run_loop(predictor, renderer, int(d.steps), bool(d.overlap), goal,
+                                  lambda step: progress.update(bar, completed=step + 1), int(d.caption_every), online)
+            finally:
+                summary = online.close() if online else None
     report = {"model": str(predictor.model.run_dir), "backbone": predictor.model.backbone.name,
               "device": str(predictor.device), "runtime": str(d.runtime), "precision": str(d.precision),
               "compile": bool(d.compile), "overlap": bool(d.overlap), "task": str(d.task),
               "caption_every": int(d.caption_every)} \
         | latency_summary(result, float(d.rate_hz)) | {"online": result.metrics} \
-        | ({"search": result.search} if result.search else {})
+        | ({"search": result.search} if result.search else {}) | ({"online_tst": summary} if summary else {})
+
     def write(folder: Path) -> dict:
         atomic_write_json(folder / "report.json", report)
         _strip(result, predictor.module.tasks, int(d.strip_frames), float(d.score_threshold)).save(folder / "strip.png")
+        if summary and summary["segments"]:
+            (folder / "online.png").write_bytes(online_chart(summary))
+            return {"report": "report.json", "strip": "strip.png", "online": "online.png"}
         return {"report": "report.json", "strip": "strip.png"}
 
     metrics = {f"online_{k}": v for k, v in result.metrics.items()} | {
@@ -142,11 +173,18 @@ def deploy(cfg: DictConfig) -> Path:
         "period_p50_ms": report["period_ms"]["p50"], "fps": report["fps"], "deadline_misses": report["deadline_misses"]}
     if result.search:
         metrics["search_success"] = float(result.search["success"])
+    if summary:
+        metrics["online_swaps"] = len(summary["swaps"])
     publish(cfg, "deploy", space_name(cfg.space), run_dir, write, {"model": predictor.model.run_dir}, metrics,
-            images=("strip.png",), tags={"backbone": predictor.model.backbone.name}, summary=report)
+            images=("strip.png",) + (("online.png",) if summary and summary["segments"] else ()),
+            tags={"backbone": predictor.model.backbone.name}, summary=report)
     console.print(f"[green]deploy[/green] {len(result.steps)} steps: perception p50 {report['perception_ms']['p50']:.1f} ms, "
                   f"period p50 {report['period_ms']['p50']:.1f} ms (render {report['render_ms']['p50']:.1f} ms), "
                   f"{report['fps']:.1f} FPS  ({run_dir})")
+    if summary:
+        console.print(f"online TST: {summary['observations']} observations stored, {len(summary['swaps'])} swaps"
+                      + (f", refit {summary['unfinished_refit']} cut short by the end of the walk"
+                         if summary["unfinished_refit"] else "") + f"  ({summary['folder']})")
     return run_dir
 
 

@@ -57,7 +57,8 @@ def dataset_dir(cfg: DictConfig) -> Path:
 
 def external_datasets(cfg: DictConfig, test_space: Path) -> list[Path]:
     """pretrain.external's folders (a relative one from workspace_dir), each a collected dataset of another
-    space with a pretrain split and the modalities pretraining reads; one-line errors otherwise."""
+    space, or the agent's observations of this one (online TST writes them: manifest outputs.origin
+    "agent"), with a pretrain split and the modalities pretraining reads; one-line errors otherwise."""
     own = read_manifest(test_space)["outputs"].get("space")
     folders = []
     for index, entry in enumerate(cfg.pretrain.get("external") or []):
@@ -66,8 +67,9 @@ def external_datasets(cfg: DictConfig, test_space: Path) -> list[Path]:
         if not (folder / "manifest.json").is_file():
             raise TSTError(f"{key}: {folder} is not a collected dataset (no manifest.json); collect that space first")
         outputs = read_manifest(folder)["outputs"]
-        if outputs.get("space") == own:
-            raise TSTError(f"{key}: {folder} is the test space {own}; expected another space's dataset")
+        if outputs.get("space") == own and outputs.get("origin") != "agent":
+            raise TSTError(f"{key}: {folder} is the test space {own}; expected another space's dataset or the "
+                           "agent's observations of this one")
         if "pretrain" not in outputs.get("splits", {}):
             raise TSTError(f"{key}: {folder} has no pretrain split (it holds {', '.join(outputs.get('splits', {}))})")
         missing = [m for m in _modalities(cfg) if m not in outputs.get("modalities", [])]
@@ -159,7 +161,8 @@ def _run_config(cfg: DictConfig, overrides: list[str]) -> tuple[dict, Path, str 
     if not cfg.get("resume"):
         if RUN_DIR_VARIABLE in os.environ:  # a DDP worker started by the primary process: same run
             return config, Path(os.environ[RUN_DIR_VARIABLE]), None
-        name = cfg.run_name or f"{'adapted' if cfg.pretrain.get('init') else cfg.pretrain.objective}-{new_run_name()}"
+        adapted = cfg.pretrain.get("init") and not Path(str(cfg.pretrain.init)).is_dir()
+        name = cfg.run_name or f"{'adapted' if adapted else cfg.pretrain.objective}-{new_run_name()}"
         run_dir = artifact_dir(cfg.workspace_dir, _space_name(cfg), "pretrain", name)
         if run_dir.exists():
             raise TSTError(f"{run_dir}: already exists; resume it with resume={run_dir} or choose another run_name")
@@ -201,6 +204,21 @@ def newest_checkpoint(run_dir: Path) -> Path | None:
     return next((path for path in candidates if zipfile.is_zipfile(path)), None)
 
 
+def continued_run(run_dir: Path, config: dict) -> Path:
+    """`pretrain.init=<a finished tst pretrain run>`: this run continues that run's weights, so it takes
+    that run's model config (set into `config`); the objective and modalities must be the same. Returns
+    the run folder."""
+    stored = read_pretrain_config(run_dir)
+    if not (run_dir / "model.safetensors").is_file():
+        raise TSTError(f"pretrain.init: {run_dir} has no model.safetensors; expected a finished tst pretrain run")
+    for key in ("objective", "modalities"):
+        if stored["pretrain"][key] != config["pretrain"][key]:
+            raise TSTError(f"pretrain.init: {run_dir} was pretrained with pretrain.{key}={stored['pretrain'][key]}; "
+                           f"this run has {config['pretrain'][key]} (they must match to continue it)")
+    config["model"] = stored["model"]
+    return run_dir
+
+
 def _trainer(config: dict, run_dir: Path, callbacks: list, loggers: list, max_steps: int) -> L.Trainer:
     t = config["trainer"]
     p = config["pretrain"]
@@ -235,14 +253,22 @@ def run(cfg: DictConfig, overrides: list[str] = ()) -> Path:
         if (directory / "manifest.json").is_file():
             check_quality(read_manifest(directory)["outputs"].get("quality"),
                           float(config["pretrain"]["min_code_share"]), str(directory))
-    published = None
-    if config["pretrain"].get("init") and checkpoint is None:  # adapted TST: the architecture comes from the file
+    published, continued = None, None
+    init = config["pretrain"].get("init")
+    if init and checkpoint is None and Path(str(init)).is_dir():  # continue another run: its architecture
+        continued = continued_run(Path(str(init)), config)
+    elif init and checkpoint is None:  # adapted TST: the architecture comes from the file
         from tst.pretrain.adapted import adapted_model_config, read_published
 
-        published, source = read_published(str(config["pretrain"]["init"]))
+        published, source = read_published(str(init))
         config["model"] = adapted_model_config(published, int(config["model"]["image_size"]))
     L.seed_everything(int(config["pretrain"]["seed"]), workers=True, verbose=False)  # before any weight exists
     module = build_module(config, data)
+    if continued is not None:
+        weights = continued / "model.safetensors"
+        load_checked(module.model, load_safetensors(weights, "the weights of a finished tst pretrain run"),
+                     weights, config["model"])
+        console.print(f"pretrain.init={continued}: continuing its weights")
     if published is not None:
         from tst.pretrain.adapted import load_adapted
 

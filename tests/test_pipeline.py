@@ -166,7 +166,7 @@ def test_an_unknown_objective_names_the_variants(tmp_path, capsys):
 def test_a_bad_variant_is_refused_before_anything_runs(tmp_path, capsys):
     assert main(["run", "experiment=modalities", f"workspace_dir={tmp_path / 'ws'}",
                  'experiment.variants.rgb=["pretrain.init=bogus"]']) != 0
-    assert "experiment.variants.rgb: pretrain.init: expected null or 4m21-b, got 'bogus'" in capsys.readouterr().err
+    assert "experiment.variants.rgb: pretrain.init: expected null or 4m21-b or a tst pretrain run folder, got 'bogus'" in capsys.readouterr().err
     assert not (tmp_path / "ws").exists()
 
 

@@ -72,12 +72,27 @@ def _check_group_choices(overrides: list[str]) -> None:
             raise TSTError(f"unknown {noun} '{value}': expected one of {', '.join(available[key])}")
 
 
+# Settings groups with an `enabled` key that a bare boolean switches: `deploy.online=true` means
+# `deploy.online.enabled=true` (the group's other keys keep their values).
+SWITCHES = ("deploy.online",)
+
+
+def _switches(overrides: list[str]) -> list[str]:
+    """`<switch>=true|false` -> `<switch>.enabled=...`; every other override unchanged."""
+    out = []
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        switched = sep and key in SWITCHES and value.lower() in ("true", "false")
+        out.append(f"{key}.enabled={value.lower()}" if switched else override)
+    return out
+
+
 def load(stage: str, overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """Compose and resolve the config of `stage` (e.g. "spaces") with Hydra `overrides`, then check every
     key's value (`tst.validate`; for `run`, every stage its experiment preset composes)."""
     if stage not in stages():
         raise TSTError(f"no config for stage '{stage}': expected one of {', '.join(stages())}")
-    overrides = list(overrides)
+    overrides = _switches(list(overrides))
     _check_group_choices(overrides)
     GlobalHydra.instance().clear()
     try:

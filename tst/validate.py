@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
@@ -166,7 +167,8 @@ RULES: dict[str, Rule] = {
     "model.mlp_ratio": RATE,
     # pretrain
     "pretrain.objective": choice("fourm", "multimae", "mae"),
-    "pretrain.init": optional(choice("4m21-b")),
+    "pretrain.init": optional(Rule("4m21-b or a tst pretrain run folder",
+                                   lambda v: v == "4m21-b" or (isinstance(v, str) and (Path(v) / "config.json").is_file()))),
     "pretrain.splits": nonempty(each(choice("pretrain", "transfer"))),
     "pretrain.external": each(NAME),
     "pretrain.test_space_share": PROBABILITY,
@@ -233,6 +235,12 @@ RULES: dict[str, Rule] = {
     "deploy.threads": integer(0, MAX_WORKERS, "threads"),
     "deploy.seed": SEED,
     "deploy.strip_frames": integer(1, 100, "rows of the strip"),
+    "deploy.online.enabled": flag(),
+    "deploy.online.every": integer(1, MAX_FRAMES, "frames per shard"),
+    "deploy.online.pretrain_steps": STEPS,
+    "deploy.online.observation_share": number(0, 1, low_open=True),
+    "deploy.online.transfer_steps": optional(STEPS),
+    "deploy.online.threads": integer(1, MAX_WORKERS, "threads"),
     # trainer, report, tracking, the run presets
     "trainer.num_nodes": POSITIVE,
     "trainer.deterministic": Rule("true, false or warn", lambda v: isinstance(v, bool) or v == "warn"),
