@@ -108,11 +108,13 @@ def truth_batch(observations: list[Observation]) -> dict:
 
 
 def run_loop(predictor: Predictor, renderer: RenderProcess, steps: int, overlap: bool = True,
-             goal: SearchGoal | None = None, progress=None, caption_every: int = 1, online=None) -> LoopResult:
+             goal: SearchGoal | None = None, progress=None, caption_every: int = 1, online=None,
+             pace_hz: float | None = None) -> LoopResult:
     """Run `steps` steps (fewer when a search ends); `progress(step)` is called after each. The caption
     head runs on steps 0, caption_every, 2 * caption_every, ...; other steps' predictions carry the newest
     caption, with `caption_step` the step it describes. `online`: a tst.deploy.online.OnlineTST, told of
-    every step; the specialist it returns is used from the next step on."""
+    every step; the specialist it returns is used from the next step on. `pace_hz`: a step starts no
+    sooner than 1 / pace_hz seconds after the previous one (a camera at that rate), else at once."""
     result = LoopResult()
     scores = OnlineScores(predictor)
     captions = "caption" in predictor.tasks
@@ -136,6 +138,8 @@ def run_loop(predictor: Predictor, renderer: RenderProcess, steps: int, overlap:
         stop = goal is not None and found(prediction, goal)
         if not overlap and step + 1 < steps and not stop:
             renderer.submit(step + 1)
+        if pace_hz:
+            time.sleep(max(0.0, last + 1.0 / pace_hz - time.perf_counter()))
         now = time.perf_counter()
         result.steps.append(StepRecord(observation, prediction, infer_s, now - last))
         last = now

@@ -134,8 +134,10 @@ def _refit(job: RefitJob, replies) -> None:
         from omegaconf import OmegaConf
 
         from tst.pretrain.run import run as pretrain
+        from tst.quiet import quiet_libraries
         from tst.transfer.run import run as transfer
 
+        quiet_libraries()
         torch.set_num_threads(job.threads)
         backbone = pretrain(OmegaConf.create(job.pretrain))
         job.transfer["transfer"]["backbone"] = str(backbone)

@@ -150,12 +150,13 @@ def deploy(cfg: DictConfig) -> Path:
             bar = progress.add_task("loop", total=int(d.steps))
             try:
                 result = run_loop(predictor, renderer, int(d.steps), bool(d.overlap), goal,
-                                  lambda step: progress.update(bar, completed=step + 1), int(d.caption_every), online)
+                                  lambda step: progress.update(bar, completed=step + 1), int(d.caption_every), online,
+                                  float(d.rate_hz) if d.pace else None)
             finally:
                 summary = online.close() if online else None
     report = {"model": str(predictor.model.run_dir), "backbone": predictor.model.backbone.name,
               "device": str(predictor.device), "runtime": str(d.runtime), "precision": str(d.precision),
-              "compile": bool(d.compile), "overlap": bool(d.overlap), "task": str(d.task),
+              "compile": bool(d.compile), "overlap": bool(d.overlap), "pace": bool(d.pace), "task": str(d.task),
               "caption_every": int(d.caption_every)} \
         | latency_summary(result, float(d.rate_hz)) | {"online": result.metrics} \
         | ({"search": result.search} if result.search else {}) | ({"online_tst": summary} if summary else {})

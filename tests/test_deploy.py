@@ -92,7 +92,7 @@ def test_export_refuses_a_graph_that_disagrees(workspace, monkeypatch, tmp_path)
     assert not (tmp_path / "export").exists()
 
 
-def _loop(workspace, steps, overlap, tasks=("seg", "det", "caption"), name="multi", caption_every=1):
+def _loop(workspace, steps, overlap, tasks=("seg", "det", "caption"), name="multi", caption_every=1, pace_hz=None):
     from tst.deploy.loop import run_loop
     from tst.deploy.observations import RenderProcess
     from tst.deploy.predictor import Predictor
@@ -101,7 +101,7 @@ def _loop(workspace, steps, overlap, tasks=("seg", "det", "caption"), name="mult
     cfg = load("deploy", [f"workspace_dir={workspace}"])
     predictor = Predictor.from_run(_model(workspace, name), tasks)
     with RenderProcess(path_settings(cfg, predictor.image_size, steps)) as renderer:
-        return predictor, run_loop(predictor, renderer, steps, overlap, caption_every=caption_every)
+        return predictor, run_loop(predictor, renderer, steps, overlap, caption_every=caption_every, pace_hz=pace_hz)
 
 
 def test_loop_accuracy_equals_offline_evaluation_on_the_same_frames(workspace):
@@ -141,6 +141,11 @@ def test_overlap_makes_the_period_shorter_than_render_plus_infer(workspace):
     summary = latency_summary(result, 5.0)
     mean_period_ms = 1000.0 / summary["fps"]  # the sum below is of means too
     assert mean_period_ms < summary["sum_render_infer_ms"]
+
+
+def test_a_paced_loop_keeps_the_camera_rate(workspace):
+    _, result = _loop(workspace, 4, overlap=True, tasks=("seg",), name="seg-only", pace_hz=8.0)
+    assert all(s.period_s >= 0.124 for s in result.steps[1:])  # never sooner than 1 / 8 s
 
 
 def test_deploy_command_writes_report_strip_and_search(workspace, capsys):

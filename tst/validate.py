@@ -232,6 +232,7 @@ RULES: dict[str, Rule] = {
     "deploy.tasks": nonempty(each(registered_task())),
     "deploy.caption_every": integer(1, MAX_STEPS, "agent steps"),
     "deploy.overlap": flag(),
+    "deploy.pace": flag(),
     "deploy.threads": integer(0, MAX_WORKERS, "threads"),
     "deploy.seed": SEED,
     "deploy.strip_frames": integer(1, 100, "rows of the strip"),

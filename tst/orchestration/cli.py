@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from tst.errors import TSTError
+from tst.quiet import quiet_libraries
 
 
 @dataclass(frozen=True)
@@ -169,25 +170,6 @@ def _overview() -> str:
     return "\n".join(lines)
 
 
-def _quiet_libraries() -> None:
-    """Silence library chatter that is not the user's business: Lightning's accelerator lines and its
-    cloud-logging tip, a deprecation inside Lightning's own pytree helper, its note on modules in eval
-    mode (fourm's frozen tokenizers are meant to be), its warning on resuming mid-epoch (pretraining's
-    sampler draws by global sample index, so a resumed run continues the same sequence), and its warning
-    that a checkpoint folder is not empty (a resumed run's folder holds its earlier checkpoints by design)."""
-    import logging
-    import warnings
-
-    # Lightning sets its package loggers back to INFO when it is imported (lazily, after this), so the
-    # levels go on the child loggers its info lines are emitted through.
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
-    warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
-    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-
-
 # Failures of the machine or the folders a user pointed TST at, not of TST: one line each, like a bad
 # setting. Any other exception is a bug and keeps its traceback (as does everything with TST_DEBUG=1).
 ENVIRONMENT_ERRORS = {errno.EACCES: "expected a folder this user may write to",
@@ -207,7 +189,7 @@ def environment_error(error: OSError) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    _quiet_libraries()
+    quiet_libraries()
     if not args or args[0] in ("-h", "--help", "help"):
         print(_overview())
         return 0
