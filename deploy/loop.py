@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
@@ -36,10 +37,16 @@ class SearchGoal:
 
 @dataclass
 class StepRecord:
-    observation: Observation
-    prediction: Prediction
+    """One step's timings (seconds) and the step its caption describes; the observation and prediction
+    only for the steps run_loop was asked to keep (a walk of thousands of steps would not fit in memory)."""
+
+    step: int
     infer_s: float
     period_s: float
+    render_s: float
+    caption_step: int | None
+    observation: Observation | None = None
+    prediction: Prediction | None = None
 
 
 @dataclass
@@ -109,12 +116,14 @@ def truth_batch(observations: list[Observation]) -> dict:
 
 def run_loop(predictor: Predictor, renderer: RenderProcess, steps: int, overlap: bool = True,
              goal: SearchGoal | None = None, progress=None, caption_every: int = 1, online=None,
-             pace_hz: float | None = None) -> LoopResult:
+             pace_hz: float | None = None, keep: Callable[[int], bool] = lambda step: True) -> LoopResult:
     """Run `steps` steps (fewer when a search ends); `progress(step)` is called after each. The caption
     head runs on steps 0, caption_every, 2 * caption_every, ...; other steps' predictions carry the newest
     caption, with `caption_step` the step it describes. `online`: a tst.deploy.online.OnlineTST, told of
     every step; the specialist it returns is used from the next step on. `pace_hz`: a step starts no
-    sooner than 1 / pace_hz seconds after the previous one (a camera at that rate), else at once."""
+    sooner than 1 / pace_hz seconds after the previous one (a camera at that rate), else at once.
+    `keep(step)`: whether the step's record holds its observation and prediction (the last step's always
+    does)."""
     result = LoopResult()
     scores = OnlineScores(predictor)
     captions = "caption" in predictor.tasks
@@ -141,7 +150,9 @@ def run_loop(predictor: Predictor, renderer: RenderProcess, steps: int, overlap:
         if pace_hz:
             time.sleep(max(0.0, last + 1.0 / pace_hz - time.perf_counter()))
         now = time.perf_counter()
-        result.steps.append(StepRecord(observation, prediction, infer_s, now - last))
+        kept = keep(step) or stop or step + 1 == steps
+        result.steps.append(StepRecord(step, infer_s, now - last, observation.render_s, prediction.caption_step,
+                                       observation if kept else None, prediction if kept else None))
         last = now
         if progress:
             progress(step)
@@ -162,11 +173,11 @@ def latency_summary(result: LoopResult, rate_hz: float) -> dict:
     """Perception latency and loop period percentiles (ms), FPS, deadline misses at `rate_hz`."""
     infer = np.array([s.infer_s for s in result.steps]) * 1000
     period = np.array([s.period_s for s in result.steps[1:]] or [s.period_s for s in result.steps]) * 1000
-    render = np.array([s.observation.render_s for s in result.steps]) * 1000
+    render = np.array([s.render_s for s in result.steps]) * 1000
     deadline = 1000.0 / rate_hz
     percentiles = lambda x: {f"p{q}": float(np.percentile(x, q)) for q in (50, 95, 99)}  # noqa: E731
     return {"steps": len(result.steps), "perception_ms": percentiles(infer), "render_ms": percentiles(render),
-            "captioned_steps": sum(s.prediction.caption_step == i for i, s in enumerate(result.steps)),
+            "captioned_steps": sum(s.caption_step == s.step for s in result.steps),
             "period_ms": percentiles(period), "fps": float(1000.0 / period.mean()),
             "sum_render_infer_ms": float(render.mean() + infer.mean()),
             "max_render_infer_ms": float(max(render.mean(), infer.mean())), "rate_hz": rate_hz,

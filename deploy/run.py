@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -101,25 +102,33 @@ def online_tst(cfg: DictConfig, predictor: Predictor, run_dir: Path) -> OnlineTS
         return Predictor.from_run(model, tuple(d.tasks), device=str(d.device), precision=str(d.precision),
                                   compile=bool(d.compile), runtime="torch")
 
-    return OnlineTST(OnlineSettings.from_config(d.online), predictor, artifact_dir(cfg.workspace_dir, space, "online",
-                                                                                   run_dir.name),
-                     load, space, OmegaConf.to_container(cfg, resolve=True))
+    folder = artifact_dir(cfg.workspace_dir, space, "online", run_dir.name)
+    if folder.exists():  # left by a walk of this name killed before its run landed (run_dir does not exist)
+        shutil.rmtree(folder)
+    return OnlineTST(OnlineSettings.from_config(d.online), predictor, folder, load, space,
+                     OmegaConf.to_container(cfg, resolve=True))
+
+
+def strip_steps(steps: int, count: int) -> set[int]:
+    """The `count` steps strip.png shows, evenly along a walk of `steps` (the loop keeps only their frames)."""
+    return set(np.linspace(0, steps - 1, min(count, steps)).astype(int).tolist())
 
 
 def _strip(result, tasks: dict, count: int, min_score: float):
-    """strip.png: `count` steps along the path: the observation, then each task's truth and prediction as
-    the transfer stage draws them (detections scoring >= min_score)."""
-    picks = np.unique(np.linspace(0, len(result.steps) - 1, min(count, len(result.steps))).astype(int))
+    """strip.png: up to `count` kept steps along the path (strip_steps, and the last step of a search cut
+    short): the observation, then each task's truth and prediction as the transfer stage draws them
+    (detections scoring >= min_score)."""
+    kept = [record for record in result.steps if record.observation is not None]
+    picks = [kept[i] for i in np.unique(np.linspace(0, len(kept) - 1, min(count, len(kept))).astype(int))]
     rows = []
-    for index in picks:
-        record = result.steps[index]
+    for record in picks:
         truth = truth_batch([record.observation])
         row = [record.observation.rgb]
         for task in tasks.values():
             row += task.draw(truth, 0, task.scored([record.prediction])[0], min_score)
         rows.append(row)
     titles = ["observation"] + [title for task in tasks.values() for title in task.columns()]
-    return grid_image(rows, titles, [f"step {i}" for i in picks])
+    return grid_image(rows, titles, [f"step {record.step}" for record in picks])
 
 
 def _set_threads(cfg: DictConfig) -> None:
@@ -151,7 +160,8 @@ def deploy(cfg: DictConfig) -> Path:
             try:
                 result = run_loop(predictor, renderer, int(d.steps), bool(d.overlap), goal,
                                   lambda step: progress.update(bar, completed=step + 1), int(d.caption_every), online,
-                                  float(d.rate_hz) if d.pace else None)
+                                  float(d.rate_hz) if d.pace else None,
+                                  strip_steps(int(d.steps), int(d.strip_frames)).__contains__)
             finally:
                 summary = online.close() if online else None
     report = {"model": str(predictor.model.run_dir), "backbone": predictor.model.backbone.name,
