@@ -144,8 +144,11 @@ def test_overlap_makes_the_period_shorter_than_render_plus_infer(workspace):
 
 
 def test_a_paced_loop_keeps_the_camera_rate(workspace):
+    from tst.deploy.loop import latency_summary
+
     _, result = _loop(workspace, 4, overlap=True, tasks=("seg",), name="seg-only", pace_hz=8.0)
     assert all(s.period_s >= 0.124 for s in result.steps[1:])  # never sooner than 1 / 8 s
+    assert latency_summary(result, 8.0)["deadline_misses"] == 0  # the wait for the camera is not a miss
 
 
 def test_deploy_command_writes_report_strip_and_search(workspace, capsys):

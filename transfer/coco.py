@@ -74,9 +74,11 @@ class DetectionScore:
         dict(boxes (N, 4), classes (N,)); boxes x0, y0, x1, y1 pixels."""
         if len(predictions) != len(truths):
             raise ValueError(f"{len(predictions)} predictions but {len(truths)} truths")
-        self.predictions += [{k: torch.as_tensor(p[k]).detach().cpu() for k in ("boxes", "scores", "classes")}
+        # Copies: a view would keep alive the whole buffer it was cut from (an agent loop scores thousands
+        # of frames, each message's arrays one buffer).
+        self.predictions += [{k: torch.as_tensor(p[k]).detach().cpu().clone() for k in ("boxes", "scores", "classes")}
                              for p in predictions]
-        self.truths += [{k: torch.as_tensor(t[k]).detach().cpu() for k in ("boxes", "classes")} for t in truths]
+        self.truths += [{k: torch.as_tensor(t[k]).detach().cpu().clone() for k in ("boxes", "classes")} for t in truths]
 
     def compute(self) -> dict:
         from faster_coco_eval import COCO, COCOeval_faster
