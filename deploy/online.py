@@ -40,8 +40,8 @@ from tst.deploy.loop import OnlineScores
 from tst.deploy.observations import Observation
 from tst.deploy.predictor import Prediction, Predictor
 from tst.pretrain.run import read_pretrain_config
+from tst.transfer.report import COLUMNS, HEADLINE, SCALE, _png, _pyplot
 
-HEADLINE = {"seg_miou": "seg mIoU", "det_map": "det mAP", "caption_cider_d": "caption CIDEr-D"}
 
 
 @dataclass(frozen=True)
@@ -298,12 +298,13 @@ def online_chart(summary: dict) -> bytes:
     """online.png, one panel per headline metric: along the path, the live specialist's score per segment
     (solid) and the frozen specialist's on the same steps (dashed); on the eval split, the score of the
     specialist in use (solid steps) and the frozen one's (dotted). Swaps are vertical lines."""
-    from tst.transfer.report import SCALE, _png, _pyplot
-
     metrics = [m for m in HEADLINE if any(m in s["live"] for s in summary["segments"])]
     figure, axes = _pyplot().subplots(1, len(metrics), figsize=(3.8 * len(metrics), 3.2), squeeze=False)
-    figure.suptitle(f"online TST: a refit every {summary['every']} observed steps "
-                    f"({len(summary['swaps'])} swaps, {summary['observations']} observations)", y=1.12, fontsize=10)
+    swaps = len(summary["swaps"])
+    cut = f", refit {summary['unfinished_refit']} cut short by the end of the walk" if summary["unfinished_refit"] else ""
+    figure.suptitle(f"online TST: a refit when {summary['every']} more steps are observed ({swaps} swap"
+                    f"{'' if swaps == 1 else 's'}, {summary['observations']} observations{cut})\n"
+                    "path scores: mean over each segment between swaps", y=1.15, fontsize=10)
     end = max(s["last_step"] for s in summary["segments"]) + 1
     for axis, metric in zip(axes[0], metrics):
         middles = [(s["first_step"] + s["last_step"]) / 2 for s in summary["segments"]]
@@ -318,7 +319,7 @@ def online_chart(summary: dict) -> bytes:
         axis.axhline(scores[0] * SCALE, color="C1", linestyle=":", label="eval split: frozen")
         for swap in summary["swaps"]:
             axis.axvline(swap["swapped_step"], color="grey", linewidth=0.6)
-        axis.set_title(HEADLINE[metric])
+        axis.set_title(COLUMNS[metric])
         axis.set_xlabel("agent step")
     axes[0][0].set_ylabel(f"score x{SCALE}")
     axes[0][0].legend(fontsize=6)
