@@ -21,7 +21,7 @@ from tst.frame import Frame
 from tst.envs.floorplan import Track, floor_plan
 from tst.envs.mesh_space import MeshSpace
 from tst.envs.registry import make_space
-from tst.modalities import MODALITIES, get, pixel_maps
+from tst.modalities import get, manifest_entries, pixel_maps
 from tst.sheets import contact_sheet
 from tst.tracking import record_run
 from tst.validate import check
@@ -231,8 +231,7 @@ def dataset_outputs(out: Path, plan: Plan, units: list[Unit], settings: Settings
     return {
         "space": space.name, "taxonomy": space.taxonomy.to_dict(), "taxonomy_fingerprint": space.taxonomy.fingerprint(),
         "modalities": stored_modalities(settings.modalities), "rgb_format": settings.rgb_format,
-        "registry": {m: {k: getattr(MODALITIES[m], k) for k in ("kind", "dtype", "unit", "encoding", "tier")}
-                     for m in settings.modalities},
+        "registry": manifest_entries(settings.modalities),
         "camera_model": "pinhole, OpenCV axes (x right, y down, z forward), world z-up, metres",
         "spaces": plan.space_names, "eval_min_distance": plan.eval_min_distance,
         "class_maps": {name: {k: mapping[k] for k in ("shared", "dropped")}

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from tst.errors import TSTError
-from tst.modalities import MODALITIES, codec_table
+from tst.modalities import codec_table, manifest_entries
 from tst.taxonomy import Taxonomy
 from tst.workspace import fingerprint, read_json, read_manifest, write_manifest
 
@@ -105,8 +105,7 @@ class ObservationShards:
         outputs = {"space": self.space, "origin": "agent", "taxonomy": self.taxonomy.to_dict(),
                    "taxonomy_fingerprint": self.taxonomy.fingerprint(),
                    "modalities": stored_modalities(self.modalities), "rgb_format": "png",
-                   "registry": {m: {k: getattr(MODALITIES[m], k) for k in ("kind", "dtype", "unit", "encoding", "tier")}
-                                for m in self.modalities},
+                   "registry": manifest_entries(self.modalities),
                    "splits": {"pretrain": {"frames": self.frames, "shards": self.shards}}}
         # stage "collect": the readers (FrameDataset, pretrain.external) take it as a collected dataset
         write_manifest(self.folder, "collect", self.config, {}, outputs)
@@ -237,7 +236,7 @@ class OnlineTST:
         number = len(self.swaps) + 1
         pretrain = copy.deepcopy(self.pretrain_config)
         p, s = pretrain["pretrain"], self.settings
-        own = test_space_frames(self.dataset, p.get("splits", ["pretrain"]))
+        own = pretraining_frame_count(self.dataset, p.get("splits", ["pretrain"]))
         own = min(own, round(self.shards.frames * (1 - s.observation_share) / s.observation_share))
         steps = s.pretrain_steps
         p.update(init=str(self.pretrain_run), steps=steps, warmup_steps=min(int(p["warmup_steps"]), steps // 10),
@@ -282,7 +281,7 @@ class OnlineTST:
                 "unfinished_refit": unfinished}
 
 
-def test_space_frames(dataset: Path, splits: list[str]) -> int:
+def pretraining_frame_count(dataset: Path, splits: list[str]) -> int:
     """Frames of the dataset's `splits` (those a pretraining run reads)."""
     held = read_manifest(dataset)["outputs"]["splits"]
     return sum(int(held[split]["frames"]) for split in splits if split in held)

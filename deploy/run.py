@@ -174,10 +174,11 @@ def deploy(cfg: DictConfig) -> Path:
     def write(folder: Path) -> dict:
         atomic_write_json(folder / "report.json", report)
         _strip(result, predictor.module.tasks, int(d.strip_frames), float(d.score_threshold)).save(folder / "strip.png")
+        outputs = {"report": "report.json", "strip": "strip.png"}
         if summary and summary["segments"]:
             (folder / "online.png").write_bytes(online_chart(summary))
-            return {"report": "report.json", "strip": "strip.png", "online": "online.png"}
-        return {"report": "report.json", "strip": "strip.png"}
+            outputs["online"] = "online.png"
+        return outputs
 
     metrics = {f"online_{k}": v for k, v in result.metrics.items()} | {
         "perception_p50_ms": report["perception_ms"]["p50"], "perception_p99_ms": report["perception_ms"]["p99"],

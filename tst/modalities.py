@@ -264,6 +264,11 @@ def tokenized() -> list[str]:
     return [name for name in by_tier("sensor") if MODALITIES[name].tokenizer]
 
 
+def manifest_entries(names) -> dict[str, dict]:
+    """What a dataset manifest records of each of `names`: kind, dtype, unit, encoding and tier."""
+    return {m: {k: getattr(MODALITIES[m], k) for k in ("kind", "dtype", "unit", "encoding", "tier")} for m in names}
+
+
 def codec_table(rgb_format: str = "png") -> dict[str, Codec]:
     """Modality name -> codec for a dataset stored with `rgb_format`; `camera` (the frame's camera and
     meta) is stored like a modality."""
