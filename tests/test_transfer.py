@@ -220,3 +220,28 @@ def test_head_first_steps_hold_the_backbone_still_then_schedule_it():
 
     with pytest.raises(TSTError, match=r"transfer.head_first_steps: expected fewer than transfer.steps \(10\), got 10"):
         load("transfer", ["transfer.steps=10", "transfer.head_first_steps=10"])
+
+
+def test_fine_tuning_above_the_pretraining_resolution(tmp_path, capsys):
+    # transfer.image_size: the pretrained encoder reads 48-px frames (6x6 patches) with every weight kept,
+    # the run records its size, and a reload (deploy) rebuilds the 6x6 grid.
+    from conftest import TINY_MODEL, tiny_runs
+    from tst.transfer.backbones import ENCODER_KEYS, make_backbone
+    from tst.transfer.checkpoint import load_transfer
+
+    pretrained, _ = tiny_runs(tmp_path, "seg")
+    native, _, native_size = make_backbone(str(pretrained), {})
+    larger, _, size = make_backbone(str(pretrained), {}, {"image_size": 48})
+    assert (native_size, size) == (32, 48)
+    pretrained_weights = {k: v for k, v in native.model.state_dict().items() if k.startswith(ENCODER_KEYS)}
+    assert pretrained_weights and all(torch.equal(v, larger.model.state_dict()[k]) for k, v in pretrained_weights.items())
+    assert larger(torch.rand(2, 3, 48, 48)).shape == (2, 32, 6, 6)
+    common = [f"workspace_dir={tmp_path}", *TINY_MODEL, "transfer.steps=1", f"transfer.backbone={pretrained}"]
+    assert main(["transfer", "transfer.image_size=48", "run_name=at48", *common]) == 0
+    run = tmp_path / "procedural-0" / "transfer" / "at48"
+    assert json.loads((run / "metrics.json").read_text())["image_size"] == 48
+    model = load_transfer(run)
+    assert model.image_size == 48 and model.module(torch.rand(1, 3, 48, 48))["seg"].shape == (1, 48, 48)
+    capsys.readouterr()
+    assert main(["transfer", "transfer.image_size=50", "run_name=at50", *common]) != 0
+    assert "transfer.image_size: 50 is not a positive multiple" in capsys.readouterr().err

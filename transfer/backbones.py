@@ -65,22 +65,36 @@ class GeneralistFeatures(nn.Module):
 GENERALIST_SIZE = 224  # the input size EfficientNet-Lite0 was trained at
 
 
+def resized(config: dict, size: int | None, source: str) -> dict:
+    """A ViT's config at `size` input pixels (None: unchanged). Fine-tuning above the pretraining
+    resolution keeps every weight: a patch embeds the same pixels, and the positions of the larger grid are
+    the sin-cos table built for it (published ViTs resize their learned table, `PlainViT.positions`)."""
+    if size is None:
+        return config
+    if int(size) <= 0 or int(size) % int(config["patch"]):
+        raise TSTError(f"transfer.image_size: {size} is not a positive multiple of {source}'s patch size "
+                       f"({config['patch']} pixels)")
+    return {**config, "image_size": int(size)}
+
+
 def make_backbone(spec: str, model_config: dict, settings: dict | None = None) -> tuple[nn.Module, BackboneInfo, int]:
     """(feature extractor, info, input image size) for `transfer.backbone=spec`: scratch, generalist,
-    or a `tst pretrain` run folder. settings: the transfer config (generalist_size)."""
+    or a `tst pretrain` run folder. settings: the transfer config (generalist_size; image_size, the input
+    pixels of a ViT backbone, default its pretraining size)."""
+    size = (settings or {}).get("image_size")
     if spec == "generalist":
         size = int((settings or {}).get("generalist_size") or GENERALIST_SIZE)
         return (GeneralistFeatures(),
                 BackboneInfo("generalist", "EfficientNet-Lite0, ImageNet-supervised (offline stand-in for an "
                              "internet-pretrained generalist)", "imagenet-supervised"), size)
     if spec == "scratch":
-        config = ModelConfig(**model_config)
+        config = ModelConfig(**resized(model_config, size, "model"))
         return ScratchViT(config), BackboneInfo("scratch", "random init", "none"), config.image_size
     from tst.transfer.foreign_weights import FOREIGN_SPECS, load_foreign
 
     if spec in FOREIGN_SPECS:  # published generalists, weights read from TST_WEIGHTS_DIR
         network, info = load_foreign(spec)
-        return network, info, network.image_size
+        return network, info, int(resized({"image_size": network.image_size, "patch": network.patch}, size, spec)["image_size"])
     path = Path(spec)
     if (path / "config.json").is_file():
         from tst.pretrain.backbone import rgb_encoder_state
@@ -90,7 +104,7 @@ def make_backbone(spec: str, model_config: dict, settings: dict | None = None) -
         objective = pretraining["objective"]
         name = "adapted" if pretraining.get("init") else objective  # the paper's row: 4M-21 adapted to the space
         pretrained_config, state = rgb_encoder_state(path)
-        backbone = ScratchViT(ModelConfig(**pretrained_config))
+        backbone = ScratchViT(ModelConfig(**resized(pretrained_config, size, str(path))))
         missing = [k for k in backbone.model.state_dict() if k.startswith(ENCODER_KEYS) and k not in state]
         if missing:
             raise TSTError(f"{path}: its encoder lacks {missing[:3]}")
