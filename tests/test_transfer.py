@@ -245,3 +245,37 @@ def test_fine_tuning_above_the_pretraining_resolution(tmp_path, capsys):
     capsys.readouterr()
     assert main(["transfer", "transfer.image_size=50", "run_name=at50", *common]) != 0
     assert "transfer.image_size: 50 is not a positive multiple" in capsys.readouterr().err
+
+
+def test_joint_pretraining_keeps_the_objective_on_the_test_space(tmp_path, capsys):
+    # transfer.joint_pretraining: the pretraining model's encoder *is* the backbone's (shared tensors), its
+    # loss on the test space's pretrain frames moves the backbone, and model.pt holds no decoder.
+    from conftest import TINY_MODEL, tiny_runs
+    from tst.transfer.backbones import make_backbone
+    from tst.transfer.checkpoint import load_transfer
+    from tst.transfer.joint import joint_pretraining
+
+    pretrained, _ = tiny_runs(tmp_path, "seg")
+    backbone, info, _ = make_backbone(str(pretrained), {})
+    joint = joint_pretraining(info.path, backbone, batch_size=2, seed=0)
+    assert joint.pretraining.model.encoder is backbone.model.encoder
+    assert joint.pretraining.model.input_adapters["rgb"] is backbone.model.input_adapters["rgb"]
+    own = {id(p) for p in joint.own_parameters(backbone)}
+    assert own and not own & {id(p) for p in backbone.parameters()}
+    loss = joint.loss(0, torch.device("cpu"))
+    loss.backward()
+    assert torch.isfinite(loss) and backbone.model.encoder[0].mlp[0].weight.grad.abs().sum() > 0
+
+    common = [f"workspace_dir={tmp_path}", *TINY_MODEL, "transfer.steps=2", "transfer.warmup_steps=0",
+              f"transfer.backbone={pretrained}"]
+    for name, weight in (("plain", 0.0), ("joint", 1.0)):
+        assert main(["transfer", f"transfer.joint_pretraining={weight}", f"run_name={name}", *common]) == 0
+    runs = tmp_path / "procedural-0" / "transfer"
+    metrics = json.loads((runs / "joint" / "metrics.json").read_text())
+    assert metrics["joint_pretraining"] == 1.0 and metrics["backbone"].endswith("+joint")
+    plain, joined = (load_transfer(runs / name).module.backbone.state_dict() for name in ("plain", "joint"))
+    assert plain.keys() == joined.keys() and any(not torch.equal(plain[k], joined[k]) for k in plain)
+    capsys.readouterr()
+    assert main(["transfer", "transfer.joint_pretraining=1.0", "transfer.backbone=scratch", "run_name=bad",
+                 *common[:-1]]) != 0
+    assert "transfer.joint_pretraining: needs transfer.backbone to be a tst pretrain run" in capsys.readouterr().err

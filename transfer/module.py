@@ -42,11 +42,14 @@ class TransferModule(L.LightningModule):
     """settings: mode "full" (backbone trained at lr x backbone_lr_scale, layer_decay per block) or
     "probe" (backbone frozen, in eval mode); lr, weight_decay, warmup_steps, steps; head_first_steps: in
     full mode, the backbone's LR is 0 for that many steps at the start, then warms up and decays over the
-    rest (LP-FT: heads fitted on the pretrained features before fine-tuning can distort them)."""
+    rest (LP-FT: heads fitted on the pretrained features before fine-tuning can distort them).
+    joint: the backbone's pretraining objective on the test space's frames, its loss added with weight
+    settings["joint_pretraining"] and its own parameters (decoder...) trained at the backbone's LR
+    (transfer/joint.py); None = off."""
 
-    def __init__(self, backbone: nn.Module, tasks: list[Task], settings: dict):
+    def __init__(self, backbone: nn.Module, tasks: list[Task], settings: dict, joint: nn.Module | None = None):
         super().__init__()
-        self.backbone, self.settings = backbone, settings
+        self.backbone, self.settings, self.joint = backbone, settings, joint
         self.tasks = {task.name: task for task in tasks}
         self.heads = nn.ModuleDict({task.name: task.build_head(backbone.dim) for task in tasks})
         if settings["mode"] == "probe":
@@ -72,6 +75,10 @@ class TransferModule(L.LightningModule):
             loss = task.loss(self.heads[name], features, batch)
             self.log(f"loss/{name}", loss, prog_bar=True, batch_size=size)
             total = total + loss
+        if self.joint is not None:
+            loss = self.joint.loss(self.global_step, features.device)
+            self.log("loss/joint", loss, prog_bar=True, batch_size=size)
+            total = total + float(self.settings["joint_pretraining"]) * loss
         self.log("lr", self.optimizers().param_groups[0]["lr"], batch_size=size)
         return total
 
@@ -81,6 +88,8 @@ class TransferModule(L.LightningModule):
         groups = [{"params": list(self.heads.parameters()), "lr": lr}]
         if s["mode"] == "full":
             groups += layer_groups(self.backbone, lr * float(s["backbone_lr_scale"]), float(s.get("layer_decay", 1.0)))
+        if self.joint is not None:
+            groups.append({"params": self.joint.own_parameters(self.backbone), "lr": lr * float(s["backbone_lr_scale"])})
         optimizer = torch.optim.AdamW(groups, weight_decay=float(s["weight_decay"]))
         warmup, total, first = int(s["warmup_steps"]), int(s["steps"]), int(s.get("head_first_steps", 0))
 

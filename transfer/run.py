@@ -127,6 +127,17 @@ def run(cfg: DictConfig) -> Path:
     backbone, info, size = make_backbone(str(t.backbone), OmegaConf.to_container(cfg.model, resolve=True), settings)
     if t.get("backbone_name"):  # a row of its own in the results table (a pretraining variant of tst run)
         info = dataclasses.replace(info, name=str(t.backbone_name))
+    batch_size = int(cfg.data.batch_size)
+    joint = None
+    if float(t.joint_pretraining) > 0:
+        if t.mode != "full":
+            raise TSTError("transfer.joint_pretraining: needs transfer.mode=full (a frozen backbone learns nothing from it)")
+        from tst.transfer.joint import joint_pretraining
+
+        with torch.random.fork_rng():  # building the pretraining model draws no numbers the heads then miss
+            joint = joint_pretraining(info.path, backbone, batch_size, int(t.seed))
+        if not t.get("backbone_name"):  # its own row in the results table, beside the plain fine-tuning
+            info = dataclasses.replace(info, name=f"{info.name}+joint")
     modalities = [m for name in names for m in TASKS[name].modalities]
     train, eval_frames, taxonomy, root, source = transfer_and_eval(cfg, modalities, size)
     space = str(read_manifest(root)["outputs"]["space"])  # the space the eval frames were rendered in
@@ -134,8 +145,7 @@ def run(cfg: DictConfig) -> Path:
                           space_key=f"{root}/manifest.json: outputs.space")
     vocabulary = caption_vocabulary(train, int(t.caption.min_count)) if "caption" in names else None
     tasks = build_tasks(names, taxonomy, settings, vocabulary)
-    module = TransferModule(backbone, tasks, settings)
-    batch_size = int(cfg.data.batch_size)
+    module = TransferModule(backbone, tasks, settings, joint)
     loader = DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=len(train) >= batch_size,
                         num_workers=int(cfg.data.num_workers), collate_fn=collate,
                         persistent_workers=int(cfg.data.num_workers) > 0)
@@ -144,6 +154,7 @@ def run(cfg: DictConfig) -> Path:
                         enable_checkpointing=False, enable_model_summary=False, precision=cfg.trainer.precision,
                         gradient_clip_val=1.0, callbacks=[StepProgressBar("transfer")])
     trainer.fit(module, loader)
+    module.joint = None  # the decoder served the joint loss only: model.pt holds the backbone and the heads
     scores, rows = evaluate(module, eval_frames, int(t.eval_batch_size))
     if t.held_out:
         scores["held_out"] = held_out_scores(module, [str(d) for d in t.held_out], taxonomy, modalities, size, settings)
@@ -152,6 +163,7 @@ def run(cfg: DictConfig) -> Path:
     metrics = {"tasks": names, "backbone": info.name, "backbone_source": info.source, "objective": info.objective,
                "pretrain_steps": pretrain_steps, "pretrain_data": pretraining_data(pretraining),
                "fraction": float(t.fraction), "seed": int(t.seed), "mode": t.mode,
+               "joint_pretraining": float(t.joint_pretraining),
                "train_frames": len(train), "eval_frames": len(eval_frames), "image_size": size} | scores
     columns = ["eval rgb"] + [c for task in tasks for c in task.columns()]
     inputs = {"dataset": root} | ({"transfer_data": source} if source != root else {}) \

@@ -202,6 +202,7 @@ RULES: dict[str, Rule] = {
     "transfer.backbone_lr_scale": SHARE,
     "transfer.layer_decay": FRACTION,
     "transfer.head_first_steps": integer(0, MAX_STEPS),
+    "transfer.joint_pretraining": SHARE,
     "transfer.weight_decay": SHARE,
     "transfer.warmup_steps": integer(0, MAX_STEPS),
     "transfer.eval_batch_size": POSITIVE,
