@@ -17,7 +17,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from tst.collect.dataset import collate
 from tst.errors import TSTError
 from tst.modalities import MODALITIES
 
