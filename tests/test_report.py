@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import collect_small
 from tst.orchestration.cli import main
 from tst.config import load
 from tst.tracking import record_run
@@ -232,3 +233,32 @@ def test_data_worth_and_tradeoff_analyses(tmp_path):
     (tmp_path / "tradeoff.png").write_bytes(tradeoff_chart(curves, mixed, "procedural-0"))
     for picture in ("data_worth.png", "tradeoff.png"):
         assert Image.open(tmp_path / picture).size[0] > 300
+
+
+def test_label_shift_of_the_transfer_labels_against_the_eval_split(tmp_path):
+    """Per-class pixel shares counted independently of the module; the distance is half their L1 gap; the
+    report shows the section for the datasets its runs' manifests name."""
+    from tst.collect.dataset import FrameDataset
+    from tst.transfer.label_shift import measure
+
+    collect_small(tmp_path, 0, 3, 3, 32)
+    root = tmp_path / "procedural-0" / "data"
+    shift = measure(root, root)
+    for split, shares in (("eval", shift.eval_shares), ("transfer", shift.transfer_shares)):
+        labels = np.concatenate([sample["semantic"].numpy().ravel() for sample in FrameDataset(root, split, ["semantic"])])
+        counts = np.bincount(labels[labels > 0], minlength=len(shift.names)).astype(float)
+        np.testing.assert_allclose(shares, counts / counts.sum())
+    assert shift.distance == pytest.approx(0.5 * np.abs(shift.eval_shares - shift.transfer_shares).sum())
+    assert 0 < shift.distance <= 1  # another apartment's frames hold another class mix
+    top = shift.largest_differences(3)
+    gaps = np.abs(shift.eval_shares - shift.transfer_shares)
+    assert gaps[top[0]] == gaps[1:].max() and list(gaps[top]) == sorted(gaps[top], reverse=True)
+
+    run_dir = tmp_path / "procedural-0" / "transfer" / "scratch-s0"
+    run_dir.mkdir(parents=True)
+    atomic_write_json(run_dir / "metrics.json", {"backbone": "scratch", "fraction": 1.0, "seed": 0, "seg_miou": 0.1})
+    write_manifest(run_dir, "transfer", {}, {"dataset": root}, {"metrics": "metrics.json"})
+    assert main(["report", f"workspace_dir={tmp_path}", "tracking.enabled=false"]) == 0
+    text = (tmp_path / "procedural-0" / "report" / "results.md").read_text()
+    assert "## Label shift" in text and f"**{shift.distance:.3f}**" in text
+    assert f"| {shift.names[top[0]]} | {100 * shift.eval_shares[top[0]]:.1f} |" in text

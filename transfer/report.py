@@ -16,8 +16,9 @@ pretrain_length.png (when a backbone was run at several pretraining lengths), qu
 backbone's eval predictions, stacked), specialization.png when the transfers were also scored on
 held-out spaces (tst.transfer.specialization), and tradeoff.png and data_worth.png when backbones were
 pretrained on other spaces' frames too (tst.transfer.pretraining_data). results.md also holds those
-analyses' tables, the frozen-feature probe table of <workspace>/<space>/probe and the tokenizer quality
-table of <workspace>/<space>/pretrain/tokenizers.
+analyses' tables, the frozen-feature probe table of <workspace>/<space>/probe, the label shift between the
+transfer labels and the eval split (tst.transfer.label_shift) and the tokenizer quality table of
+<workspace>/<space>/pretrain/tokenizers.
 """
 
 from __future__ import annotations
@@ -430,6 +431,22 @@ def probe_table(folder: Path, rows: list[str]) -> str | None:
     return "\n".join(lines) + "\n"
 
 
+def label_shift_sections(used: list[TransferResult]) -> str | None:
+    """The label-shift section (tst.transfer.label_shift) of each (eval dataset, transfer dataset) pair the
+    runs in `used` read, as their manifests name them; pairs whose datasets are gone are passed over."""
+    from tst.transfer.label_shift import markdown, measure
+
+    pairs = []
+    for result in used:
+        inputs = read_manifest(result.run_dir).get("inputs", {}) if result.run_dir else {}
+        dataset = (inputs.get("dataset") or {}).get("path")
+        source = (inputs.get("transfer_data") or {}).get("path") or dataset
+        pair = (Path(dataset), Path(source)) if dataset else None
+        if pair and pair not in pairs and all((p / MANIFEST).is_file() for p in pair):
+            pairs.append(pair)
+    return "\n".join(markdown(measure(*pair), *pair) for pair in pairs) or None
+
+
 # Figures ------------------------------------------------------------------------------------------------
 
 def _pyplot():
@@ -595,6 +612,7 @@ def report(cfg: DictConfig) -> Path:
                 tradeoff_markdown(curves, used, space) if curves else None,
                 data_worth_markdown(worth, used, space) if worth else None,
                 probe_table(artifact_dir(cfg.workspace_dir, space, "probe"), list(rows)),
+                label_shift_sections(used),
                 tokenizer_quality(artifact_dir(cfg.workspace_dir, space, "pretrain", "tokenizers")))
     text += "".join("\n" + section for section in sections if section)
     files = {"results.md": text.encode(), "results.csv": csv_text(rows, fraction).encode(),
