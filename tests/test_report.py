@@ -262,3 +262,11 @@ def test_label_shift_of_the_transfer_labels_against_the_eval_split(tmp_path):
     text = (tmp_path / "procedural-0" / "report" / "results.md").read_text()
     assert "## Label shift" in text and f"**{shift.distance:.3f}**" in text
     assert f"| {shift.names[top[0]]} | {100 * shift.eval_shares[top[0]]:.1f} |" in text
+
+    shards = root / "transfer" / "semantic"  # a dataset whose transfer split is gone: the report still lands
+    shards.rename(tmp_path / "moved")
+    manifest = read_manifest(root)
+    manifest["outputs"]["splits"]["transfer"]["frames"] = 0
+    atomic_write_json(root / "manifest.json", manifest)
+    assert main(["report", f"workspace_dir={tmp_path}", "tracking.enabled=false"]) == 0
+    assert "## Label shift" not in (tmp_path / "procedural-0" / "report" / "results.md").read_text()

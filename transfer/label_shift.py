@@ -20,6 +20,7 @@ import numpy as np
 
 from tst.collect.dataset import CollectedData
 from tst.taxonomy import map_by_name
+from tst.workspace import MANIFEST, read_manifest
 from tst.transfer.data import split_taxonomy
 
 
@@ -57,6 +58,15 @@ def pixel_shares(root: Path, split: str, lookup: np.ndarray, classes: int) -> np
     counts[0] = 0
     total = counts.sum()
     return counts / total if total else counts.astype(np.float64)
+
+
+def has_labels(root: Path, split: str) -> bool:
+    """Whether the dataset at `root` holds a non-empty `split` with semantic labels (a dataset collected
+    without them, or moved away since, has no label shift to show)."""
+    if not (Path(root) / MANIFEST).is_file():
+        return False
+    outputs = read_manifest(root)["outputs"]
+    return "semantic" in outputs.get("modalities", []) and outputs.get("splits", {}).get(split, {}).get("frames", 0) > 0
 
 
 def measure(eval_root: Path, transfer_root: Path) -> LabelShift:

@@ -433,8 +433,8 @@ def probe_table(folder: Path, rows: list[str]) -> str | None:
 
 def label_shift_sections(used: list[TransferResult]) -> str | None:
     """The label-shift section (tst.transfer.label_shift) of each (eval dataset, transfer dataset) pair the
-    runs in `used` read, as their manifests name them; pairs whose datasets are gone are passed over."""
-    from tst.transfer.label_shift import markdown, measure
+    runs in `used` read, as their manifests name them; pairs without labels to count are passed over."""
+    from tst.transfer.label_shift import has_labels, markdown, measure
 
     pairs = []
     for result in used:
@@ -442,7 +442,7 @@ def label_shift_sections(used: list[TransferResult]) -> str | None:
         dataset = (inputs.get("dataset") or {}).get("path")
         source = (inputs.get("transfer_data") or {}).get("path") or dataset
         pair = (Path(dataset), Path(source)) if dataset else None
-        if pair and pair not in pairs and all((p / MANIFEST).is_file() for p in pair):
+        if pair and pair not in pairs and has_labels(pair[0], "eval") and has_labels(pair[1], "transfer"):
             pairs.append(pair)
     return "\n".join(markdown(measure(*pair), *pair) for pair in pairs) or None
 
