@@ -25,6 +25,7 @@ from tst.taxonomy import Taxonomy
 from tst.pretrain.visualize import to_uint8
 
 from tst.transfer.heads import LinearSegmentationHead, SegmentationHead
+from tst.transfer.photometric import COLOURS_KEPT
 from tst.transfer.metrics import SegmentationScore
 from tst.transfer.visualize import caption_panel, draw_boxes
 from tst.visualize import class_palette, label_image
@@ -265,7 +266,13 @@ class CaptionTask(Task):
     def loss(self, head, features, batch):
         from tst.transfer.captioning import caption_loss
 
-        tokens = self.tokens(batch["caption"]).to(features.device)
+        captions = batch["caption"]
+        if COLOURS_KEPT in batch:  # a frame whose colours were jittered no longer matches its caption
+            kept = batch[COLOURS_KEPT].to(torch.bool)
+            if not kept.any():
+                return features.sum() * 0.0
+            features, captions = features[kept.to(features.device)], [c for c, k in zip(captions, kept) if k]
+        tokens = self.tokens(captions).to(features.device)
         return caption_loss(head(features, tokens), tokens)  # caption_loss shifts by one itself
 
     def tokens(self, captions: list[str]) -> torch.Tensor:

@@ -204,6 +204,7 @@ RULES: dict[str, Rule] = {
     "transfer.head_first_steps": integer(0, MAX_STEPS),
     "transfer.joint_pretraining": SHARE,
     "transfer.weight_decay": SHARE,
+    "transfer.color_jitter": PROBABILITY,
     "transfer.warmup_steps": integer(0, MAX_STEPS),
     "transfer.eval_batch_size": POSITIVE,
     "transfer.generalist_size": PIXELS,
