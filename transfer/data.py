@@ -101,7 +101,7 @@ def transfer_and_eval(cfg: DictConfig, modalities: list[str], size: int) -> tupl
         raise TSTError(f"transfer.transfer_data: {source} holds no collected dataset (no manifest.json)")
     lookup = class_mapping(split_taxonomy(source, "transfer"), taxonomy, bool(t.map_by_name), str(source))
     view = training_view(size, tuple(cfg.data.crop_scale), "caption" in modalities)
-    if float(t.get("color_jitter", 0.0)) > 0:
+    if float(t.color_jitter) > 0:
         view = ColourJitter(view, float(t.color_jitter))
     frames = FrameDataset(source, "transfer", ["rgb", *modalities], transform=Relabel(view, lookup))
     train = training_subset(frames, float(t.fraction), int(t.seed))

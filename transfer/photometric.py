@@ -22,7 +22,7 @@ class ColourJitter:
 
     def __init__(self, transform, strength: float, share: float = 0.5):
         self.transform, self.share = transform, share
-        self.jitter = ColorJitter(strength, strength, strength, min(0.5, strength / 4), p=1.0)
+        self.jitter = ColorJitter(strength, strength, strength, strength / 4, p=1.0)
 
     def __call__(self, sample: dict) -> dict:
         sample = self.transform(sample)
