@@ -68,6 +68,22 @@ def to_prediction(outputs: dict, tasks: dict) -> Prediction:
     return prediction
 
 
+def prepare_for_inference(module: torch.nn.Module, device: torch.device, compile: bool = False,
+                          mode: str | None = None) -> torch.nn.Module:
+    """A TransferModule as the deployed predictor runs it: in eval mode on `device`; on the CPU its heads'
+    convolutions in channels-last memory, oneDNN's faster layout (tiny@128's detection head: 7.9 ms
+    against 9.4 ms on 2 cores, same outputs up to float rounding); with `compile`, the backbone and each
+    head as its task compiles it (torch.compile `mode`; "reduce-overhead" = CUDA graphs)."""
+    module = module.to(device).eval()
+    if device.type == "cpu":
+        module.heads.to(memory_format=torch.channels_last)
+    if compile:
+        module.backbone = torch.compile(module.backbone, mode=mode)
+        for name, task in module.tasks.items():
+            module.heads[name] = task.compile_for_deploy(module.heads[name], mode)
+    return module
+
+
 class Predictor:
     """`predictor(rgb uint8 (S, S, 3)) -> Prediction`, S = predictor.image_size."""
 
@@ -80,21 +96,16 @@ class Predictor:
         self.model, self.image_size, self.taxonomy = model, model.image_size, model.taxonomy
         self.device = resolve_device(device)
         self.precision, self.runtime = precision, runtime
-        self.module = model.module.to(self.device).eval()
+        if runtime == "onnx" and precision != "fp32":
+            raise TSTError("deploy.precision: the onnx runtime runs the fp32 export; use deploy.precision=fp32")
+        mode = "reduce-overhead" if self.device.type == "cuda" else None
+        self.module = prepare_for_inference(model.module, self.device, compile and runtime == "torch", mode)
         self.onnx = None
         if runtime == "onnx":
             from tst.deploy.export import OnnxGraphs
 
-            if precision != "fp32":
-                raise TSTError("deploy.precision: the onnx runtime runs the fp32 export; use deploy.precision=fp32")
             self.onnx = OnnxGraphs(Path(export_dir) if export_dir else model.run_dir / "export", self.module,
                                    model.run_dir)
-        elif compile:
-            mode = "reduce-overhead" if self.device.type == "cuda" else None
-            self.module.backbone = torch.compile(self.module.backbone, mode=mode)
-            for name, task in self.module.tasks.items():
-                if task.compiled_in_deploy:
-                    self.module.heads[name] = torch.compile(self.module.heads[name], mode=mode)
 
     @classmethod
     def from_run(cls, run_dir: str | Path, tasks: tuple[str, ...] = ("seg", "det", "caption"), **options) -> "Predictor":

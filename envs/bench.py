@@ -11,7 +11,7 @@ from rich.console import Console
 from tst.camera import Camera, intrinsics_from_fov
 from tst.errors import TSTError
 from tst.modalities import RENDERED
-from tst.benchmarks import parallel_seconds, save_report
+from tst.benchmarks import parallel_seconds, save_report, target
 
 from tst.envs.mesh_space import MeshSpace
 from tst.envs.registry import make_space
@@ -19,6 +19,8 @@ from tst.envs.preview_cameras import preview_cameras
 
 console = Console(stderr=True)
 WARMUP = 2
+RENDER_OVER_CAST_GOAL = 1.3  # a frame with every modality costs at most 1.3x its bare ray cast
+PROCESS_SPEEDUP_GOAL = 1.8  # two processes (one thread each) render at least 1.8x one
 
 
 def _resized(cameras: list[Camera], size: int, hfov_deg: float) -> list[Camera]:
@@ -27,15 +29,18 @@ def _resized(cameras: list[Camera], size: int, hfov_deg: float) -> list[Camera]:
 
 
 def _interleaved_fps(steps: dict, cameras: list[Camera], repeats: int = 3) -> dict[str, float]:
-    """Frames/s of each step (name -> camera -> anything), timed back to back on every view so that
-    load from other processes on this shared machine hits all steps alike; median over views."""
-    for camera in cameras[:WARMUP]:
-        for step in steps.values():
+    """Frames/s of each step (name -> camera -> anything): the steps take turns, each running over every
+    view in one block, so that load from other processes on this shared machine hits all steps alike;
+    median over the views. Blocks, not one view at a time: a bare cast timed right after a whole render
+    paid for waking the threads the shading had left (3.3 ms against 1.8 ms at 128 px), which made the
+    render look cheaper relative to it than it is."""
+    for step in steps.values():
+        for camera in cameras[:WARMUP]:
             step(camera)
     seconds: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(repeats):
-        for camera in cameras:
-            for name, step in steps.items():
+        for name, step in steps.items():
+            for camera in cameras:
                 start = time.perf_counter()
                 step(camera)
                 seconds[name].append(time.perf_counter() - start)
@@ -96,9 +101,12 @@ def bench_render(cfg: DictConfig) -> dict:
     if len(workers) >= 2:
         counts = sorted(workers, key=int)
         report["processes"]["speedup"] = round(workers[counts[-1]] / workers[counts[0]], 3)
-    worst = max(v["render_over_raycast"] for v in report["sizes"].values())
-    report["targets"] = {"render_within_1.3x_raycast": worst <= 1.3,
-                         "two_processes_1.8x_one": report["processes"].get("speedup", 0) >= 1.8}
+    report["targets"] = {f"render_over_raycast_{size}px": target(v["render_over_raycast"], RENDER_OVER_CAST_GOAL,
+                                                                 "x the bare ray cast's time per frame", at_most=True)
+                         for size, v in report["sizes"].items()}
+    report["targets"]["process_speedup"] = target(report["processes"].get("speedup"), PROCESS_SPEEDUP_GOAL,
+                                                  "x the frames/s of the fewest processes, with the most",
+                                                  at_most=False)
     metrics = {f"render_fps_{s}": v["render_fps"] for s, v in report["sizes"].items()}
     metrics |= {f"raycast_fps_{s}": v["raycast_only_fps"] for s, v in report["sizes"].items()}
     metrics |= {f"process_fps_{k}": v for k, v in workers.items()}

@@ -4,6 +4,7 @@ training loop waits for data at the quickstart config."""
 from __future__ import annotations
 
 import multiprocessing
+import queue
 import resource
 import time
 from pathlib import Path
@@ -13,7 +14,7 @@ import torch
 from omegaconf import DictConfig
 from rich.console import Console
 
-from tst.benchmarks import save_report
+from tst.benchmarks import save_report, target
 from tst.config import composed
 from tst.errors import TSTError
 from tst.modalities import by_tier
@@ -21,9 +22,11 @@ from tst.modalities import by_tier
 from tst.envs.registry import space_name
 from tst.pretrain.data import PretrainData
 from tst.pretrain.module import PretrainModule
+from tst.pretrain.tokenizer import Tokenizer, TokenizerConfig
 
 console = Console(stderr=True)
 SENSORS = by_tier("sensor")  # what pretraining reads by default
+LOADER_WAIT_GOAL = 0.05  # the data loader keeps the training loop waiting at most 5 % of the time
 
 
 def _synthetic_batch(batch_size: int, size: int) -> dict:
@@ -32,16 +35,32 @@ def _synthetic_batch(batch_size: int, size: int) -> dict:
             "edges": (torch.rand(batch_size, 1, size, size) > 0.9).float(), "key": [str(i) for i in range(batch_size)]}
 
 
+def _tokenizers(config: dict) -> dict[str, Tokenizer] | None:
+    """fourm: untrained tokenizers of the configured size for every sensor modality (a step's cost does not
+    depend on their weights); other objectives: None."""
+    if config["pretrain"]["objective"] != "fourm":
+        return None
+    t = config["pretrain"]["tokenizer"]
+    settings = TokenizerConfig(tuple(int(v) for v in t["levels"]), int(config["model"]["patch"]), int(t["hidden"]))
+    return {name: Tokenizer(name, settings).eval() for name in SENSORS}
+
+
 def _step_throughput(job: tuple[dict, int, int], results) -> None:
-    """In a fresh process (so peak RSS belongs to this model): time `steps` optimizer steps."""
+    """In a fresh process (so peak RSS belongs to this model): time `steps` optimizer steps. fourm's steps
+    include tokenizing the batch, as a run without precomputed codes does."""
     config, batch_size, steps = job
-    module = PretrainModule(config, SENSORS)
-    optimizer = module.configure_optimizers()["optimizer"]
-    batch = _synthetic_batch(batch_size, config["model"]["image_size"])
+    try:
+        module = PretrainModule(config, SENSORS, tokenizers=_tokenizers(config))
+        optimizer = module.configure_optimizers()["optimizer"]
+        synthetic = _synthetic_batch(batch_size, config["model"]["image_size"])
+    except Exception as error:  # the parent reports it instead of waiting for a result
+        results.put({"error": f"{type(error).__name__}: {error}"})
+        raise
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     for step in range(steps + 2):
         if step == 2:
             start = time.perf_counter()
+        batch = dict(synthetic)  # a fresh dict: the fourm objective keeps each batch's codes in it
         loss = sum(module.losses(batch, step).values())
         optimizer.zero_grad()
         loss.backward()
@@ -60,8 +79,17 @@ def _in_fresh_process(job) -> dict:
     results = spawn.Queue()
     process = spawn.Process(target=_step_throughput, args=(job, results))
     process.start()
-    result = results.get(timeout=1800)
+    while True:  # wait for the result, but not for a process that died without one
+        try:
+            result = results.get(timeout=5)
+            break
+        except queue.Empty:
+            if not process.is_alive():
+                raise TSTError(f"bench pretrain: the measuring process exited with code {process.exitcode} "
+                               "before reporting") from None
     process.join()
+    if "error" in result:
+        raise TSTError(f"bench pretrain: {result['error']}")
     return result
 
 
@@ -102,6 +130,9 @@ def bench_pretrain(cfg: DictConfig) -> dict:
         console.print(f"  {name}: {result['samples_per_s']} samples/s, {result['tokens_per_s']} tokens/s, "
                       f"peak RSS {result['peak_rss_mb']} MB")
     report["data_loader"] = _loader_wait(cfg)
+    report["targets"] = {"data_loader_wait": target(report["data_loader"].get("wait_fraction"), LOADER_WAIT_GOAL,
+                                                    "fraction of training time spent waiting for batches "
+                                                    "(null: no collected dataset to read)", at_most=True)}
     metrics = {f"{m}_samples_per_s": v["samples_per_s"] for m, v in report["models"].items()}
     metrics |= {f"{m}_peak_rss_mb": v["peak_rss_mb"] for m, v in report["models"].items()}
     if report["data_loader"].get("wait_fraction") is not None:

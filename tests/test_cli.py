@@ -102,7 +102,9 @@ def test_bench_render_prints_json(tmp_path, workspace, capsys):
     report = json.loads(out)
     assert report["sizes"]["24"]["render_fps"] > 0 and report["sizes"]["24"]["raycast_only_fps"] > 0
     assert set(report["processes"]["fps"]) == {"1", "2"} and report["processes"]["speedup"] > 0
-    assert set(report["targets"]) == {"render_within_1.3x_raycast", "two_processes_1.8x_one"}
+    assert set(report["targets"]) == {"render_over_raycast_24px", "process_speedup"}
+    speedup = report["targets"]["process_speedup"]
+    assert speedup["value"] == report["processes"]["speedup"] and speedup["met"] == (speedup["value"] >= 1.8)
 
 
 BAD_INPUTS = [

@@ -49,6 +49,34 @@ def test_batched_nms_is_quick_on_thousands_of_boxes():
         assert (iou.fill_diagonal_(0) <= 0.5).all()
 
 
+def reference_nms(boxes, scores, classes, threshold):
+    """Textbook class-aware greedy NMS over a full IoU matrix (the definition batched_nms must meet)."""
+    order = scores.argsort(descending=True).tolist()
+    kept = []
+    for i in order:
+        if kept:
+            same = classes[kept] == classes[i]
+            top_left = torch.maximum(boxes[i, :2], boxes[kept, :2])
+            inter = (torch.minimum(boxes[i, 2:], boxes[kept, 2:]) - top_left).clamp(min=0).prod(-1)
+            area = (boxes[:, 2:] - boxes[:, :2]).prod(-1)
+            iou = inter / (area[i] + area[kept] - inter)
+            if (same & (iou > threshold)).any():
+                continue
+        kept.append(i)
+    return kept
+
+
+def test_batched_nms_equals_textbook_greedy_nms_on_random_boxes():
+    generator = torch.Generator().manual_seed(1)
+    for count in (1, 7, 60, 400):
+        corner = torch.rand(count, 2, generator=generator) * 100
+        boxes = torch.cat([corner, corner + 1 + torch.rand(count, 2, generator=generator) * 50], dim=1)
+        scores, classes = torch.rand(count, generator=generator), torch.randint(1, 6, (count,), generator=generator)
+        for threshold in (0.3, 0.6):
+            assert batched_nms(boxes, scores, classes, threshold).tolist() == reference_nms(boxes, scores, classes,
+                                                                                            threshold)
+
+
 def toy_set():
     """3 images, 3 classes: hits at varied IoU, a duplicate, false positives, a miss, an empty image."""
     t = torch.tensor

@@ -264,9 +264,9 @@ def beam_search(decoder: CaptionDecoder, features: torch.Tensor, beam: int = 1, 
     totals[:, 0] = 0.0  # one live hypothesis to start from
     lengths = torch.zeros(B, K, device=device)
     finished = torch.zeros(B, K, dtype=torch.bool, device=device)
-    for position in range(max_length - 1):
-        logits, self_cache = decoder.step(sequences[..., -1].flatten(), torch.tensor(position, device=device),
-                                          self_cache, cross)
+    last = sequences[..., -1].flatten()  # (B*K,) each hypothesis's newest token, a fresh contiguous tensor per
+    for position in range(max_length - 1):  # step (a compiled step recompiles on every new stride)
+        logits, self_cache = decoder.step(last, torch.tensor(position, device=device), self_cache, cross)
         log_probs = logits.float().log_softmax(-1).view(B, K, -1)
         vocab = log_probs.shape[-1]
         log_probs[..., [PAD, BOS, UNK]] = -math.inf
@@ -284,8 +284,10 @@ def beam_search(decoder: CaptionDecoder, features: torch.Tensor, beam: int = 1, 
         lengths = candidate_lengths.gather(1, chosen)
         finished = finished.gather(1, parent) | (token == EOS)
         sequences = torch.cat([sequences.gather(1, parent[..., None].expand_as(sequences)), token[..., None]], 2)
-        rows = (parent + torch.arange(B, device=device)[:, None] * K).flatten()  # each kept hypothesis's parent row
-        self_cache = self_cache.index_select(2, rows)
+        last = token.flatten()
+        if K > 1:  # with one hypothesis per image its parent is its own row
+            rows = (parent + torch.arange(B, device=device)[:, None] * K).flatten()  # each kept hypothesis's parent row
+            self_cache = self_cache.index_select(2, rows)
         if finished.all():
             break
     score = totals / lengths

@@ -14,6 +14,13 @@ from tst.stage import publish
 from tst.workspace import artifact_dir, atomic_write_json, new_run_name
 
 
+def target(value: float | None, goal: float, unit: str, at_most: bool) -> dict:
+    """One verdict of a report's "targets": the measured `value` against `goal` (an upper bound when
+    `at_most`, else a lower one); met is None when nothing was measured (value None)."""
+    met = None if value is None else bool(value <= goal if at_most else value >= goal)
+    return {"value": value, "goal": goal, "unit": unit, "met": met}
+
+
 def save_report(cfg: DictConfig, name: str, space: str, report: dict, metrics: dict[str, float]) -> Path:
     """Print `report` as JSON and keep it: <workspace>/<space>/bench/<run>/bench.json (+ cfg.out)."""
     print(json.dumps(report, indent=2))
