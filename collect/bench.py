@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -60,7 +61,8 @@ def bench_collect(cfg: DictConfig) -> dict:
         report["render_only_fps_1_thread"] = round(render_fps, 2)
         for workers in b.workers:
             out = Path(tmp) / f"workers-{workers}"
-            settings = worker_settings(collect, plan, out, 1, space.taxonomy)
+            # As `tst collect` runs that many workers, but casting on one thread each like the baseline.
+            settings = replace(worker_settings(collect, plan, out, workers, space.taxonomy), render_threads=1)
             units = make_units(plan, ["pretrain"], collect.shard_size)
             shares = [units[k::workers] for k in range(workers)]
             seconds = parallel_seconds(_prepare, _write_units, (settings, units[:1]), shares)
@@ -72,7 +74,7 @@ def bench_collect(cfg: DictConfig) -> dict:
             report["worker_speedup"] = round(report["workers"][str(b.workers[-1])]["end_to_end_fps"] / one, 3)
         # The reader, on the dataset the first measurement wrote.
         out = Path(tmp) / f"workers-{b.workers[0]}"
-        settings = worker_settings(collect, plan, out, 1, space.taxonomy)
+        settings = worker_settings(collect, plan, out, b.workers[0], space.taxonomy)
         write_manifest(out, "collect", cfg, {}, dataset_outputs(out, plan, make_units(plan, ["pretrain"],
                                                                 collect.shard_size), settings, space))
         report["reader"] = {}

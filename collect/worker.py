@@ -7,6 +7,8 @@ import io
 import os
 import tarfile
 import zlib
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +54,7 @@ class Settings:
     real_rgb: bool = True  # use the space's real image of a scene camera as rgb when it has one
     taxonomy: dict | None = None  # the test space's taxonomy (Taxonomy.to_dict()): every frame's labels use it
     class_maps: tuple = ()  # per space index: Plan.class_maps (None: the space already uses that taxonomy)
+    encode_ahead: int = 0  # > 0: a helper thread encodes while the next frame renders, this many frames behind
 
 
 def stored_modalities(modalities: list[str]) -> list[str]:
@@ -127,17 +130,45 @@ def _render_frame(space: TestSpace, planned: PlannedFrame, needed: tuple[str, ..
     return frame
 
 
+def _encoded(planned: PlannedFrame, frame: Frame, space: TestSpace, settings: Settings,
+             coders: dict) -> dict[str, tuple[str, bytes]]:
+    """One rendered frame's shard members: modality -> (member name, encoded bytes)."""
+    values = derive(frame, space, planned, settings)
+    return {modality: (f"{planned.key}.{coders[modality].extension}", coders[modality].encode(values[modality]))
+            for modality in stored_modalities(settings.modalities)}
+
+
 def render_unit(unit: Unit, settings: Settings) -> int:
-    """Render, derive, encode and write one shard; returns the number of frames written."""
+    """Render, derive, encode and write one shard; returns the number of frames written.
+
+    With `settings.encode_ahead` a helper thread derives and encodes each frame while this one renders
+    the next: the PNG encoder and the shading kernel release the GIL, so the two overlap where the worker
+    has a core to spare (collection gives it one when there are fewer workers than cores)."""
     coders = codec_table(settings.rgb_format)
     needed = tuple(m for m in RENDERED if m in settings.modalities or m in ("rgb", "semantic", "instance", "depth"))
     members: dict[str, list[tuple[str, bytes]]] = {m: [] for m in stored_modalities(settings.modalities)}
-    for planned in unit.frames:
-        space = _space(settings, planned.space)
-        values = derive(_render_frame(space, planned, needed, settings), space, planned, settings)
-        for modality, items in members.items():
-            coder = coders[modality]
-            items.append((f"{planned.key}.{coder.extension}", coder.encode(values[modality])))
+
+    def add(frame_members: dict[str, tuple[str, bytes]]) -> None:
+        for modality, member in frame_members.items():
+            members[modality].append(member)
+
+    def rendered():
+        for planned in unit.frames:
+            space = _space(settings, planned.space)
+            yield planned, _render_frame(space, planned, needed, settings), space
+
+    if not settings.encode_ahead:
+        for planned, frame, space in rendered():
+            add(_encoded(planned, frame, space, settings, coders))
+    else:
+        with ThreadPoolExecutor(1, thread_name_prefix="tst-encode") as encoder:
+            pending: deque[Future] = deque()
+            for planned, frame, space in rendered():
+                pending.append(encoder.submit(_encoded, planned, frame, space, settings, coders))
+                while len(pending) > settings.encode_ahead:
+                    add(pending.popleft().result())
+            while pending:
+                add(pending.popleft().result())
     for modality, items in members.items():
         write_tar(shard_path(settings.out, unit.split, modality, unit.shard), items)
     return len(unit.frames)

@@ -61,7 +61,7 @@ def _bilinear(atlas, texture, xa, ya, xb, yb, fx, fy, channel):
     return (top * (1.0 - fy) + bottom * fy) / 255.0
 
 
-@numba.njit(cache=True, fastmath=True, parallel=True)
+@numba.njit(cache=True, fastmath=True, parallel=True, nogil=True)  # nogil: collection encodes beside it
 def _shade_hits(prim, bary, t_hit, dirs, camera_from_world, hit_normals, faces, face_records, face_uvs,
                 vertex_colors, material_texture, material_color, material_uses_vertex_colors, atlas, light_dirs,
                 light_strengths, ambient, background, depth, normals, semantic, instance, rgb):
@@ -133,7 +133,7 @@ def _shade_hit(i, face, bary, t_hit, dirs, camera_from_world, hit_normals, faces
     rgb[i, 2] = min(255.0, b * shade * 255.0)
 
 
-@numba.njit(cache=True)
+@numba.njit(cache=True, nogil=True)
 def _world_rays(camera_rays, rotation, origin, rays):
     """Fill rays (N, 6) with origin and rotation @ direction. Written out instead of a numpy matmul:
     a BLAS call this small leaves OpenBLAS threads spinning on the other cores, which halves the
