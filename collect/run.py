@@ -223,8 +223,8 @@ ENCODE_AHEAD = 2  # frames a worker with a core to spare may render ahead of its
 def worker_settings(collect: DictConfig, plan: Plan, out: Path, workers: int, taxonomy) -> Settings:
     """What each of `workers` processes needs; `taxonomy`: the test space's, which every split's labels are
     written in. Several workers cast rays on one thread each; with fewer workers than cores, each encodes
-    on a helper thread while it renders (one worker on 2 cores, 128 px: 145 -> 168-175 frames/s, `tst bench
-    collect`; with a worker per core the helper threads would only contend for the cores)."""
+    on a helper thread while it renders (one worker on 2 cores, 128 px: 145 -> 168-179 frames/s over four `tst
+    bench collect` runs; with a worker per core the helper threads would only contend for the cores)."""
     spare_core = workers < (os.cpu_count() or 1)
     return Settings(str(out), plan.spaces, list(collect.modalities), collect.rgb_format,
                     (float(collect.edges.low), float(collect.edges.high)), int(collect.min_box_pixels),

@@ -4,12 +4,14 @@ it, and the loop records latency, deadline misses and online accuracy against th
 With overlap on, the render process works on step i+1 while the predictor runs on step i, so the loop
 period approaches max(render, infer) instead of their sum. Captions are wanted less often than labels and
 boxes: the caption head runs every `caption_every` steps, and the steps between carry the newest caption
-(scored online only on the step it describes).
+(scored online only on the step it describes). With background captions the caption head runs off the
+loop's critical path, on a helper thread, so no step waits for a caption.
 """
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -55,6 +57,38 @@ class LoopResult:
     steps: list[StepRecord] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
     search: dict | None = None
+    captioned: list[int] = field(default_factory=list)  # the steps whose observation got a caption
+
+
+class BackgroundCaptions:
+    """Captions off the loop's critical path: a helper thread captions one observation at a time (running
+    the backbone again for it), and the loop takes each caption when it is ready. torch and ONNX Runtime
+    release the GIL inside their kernels, so the thread uses the core the render process leaves idle."""
+
+    def __init__(self):
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="tst-caption")
+        self.job: Future | None = None
+        self.observation: Observation | None = None
+
+    @property
+    def idle(self) -> bool:
+        return self.job is None
+
+    def start(self, predictor: Predictor, observation: Observation) -> None:
+        others = tuple(task for task in predictor.tasks if task != "caption")
+        self.job, self.observation = self.pool.submit(predictor, observation.rgb, others), observation
+
+    def take(self, wait: bool = False) -> tuple[Observation, Prediction] | None:
+        """The captioned observation and its caption-only prediction once the job is done (with `wait`:
+        after waiting for it); None while it runs or when none was started."""
+        if self.job is None or not (wait or self.job.done()):
+            return None
+        prediction, observation = self.job.result(), self.observation
+        self.job = self.observation = None
+        return observation, prediction
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
 
 
 def search_goal(taxonomy: Taxonomy, target: str, score_threshold: float, distance: float,
@@ -117,54 +151,81 @@ def truth_batch(observations: list[Observation]) -> dict:
 
 def run_loop(predictor: Predictor, renderer: RenderProcess, steps: int, overlap: bool = True,
              goal: SearchGoal | None = None, progress=None, caption_every: int = 1, online=None,
-             pace_hz: float | None = None, keep: Callable[[int], bool] = lambda step: True) -> LoopResult:
+             pace_hz: float | None = None, keep: Callable[[int], bool] = lambda step: True,
+             background_captions: bool = False) -> LoopResult:
     """Run `steps` steps (fewer when a search ends); `progress(step)` is called after each. The caption
     head runs on steps 0, caption_every, 2 * caption_every, ...; other steps' predictions carry the newest
-    caption, with `caption_step` the step it describes. `online`: a tst.deploy.online.OnlineTST, told of
-    every step; the specialist it returns is used from the next step on. `pace_hz`: a step starts no
-    sooner than 1 / pace_hz seconds after the previous one (a camera at that rate), else at once.
-    `keep(step)`: whether the step's record holds its observation and prediction (the last step's always
-    does)."""
+    caption, with `caption_step` the step it describes. With `background_captions` it runs on a helper
+    thread instead: a step whose thread is idle, at least caption_every steps after the last captioned one,
+    hands it its observation, and the caption joins the predictions from the step it is ready at (the one
+    in flight at the end is waited for and scored). `online`: a tst.deploy.online.OnlineTST, told of every
+    step; the specialist it returns is used from the next step on. `pace_hz`: a step starts no sooner than
+    1 / pace_hz seconds after the previous one (a camera at that rate), else at once. `keep(step)`:
+    whether the step's record holds its observation and prediction (the last step's always does)."""
     result = LoopResult()
     scores = OnlineScores(predictor)
     captions = "caption" in predictor.tasks
+    background = BackgroundCaptions() if captions and background_captions else None
     caption, caption_step = None, None
+
+    def caption_ready(done: tuple[Observation, Prediction] | None) -> None:
+        nonlocal caption, caption_step
+        if done is not None:
+            observation, prediction = done
+            caption, caption_step = prediction.caption, observation.step
+            result.captioned.append(observation.step)
+            scores.update(observation, prediction, tuple(task for task in predictor.tasks if task != "caption"))
+
     renderer.submit(0)
     last = time.perf_counter()
-    for step in range(steps):
-        observation = renderer.get()
-        if overlap and step + 1 < steps:
-            renderer.submit(step + 1)
-        skip = ("caption",) if captions and step % caption_every else ()
-        start = time.perf_counter()
-        prediction = predictor(observation.rgb, skip)
-        infer_s = time.perf_counter() - start
-        if captions and not skip:
-            caption, caption_step = prediction.caption, step
-        prediction.caption, prediction.caption_step = caption, caption_step
-        scores.update(observation, prediction, skip)
-        if online is not None:
-            predictor = online.after_step(step, observation, prediction, skip, predictor) or predictor
-        stop = goal is not None and found(prediction, goal)
-        if not overlap and step + 1 < steps and not stop:
-            renderer.submit(step + 1)
-        busy_s = time.perf_counter() - last
-        if pace_hz:
-            time.sleep(max(0.0, last + 1.0 / pace_hz - time.perf_counter()))
-        now = time.perf_counter()
-        kept = keep(step) or stop or step + 1 == steps
-        result.steps.append(StepRecord(step, infer_s, now - last, busy_s, observation.render_s, prediction.caption_step,
-                                       observation if kept else None, prediction if kept else None))
-        last = now
-        if progress:
-            progress(step)
-        if stop:
-            visible, distance = truly_visible(observation, goal)
-            result.search = {"target": goal.name, "found_at_step": step, "success": visible,
-                             "target_distance_m": distance}
+    try:
+        for step in range(steps):
+            observation = renderer.get()
             if overlap and step + 1 < steps:
-                renderer.get()  # the step rendered ahead is not used
-            break
+                renderer.submit(step + 1)
+            start = time.perf_counter()
+            if background is not None:
+                skip = ("caption",)
+                caption_ready(background.take())
+                if background.idle and (not result.captioned or step - result.captioned[-1] >= caption_every):
+                    background.start(predictor, observation)
+            else:
+                skip = ("caption",) if captions and step % caption_every else ()
+            prediction = predictor(observation.rgb, skip)
+            infer_s = time.perf_counter() - start
+            if captions and not skip:
+                caption, caption_step = prediction.caption, step
+                result.captioned.append(step)
+            prediction.caption, prediction.caption_step = caption, caption_step
+            scores.update(observation, prediction, skip)
+            if online is not None:
+                predictor = online.after_step(step, observation, prediction, skip, predictor) or predictor
+            stop = goal is not None and found(prediction, goal)
+            if not overlap and step + 1 < steps and not stop:
+                renderer.submit(step + 1)
+            busy_s = time.perf_counter() - last
+            if pace_hz:
+                time.sleep(max(0.0, last + 1.0 / pace_hz - time.perf_counter()))
+            now = time.perf_counter()
+            kept = keep(step) or stop or step + 1 == steps
+            result.steps.append(StepRecord(step, infer_s, now - last, busy_s, observation.render_s,
+                                           prediction.caption_step, observation if kept else None,
+                                           prediction if kept else None))
+            last = now
+            if progress:
+                progress(step)
+            if stop:
+                visible, distance = truly_visible(observation, goal)
+                result.search = {"target": goal.name, "found_at_step": step, "success": visible,
+                                 "target_distance_m": distance}
+                if overlap and step + 1 < steps:
+                    renderer.get()  # the step rendered ahead is not used
+                break
+        if background is not None:
+            caption_ready(background.take(wait=True))
+    finally:
+        if background is not None:
+            background.close()
     if goal is not None and result.search is None:
         result.search = {"target": goal.name, "found_at_step": None, "success": False, "target_distance_m": None}
     result.metrics = scores.compute()
@@ -181,7 +242,7 @@ def latency_summary(result: LoopResult, rate_hz: float) -> dict:
     deadline = 1000.0 / rate_hz
     percentiles = lambda x: {f"p{q}": float(np.percentile(x, q)) for q in (50, 95, 99)}  # noqa: E731
     return {"steps": len(result.steps), "perception_ms": percentiles(infer), "render_ms": percentiles(render),
-            "captioned_steps": sum(s.caption_step == s.step for s in result.steps),
+            "captioned_steps": len(result.captioned),
             "period_ms": percentiles(period), "fps": float(1000.0 / period.mean()),
             "sum_render_infer_ms": float(render.mean() + infer.mean()),
             "max_render_infer_ms": float(max(render.mean(), infer.mean())), "rate_hz": rate_hz,

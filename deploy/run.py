@@ -150,6 +150,8 @@ def deploy(cfg: DictConfig) -> Path:
     console.print(f"deploying {predictor.model.run_dir.name} ({', '.join(predictor.tasks)}) on "
                   f"{predictor.device}, {d.runtime}, {d.precision}{', compiled' if d.compile else ''}")
     online = online_tst(cfg, predictor, run_dir)
+    # Online TST compares the live and the frozen specialist on the same steps, captions included.
+    background_captions = bool(d.background_captions) and online is None
     sensors = online.modalities if online else ()
     with RenderProcess(path_settings(cfg, predictor.image_size, int(d.steps), sensors)) as renderer:
         if renderer.taxonomy != predictor.taxonomy.to_dict():
@@ -161,13 +163,13 @@ def deploy(cfg: DictConfig) -> Path:
                 result = run_loop(predictor, renderer, int(d.steps), bool(d.overlap), goal,
                                   lambda step: progress.update(bar, completed=step + 1), int(d.caption_every), online,
                                   float(d.rate_hz) if d.pace else None,
-                                  strip_steps(int(d.steps), int(d.strip_frames)).__contains__)
+                                  strip_steps(int(d.steps), int(d.strip_frames)).__contains__, background_captions)
             finally:
                 summary = online.close() if online else None
     report = {"model": str(predictor.model.run_dir), "backbone": predictor.model.backbone.name,
               "device": str(predictor.device), "runtime": str(d.runtime), "precision": str(d.precision),
               "compile": bool(d.compile), "overlap": bool(d.overlap), "pace": bool(d.pace), "task": str(d.task),
-              "caption_every": int(d.caption_every)} \
+              "caption_every": int(d.caption_every), "background_captions": background_captions} \
         | latency_summary(result, float(d.rate_hz)) | {"online": result.metrics} \
         | ({"search": result.search} if result.search else {}) | ({"online_tst": summary} if summary else {})
 

@@ -3,8 +3,8 @@
 The cast returns, per pixel, the hit distance, the triangle id and the barycentric coordinates.
 Depth comes from the distance, labels and normals from the triangle id, and colour from the
 barycentrics (UV texture lookup or vertex-colour interpolation). The per-pixel step after the cast is
-one numba kernel: open3d has no shading of its own, and a single fused pass keeps the overhead over
-the bare cast small (see `tst bench render`).
+one numba kernel: open3d has no shading of its own, and one fused pass reads each hit's face once
+(what a frame costs over the bare cast: `tst bench render`).
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 
 # Threads that busy-wait after a parallel region steal the cores Embree's threads need for the next
-# cast (and the other way round): with the default spinning, the shading kernel made each frame
-# ~1.8x slower than the bare cast; with passive waiting it costs ~1.1x. Must be set before the
-# OpenMP runtime starts.
+# cast (and the other way round); with the default spinning, the shading kernel made each frame
+# ~1.8x slower than the bare cast, with passive waiting much less. Must be set before the OpenMP
+# runtime starts.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numba  # noqa: E402

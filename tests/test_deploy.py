@@ -92,7 +92,8 @@ def test_export_refuses_a_graph_that_disagrees(workspace, monkeypatch, tmp_path)
     assert not (tmp_path / "export").exists()
 
 
-def _loop(workspace, steps, overlap, tasks=("seg", "det", "caption"), name="multi", caption_every=1, pace_hz=None):
+def _loop(workspace, steps, overlap, tasks=("seg", "det", "caption"), name="multi", caption_every=1, pace_hz=None,
+          background_captions=False):
     from tst.deploy.loop import run_loop
     from tst.deploy.observations import RenderProcess
     from tst.deploy.predictor import Predictor
@@ -101,7 +102,8 @@ def _loop(workspace, steps, overlap, tasks=("seg", "det", "caption"), name="mult
     cfg = load("deploy", [f"workspace_dir={workspace}"])
     predictor = Predictor.from_run(_model(workspace, name), tasks)
     with RenderProcess(path_settings(cfg, predictor.image_size, steps)) as renderer:
-        return predictor, run_loop(predictor, renderer, steps, overlap, caption_every=caption_every, pace_hz=pace_hz)
+        return predictor, run_loop(predictor, renderer, steps, overlap, caption_every=caption_every, pace_hz=pace_hz,
+                                   background_captions=background_captions)
 
 
 def test_loop_accuracy_equals_offline_evaluation_on_the_same_frames(workspace):
@@ -132,6 +134,26 @@ def test_captions_every_third_step_carry_over_and_are_scored_where_they_ran(work
     offline, _ = evaluate(predictor.module, samples, batch_size=3)
     caption_keys = [k for k in result.metrics if k.startswith("caption_")]
     assert caption_keys and all(result.metrics[k] == pytest.approx(offline[k], abs=1e-6) for k in caption_keys)
+
+
+def test_background_captions_describe_earlier_steps_and_are_scored_on_them(workspace):
+    from tst.deploy.loop import latency_summary
+    from tst.transfer.run import evaluate
+
+    predictor, result = _loop(workspace, 8, overlap=True, caption_every=3, background_captions=True)
+    captioned = result.captioned
+    assert captioned[0] == 0 and all(b - a >= 3 for a, b in zip(captioned, captioned[1:]))
+    assert latency_summary(result, 5.0)["captioned_steps"] == len(captioned)
+    for record in result.steps:  # a caption joins the predictions only after the step it describes
+        assert record.caption_step is None or (record.caption_step in captioned and record.caption_step < record.step)
+    samples = [{"rgb": torch.from_numpy(o.rgb).permute(2, 0, 1).float() / 255, "semantic": torch.from_numpy(o.semantic),
+                "boxes": torch.from_numpy(o.boxes), "box_classes": torch.from_numpy(o.box_classes),
+                "caption": o.caption, "key": str(o.step)} for o in (result.steps[i].observation for i in captioned)]
+    offline, _ = evaluate(predictor.module, samples, batch_size=3)
+    caption_keys = [k for k in result.metrics if k.startswith("caption_")]
+    assert caption_keys and all(result.metrics[k] == pytest.approx(offline[k], abs=1e-6) for k in caption_keys)
+    _, uncaptioned = _loop(workspace, 4, overlap=True, tasks=("seg",), name="seg-only", background_captions=True)
+    assert uncaptioned.captioned == [] and all(r.caption_step is None for r in uncaptioned.steps)
 
 
 def test_overlap_makes_the_period_shorter_than_render_plus_infer(workspace):

@@ -264,8 +264,10 @@ def beam_search(decoder: CaptionDecoder, features: torch.Tensor, beam: int = 1, 
     totals[:, 0] = 0.0  # one live hypothesis to start from
     lengths = torch.zeros(B, K, device=device)
     finished = torch.zeros(B, K, dtype=torch.bool, device=device)
-    last = sequences[..., -1].flatten()  # (B*K,) each hypothesis's newest token, a fresh contiguous tensor per
-    for position in range(max_length - 1):  # step (a compiled step recompiles on every new stride)
+    # (B*K,) each hypothesis's newest token; a fresh tensor every step, not a view of `sequences`, whose
+    # stride changes each step and would make a compiled `step` recompile for every token.
+    last = sequences[..., -1].flatten()
+    for position in range(max_length - 1):
         logits, self_cache = decoder.step(last, torch.tensor(position, device=device), self_cache, cross)
         log_probs = logits.float().log_softmax(-1).view(B, K, -1)
         vocab = log_probs.shape[-1]

@@ -302,7 +302,8 @@ class CaptionTask(Task):
     def draw(self, batch, index, prediction, min_score=0.3):
         height = batch["rgb"].shape[-2]
         width = CAPTION_PANEL_WIDTH  # wider than a frame: a caption of 30 words fits at 64 px high
-        return [caption_panel(batch["caption"][index], width, height), caption_panel(prediction, width, height)]
+        shown = prediction if prediction is not None else "(no caption yet)"  # a walk's first steps, captions in the background
+        return [caption_panel(batch["caption"][index], width, height), caption_panel(shown, width, height)]
 
     def state(self) -> dict:
         return {"vocabulary": self.vocabulary.to_dict(), "beam": self.beam, "max_length": self.max_length}

@@ -234,6 +234,7 @@ RULES: dict[str, Rule] = {
     "deploy.tasks": nonempty(each(registered_task())),
     "deploy.caption_every": integer(1, MAX_STEPS, "agent steps"),
     "deploy.overlap": flag(),
+    "deploy.background_captions": flag(),
     "deploy.pace": flag(),
     "deploy.threads": integer(0, MAX_WORKERS, "threads"),
     "deploy.seed": SEED,
