@@ -8,12 +8,15 @@ that matter (scripts/device-check.sh runs it on a fresh machine):
   chip's dense bf16 peak.
 
 Without a CUDA GPU it says so in one line, skips the GPU rows and runs the same code paths on the CPU at
-gpu_bench.cpu_model / cpu_size, so CI tests it. The JSON's `targets` gives each goal's verdict.
+gpu_bench.cpu_model / cpu_size, so CI tests it. The JSON's `targets` gives each goal's verdict; rows reach `out` as
+they are measured ("complete": false until the last), so a check cut short keeps what it measured.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
@@ -21,6 +24,7 @@ from rich.console import Console
 
 from tst.benchmarks import save_report, target
 from tst.config import composed
+from tst.workspace import atomic_write_json
 
 console = Console(stderr=True)
 
@@ -39,12 +43,14 @@ def _model_config(name: str, size: int) -> dict:
 
 
 def deploy_latency(model: str, size: int, device: str, precisions: list[str], modes: list[str],
-                   repeats: int, warmup: int, caption_words: int) -> dict:
-    """{precision_mode: latency percentiles} of the batch-1 multi-task predictor (tst bench deploy's model)."""
+                   repeats: int, warmup: int, caption_words: int,
+                   on_row: Callable[[dict], None] = lambda rows: None) -> dict:
+    """{precision_mode: latency percentiles} of the batch-1 multi-task predictor (tst bench deploy's model);
+    `on_row(rows so far)` runs after each row, so a caller can keep what a killed run measured."""
     from tst.deploy.bench import _latency, _torch_runner, multitask_model
 
     compile_modes = {"eager": None, "compiled": "", "cuda_graphs": "reduce-overhead"}
-    rows = {}
+    rows: dict = {}
     for precision in precisions:
         for mode in modes:
             module = multitask_model(model, size, caption_words)
@@ -52,6 +58,7 @@ def deploy_latency(model: str, size: int, device: str, precisions: list[str], mo
             rows[f"{precision}_{mode}"] = _latency(infer, repeats, warmup + (3 if mode != "eager" else 0),
                                                    device == "cuda")
             console.print(f"deploy {model}@{size} {precision} {mode}: {rows[f'{precision}_{mode}']}")
+            on_row(rows)
     return rows
 
 
@@ -112,23 +119,37 @@ def bench_gpu(cfg: DictConfig) -> dict:
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
     name = torch.cuda.get_device_name() if cuda else "cpu"
-    report: dict = {"device": name, "torch": torch.__version__, "cuda": torch.version.cuda if cuda else None}
+    report: dict = {"device": name, "torch": torch.__version__, "cuda": torch.version.cuda if cuda else None,
+                    "complete": False}
+
+    def keep_partial() -> None:
+        """A lent GPU's minutes are few: what is measured reaches cfg.out before the next row starts."""
+        if cfg.get("out"):
+            atomic_write_json(Path(str(cfg.out)), report)
+
     if cuda:
         model, size, modes, precisions = str(b.model), int(b.size), list(b.modes), list(b.precisions)
     else:
         console.print("tst bench gpu: no CUDA GPU visible; the GPU rows are skipped and the same code runs on "
                       f"the CPU at {b.cpu_model}@{b.cpu_size}, fp32 eager")
         model, size, modes, precisions = str(b.cpu_model), int(b.cpu_size), ["eager"], ["fp32"]
-    report["deploy"] = {"model": model, "image_size": size, "caption_words": int(b.caption_words),
-                        "rows": deploy_latency(model, size, device, precisions, modes, int(b.repeats),
-                                               int(b.warmup), int(b.caption_words))}
     report["pretrain"] = pretrain_throughput(model, size, device, list(b.batch_sizes) if cuda else [2],
                                              int(b.steps))
     peak = peak_flops(name) if cuda else None
     achieved = report["pretrain"].get("achieved_tflops")
     report["pretrain"]["mfu"] = round(achieved * 1e12 / peak, 4) if peak and achieved else None
+    report["deploy"] = {"model": model, "image_size": size, "caption_words": int(b.caption_words), "rows": {}}
+    keep_partial()
+
+    def keep_rows(rows: dict) -> None:
+        report["deploy"]["rows"] = rows
+        keep_partial()
+
+    deploy_latency(model, size, device, precisions, modes, int(b.repeats), int(b.warmup), int(b.caption_words),
+                   keep_rows)
     best_p99 = min(row["p99_ms"] for row in report["deploy"]["rows"].values())
     mfu = report["pretrain"]["mfu"]
+    report["complete"] = True
     report["targets"] = {
         "deploy_p99_all_heads": target(best_p99, LATENCY_GOAL_MS, "ms", at_most=True) | ({} if cuda else {"met": None}),
         "pretrain_bf16_mfu": target(mfu, MFU_GOAL, "fraction of the chip's bf16 peak", at_most=False),
