@@ -2,9 +2,10 @@
 detection and a caption) per model size and image size: eager vs torch.compile vs ONNX Runtime on the
 CPU; on a GPU, fp32 vs bf16 and eager vs CUDA graphs.
 
-Latency does not depend on trained weights, except the caption's length: heads here are randomly
-initialized and captions are generated to a fixed length (deploy_bench.caption_words), so every
-configuration decodes the same number of tokens.
+Heads here are randomly initialized. Latency depends on trained weights in two places: the caption's
+length, so captions are generated to a fixed length (deploy_bench.caption_words) and every configuration
+decodes the same number of tokens; and detection decoding, where an untrained head scores every location
+near its prior, so all PRE_NMS candidates reach NMS: an upper bound on what a trained head costs there.
 """
 
 from __future__ import annotations

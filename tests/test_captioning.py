@@ -203,5 +203,6 @@ def test_cached_steps_give_the_full_decoders_logits_and_captions():
         stop = int(ended[0]) + 1 if len(ended) else 10
         assert row[:stop].tolist() == reference[:stop].tolist()
     # min_length keeps <eos> away: exactly max_length tokens.
-    forced, _, lengths = beam_search(decoder, features, beam=2, min_length=10)
-    assert forced.shape == (3, 10) and (forced != 2).all() and (lengths == 9).all()
+    for beam in (1, 2):
+        forced, _, lengths = beam_search(decoder, features, beam=beam, min_length=10)
+        assert forced.shape == (3, 10) and (forced != 2).all() and (lengths == 9).all()

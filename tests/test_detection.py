@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from tst.transfer.coco import DetectionScore, to_coco
-from tst.transfer.detection import DetectionHead, batched_nms, decode, detection_loss
+from tst.transfer.detection import DetectionHead, batched_nms, decode, detection_loss, first_kept
 
 NAMES = {1: "chair", 2: "table", 3: "lamp"}
 
@@ -75,6 +75,22 @@ def test_batched_nms_equals_textbook_greedy_nms_on_random_boxes():
         for threshold in (0.3, 0.6):
             assert batched_nms(boxes, scores, classes, threshold).tolist() == reference_nms(boxes, scores, classes,
                                                                                             threshold)
+
+
+
+def test_first_kept_is_nms_over_every_box_cut_to_count():
+    """NMS over growing prefixes of the boxes by score keeps what NMS over all of them keeps, in order;
+    with few boxes suppressed (small, spread boxes) and with most suppressed (large, piled-up ones), and
+    with tied scores."""
+    generator = torch.Generator().manual_seed(2)
+    for count, spread, size in ((1000, 120, 8), (1000, 30, 60), (50, 100, 20)):
+        corner = torch.rand(count, 2, generator=generator) * spread
+        boxes = torch.cat([corner, corner + 1 + torch.rand(count, 2, generator=generator) * size], dim=1)
+        scores = (torch.rand(count, generator=generator) * 50).round() / 50  # many ties
+        classes = torch.randint(1, 4, (count,), generator=generator)
+        for keep in (1, 10, 100):
+            assert first_kept(boxes, scores, classes, 0.5, keep).tolist() == \
+                batched_nms(boxes, scores, classes, 0.5)[:keep].tolist()
 
 
 def toy_set():

@@ -223,9 +223,28 @@ def decode(outputs: dict[str, torch.Tensor], image_size: tuple[int, int], score_
             candidates = candidates[flat[candidates].topk(PRE_NMS).indices]
         location, channel = candidates // image_scores.shape[1], candidates % image_scores.shape[1]
         box, score, cls = image_boxes[location], flat[candidates], channel + 1
-        keep = batched_nms(box, score, cls, iou_threshold)[:max_detections]
+        keep = first_kept(box, score, cls, iou_threshold, max_detections)
         results.append({"boxes": box[keep], "scores": score[keep], "classes": cls[keep].long()})
     return results
+
+
+def first_kept(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, iou_threshold: float,
+               count: int) -> torch.Tensor:
+    """batched_nms(boxes, scores, classes, iou_threshold)[:count] without running NMS over every box.
+
+    Greedy NMS decides each box from the higher-scoring boxes alone, so NMS over the best M boxes keeps
+    exactly what NMS over all of them keeps among those M. Prefixes of the boxes by descending score (ties
+    in input order, as OpenCV's stable sort takes them) are tried, 2 x count first and 4x longer each time,
+    until one yields `count` kept boxes or holds every box: a cost of about count x prefix pairs instead of
+    N x kept (1000 candidates from an untrained head: 2.9 -> 0.2 ms)."""
+    order = scores.argsort(descending=True, stable=True)
+    boxes, scores, classes = boxes[order], scores[order], classes[order]
+    prefix = 2 * count
+    while True:
+        keep = batched_nms(boxes[:prefix], scores[:prefix], classes[:prefix], iou_threshold)
+        if len(keep) >= count or prefix >= len(boxes):
+            return order[keep[:count]]
+        prefix *= 4
 
 
 def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor,
