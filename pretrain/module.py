@@ -51,7 +51,8 @@ class PretrainModule(L.LightningModule):
             self.tokenizers.requires_grad_(False)
             self.objective = TokenObjective(dict(self.tokenizers), model_config.patch)
         else:
-            self.objective = PixelObjective(modalities, model_config.patch, num_classes)
+            self.objective = PixelObjective(modalities, model_config.patch, num_classes,
+                                            bool(p.get("rgb_patch_norm", True)))
         self.model = MultimodalMaskedModel(model_config, self.objective.io())
         N = model_config.tokens_per_modality
         if p["objective"] == "mae":

@@ -2,6 +2,8 @@
 
 - `multimae`: pixel patches in and out, each modality with its registry entry's loss (MSE on per-patch
   normalized RGB, L1 on depth and normals, BCE on edges); CE on label maps (only in label ablations).
+  With rgb_patch_norm off (pretrain.rgb_patch_norm=false), RGB is regressed as pixels, plain MSE, so the
+  encoder must keep each patch's absolute colour and brightness, which per-patch normalization discards.
 - `mae`: the same on RGB alone (the unimodal baseline).
 - `fourm`: RGB pixel patches and the other modalities' tokenizer codes in; every modality's codes
   (RGB included) out, cross-entropy on the target codes.
@@ -30,8 +32,15 @@ def is_label_map(name: str) -> bool:
 class PixelObjective:
     """multimae / mae: the model regresses the masked patches of each modality."""
 
-    def __init__(self, modalities: list[str], patch: int, num_classes: int = 0):
+    def __init__(self, modalities: list[str], patch: int, num_classes: int = 0, rgb_patch_norm: bool = True):
         self.names, self.patch, self.num_classes = list(modalities), patch, num_classes
+        self.rgb_patch_norm = rgb_patch_norm
+
+    def _loss(self, name: str):
+        """The modality's registry loss; plain MSE for RGB without per-patch normalization."""
+        if name == "rgb" and not self.rgb_patch_norm:
+            return F.mse_loss
+        return get(name).loss
 
     def io(self) -> list[ModalityIO]:
         ios = []
@@ -58,7 +67,7 @@ class PixelObjective:
                 logits = prediction.reshape(-1, self.patch * self.patch, self.num_classes)
                 losses[name] = F.cross_entropy(logits.reshape(-1, self.num_classes), target.reshape(-1))
                 continue
-            losses[name] = get(name).loss(prediction, patchify(self._pixels(name, batch), self.patch)[rows, tokens])
+            losses[name] = self._loss(name)(prediction, patchify(self._pixels(name, batch), self.patch)[rows, tokens])
         return losses
 
     def images(self, name: str, prediction: torch.Tensor, batch: dict) -> torch.Tensor:
@@ -67,7 +76,7 @@ class PixelObjective:
         if is_label_map(name):
             logits = unpatchify(prediction, self.patch, self.num_classes)
             return logits.argmax(1)
-        if get(name).loss is normalized_patch_mse:
+        if self._loss(name) is normalized_patch_mse:
             truth = patchify(self._pixels(name, batch), self.patch)
             prediction = prediction * (truth.var(-1, keepdim=True) + 1e-6).sqrt() + truth.mean(-1, keepdim=True)
         return from_network(name, unpatchify(prediction, self.patch, get(name).channels))

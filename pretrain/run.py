@@ -35,7 +35,7 @@ console = Console(stderr=True)
 RUN_DIR_VARIABLE = "TST_PRETRAIN_RUN_DIR"  # tells DDP worker processes which run they belong to
 # Keys a resumed run must share with the run it continues.
 STRUCTURAL = ("model", "pretrain.objective", "pretrain.modalities", "pretrain.input_budget", "pretrain.target_budget",
-              "pretrain.mixture", "pretrain.mae_mask_ratio", "pretrain.seed", "data_dir", "data.batch_size",
+              "pretrain.mixture", "pretrain.mae_mask_ratio", "pretrain.rgb_patch_norm", "pretrain.seed", "data_dir", "data.batch_size",
               "data.crop_scale", "pretrain.external", "pretrain.test_space_share", "pretrain.frames")
 
 

@@ -99,6 +99,24 @@ def test_each_objective_overfits_a_batch(objective):
     assert last <= first / 2, (first, last)
 
 
+
+def test_rgb_patch_norm_off_regresses_plain_pixels():
+    """pretrain.rgb_patch_norm=false: RGB targets are the pixels themselves (a perfect prediction of the
+    pixels costs 0 and displays as the image); with it on (MAE's target) the same prediction is penalized."""
+    from tst.layers import patchify
+    from tst.modalities import to_network
+
+    torch.manual_seed(0)
+    batch = {"rgb": torch.rand(2, 3, 16, 16)}
+    pixels = patchify(to_network("rgb", batch["rgb"]), 8)  # (2, 4, 192)
+    where = torch.stack([torch.arange(2).repeat_interleave(4), torch.arange(4).repeat(2)], 1)
+    outputs = {"rgb": (pixels[where[:, 0], where[:, 1]], where)}
+    plain = PixelObjective(["rgb"], 8, rgb_patch_norm=False)
+    assert plain.losses(outputs, batch)["rgb"].item() == 0.0
+    assert torch.allclose(plain.images("rgb", pixels, batch), batch["rgb"], atol=1e-6)
+    assert PixelObjective(["rgb"], 8).losses(outputs, batch)["rgb"].item() > 0.01
+
+
 def test_tokenizer_round_trip_on_simple_images():
     torch.manual_seed(0)
     batch = synthetic_batch()

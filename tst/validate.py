@@ -187,6 +187,7 @@ RULES: dict[str, Rule] = {
     "pretrain.image_every": STEPS,
     "pretrain.seed": SEED,
     "pretrain.allow_weak_tokenizers": flag(),
+    "pretrain.rgb_patch_norm": flag(),
     "pretrain.min_code_share": PROBABILITY,
     "pretrain.precomputed_tokens": flag(),
     "pretrain.tokenizer.levels": each(integer(2)),
