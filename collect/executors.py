@@ -32,10 +32,10 @@ class InProcessExecutor:
             close_spaces()
 
 
-def _die_with_parent(parent: int) -> None:
-    """Pool initializer: a worker is killed when the collecting process dies, even by SIGKILL, so no
-    orphan keeps writing shards into a dataset that a resumed run is completing. Linux's
-    PR_SET_PDEATHSIG does this; elsewhere orphans finish their current shard."""
+def die_with_parent(parent: int) -> None:
+    """Pool initializer (and the encoding process's first step): a worker is killed when the process that
+    started it dies, even by SIGKILL, so no orphan keeps writing shards into a dataset that a resumed run
+    is completing. Linux's PR_SET_PDEATHSIG does this; elsewhere orphans finish their current shard."""
     if sys.platform.startswith("linux"):
         import ctypes
 
@@ -57,7 +57,7 @@ class LocalExecutor:
 
     def run(self, units: list[Unit], settings: Settings) -> Iterator[int]:
         context = multiprocessing.get_context("spawn")  # open3d and OpenMP threads do not survive fork
-        with context.Pool(self.workers, initializer=_die_with_parent, initargs=(os.getpid(),)) as pool:
+        with context.Pool(self.workers, initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
             yield from pool.imap_unordered(_render_in_worker, [(unit, settings) for unit in units])
 
 

@@ -217,14 +217,15 @@ def _png_bytes(image) -> bytes:
     return buffer.getvalue()
 
 
-ENCODE_AHEAD = 2  # frames a worker with a core to spare may render ahead of its encoding thread
+ENCODE_AHEAD = 2  # frames a worker with a core to spare may render ahead of its encoding helper
 
 
 def worker_settings(collect: DictConfig, plan: Plan, out: Path, workers: int, taxonomy) -> Settings:
     """What each of `workers` processes needs; `taxonomy`: the test space's, which every split's labels are
     written in. Several workers cast rays on one thread each; with fewer workers than cores, each encodes
-    on a helper thread while it renders (one worker on 2 cores, 128 px: 145 -> 168-179 frames/s over four `tst
-    bench collect` runs; with a worker per core the helper threads would only contend for the cores)."""
+    in a helper while it renders (collect/encoder.py; one worker on 2 cores, 128 px, `tst bench collect`:
+    145 frames/s inline, 158-194 with a helper thread, 189-212 with a helper process; with a worker per
+    core a helper would only contend for the cores)."""
     spare_core = workers < (os.cpu_count() or 1)
     return Settings(str(out), plan.spaces, list(collect.modalities), collect.rgb_format,
                     (float(collect.edges.low), float(collect.edges.high)), int(collect.min_box_pixels),

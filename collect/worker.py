@@ -7,9 +7,7 @@ import io
 import os
 import tarfile
 import zlib
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +23,11 @@ from tst.taxonomy import Taxonomy
 from tst.collect.captions import make_caption, visible_objects
 from tst.collect.dataset import shard_path
 from tst.collect.derive import instance_boxes
+from tst.collect.encoder import Members, ProcessEncoder, SpaceFacts, ThreadEncoder, helper_kind
 from tst.collect.plan import PlannedFrame, square_image
 
 _SPACES: dict[str, TestSpace] = {}  # per-process cache: space config (JSON) -> built space
+_HELPER: list[ThreadEncoder | ProcessEncoder] = []  # per-process: the encoding helper, kept across shards
 
 
 @dataclass
@@ -54,7 +54,7 @@ class Settings:
     real_rgb: bool = True  # use the space's real image of a scene camera as rgb when it has one
     taxonomy: dict | None = None  # the test space's taxonomy (Taxonomy.to_dict()): every frame's labels use it
     class_maps: tuple = ()  # per space index: Plan.class_maps (None: the space already uses that taxonomy)
-    encode_ahead: int = 0  # > 0: a helper thread encodes while the next frame renders, this many frames behind
+    encode_ahead: int = 0  # > 0: a helper (collect/encoder.py) encodes while the next frame renders, this many frames behind
 
 
 def stored_modalities(modalities: list[str]) -> list[str]:
@@ -75,7 +75,7 @@ def _space(settings: Settings, index: int) -> TestSpace:
     return _SPACES[key]
 
 
-def derive(frame: Frame, space: TestSpace, planned: PlannedFrame, settings: Settings) -> dict:
+def derive(frame: Frame, space: SpaceFacts, planned: PlannedFrame, settings: Settings) -> dict:
     """All requested modalities of one frame, as python/numpy values ready to encode."""
     m = dict(frame.modalities)
     taxonomy = space.taxonomy
@@ -91,9 +91,8 @@ def derive(frame: Frame, space: TestSpace, planned: PlannedFrame, settings: Sett
     if "caption" in settings.modalities:
         # A per-frame generator: the caption does not depend on which worker renders the frame.
         rng = np.random.default_rng([settings.seed, zlib.crc32(planned.key.encode())])
-        objects = visible_objects(m["rgb"], m["depth"], boxes, taxonomy, m["instance"],
-                                  space.instance_materials())
-        m["caption"] = make_caption(objects, space.region_at(planned.camera.position), rng)
+        objects = visible_objects(m["rgb"], m["depth"], boxes, taxonomy, m["instance"], space.instance_materials)
+        m["caption"] = make_caption(objects, space.region, rng)
     m["camera"] = {**planned.camera.to_dict(), "space": space.name, "split": planned.split,
                    "path_id": planned.path_id, "step": planned.step}
     if planned.source is not None:
@@ -130,51 +129,69 @@ def _render_frame(space: TestSpace, planned: PlannedFrame, needed: tuple[str, ..
     return frame
 
 
-def _encoded(planned: PlannedFrame, frame: Frame, space: TestSpace, settings: Settings,
-             coders: dict) -> dict[str, tuple[str, bytes]]:
+def encode_frame(planned: PlannedFrame, frame: Frame, space: SpaceFacts, settings: Settings) -> Members:
     """One rendered frame's shard members: modality -> (member name, encoded bytes)."""
     values = derive(frame, space, planned, settings)
+    coders = codec_table(settings.rgb_format)
     return {modality: (f"{planned.key}.{coders[modality].extension}", coders[modality].encode(values[modality]))
             for modality in stored_modalities(settings.modalities)}
+
+
+def _helper(settings: Settings) -> ThreadEncoder | ProcessEncoder:
+    """This process's encoding helper, started once and kept for every later shard whose settings encode
+    alike (where shards are written and how rays are cast do not matter to it)."""
+    if _HELPER and replace(_HELPER[0].settings, out="", render_threads=0) != replace(settings, out="", render_threads=0):
+        close_helper()
+    if not _HELPER:
+        _HELPER.append(helper_kind()(settings))
+    return _HELPER[0]
+
+
+def close_helper() -> None:
+    while _HELPER:
+        _HELPER.pop().close()
 
 
 def render_unit(unit: Unit, settings: Settings) -> int:
     """Render, derive, encode and write one shard; returns the number of frames written.
 
-    With `settings.encode_ahead` a helper thread derives and encodes each frame while this one renders
-    the next: the PNG encoder and the shading kernel release the GIL, so the two overlap where the worker
-    has a core to spare (collection gives it one when there are fewer workers than cores)."""
-    coders = codec_table(settings.rgb_format)
+    With `settings.encode_ahead` a helper (collect/encoder.py) derives and encodes each frame while this
+    process renders the next, at most encode_ahead frames behind."""
     needed = tuple(m for m in RENDERED if m in settings.modalities or m in ("rgb", "semantic", "instance", "depth"))
     members: dict[str, list[tuple[str, bytes]]] = {m: [] for m in stored_modalities(settings.modalities)}
 
-    def add(frame_members: dict[str, tuple[str, bytes]]) -> None:
+    def add(frame_members: Members) -> None:
         for modality, member in frame_members.items():
             members[modality].append(member)
 
-    def rendered():
+    if not settings.encode_ahead:
         for planned in unit.frames:
             space = _space(settings, planned.space)
-            yield planned, _render_frame(space, planned, needed, settings), space
-
-    if not settings.encode_ahead:
-        for planned, frame, space in rendered():
-            add(_encoded(planned, frame, space, settings, coders))
+            add(encode_frame(planned, _render_frame(space, planned, needed, settings), SpaceFacts.of(space, planned),
+                             settings))
     else:
-        with ThreadPoolExecutor(1, thread_name_prefix="tst-encode") as encoder:
-            pending: deque[Future] = deque()
-            for planned, frame, space in rendered():
-                pending.append(encoder.submit(_encoded, planned, frame, space, settings, coders))
-                while len(pending) > settings.encode_ahead:
-                    add(pending.popleft().result())
-            while pending:
-                add(pending.popleft().result())
+        helper, waiting = _helper(settings), 0
+        try:
+            for planned in unit.frames:
+                space = _space(settings, planned.space)
+                helper.submit(planned, _render_frame(space, planned, needed, settings), SpaceFacts.of(space, planned))
+                waiting += 1
+                if waiting > settings.encode_ahead:
+                    add(helper.result())
+                    waiting -= 1
+            for _ in range(waiting):
+                add(helper.result())
+        except BaseException:
+            close_helper()  # frames of this shard may still be in it
+            raise
     for modality, items in members.items():
         write_tar(shard_path(settings.out, unit.split, modality, unit.shard), items)
     return len(unit.frames)
 
 
 def close_spaces() -> None:
+    """Close this process's spaces and its encoding helper."""
+    close_helper()
     for space in _SPACES.values():
         space.close()
     _SPACES.clear()

@@ -249,6 +249,30 @@ def test_pool_workers_die_with_a_killed_collection(tmp_path):
     assert (out / "manifest.json").is_file() and not list(out.rglob(".*tmp*"))
 
 
+
+def test_interrupted_one_worker_collection_stops_its_encoding_process_and_resumes(tmp_path):
+    """Ctrl-C of `tst collect` with one worker (which encodes in a helper process, a core being spare):
+    it exits at once with 130, its helper goes with it, and a re-run completes the dataset."""
+    command = [sys.executable, "-m", "tst.orchestration.cli", "collect", f"workspace_dir={tmp_path}", *SMALL,
+               "collect.splits=[pretrain]", "collect.frames.pretrain=400", "collect.size=96"]
+    out = tmp_path / "procedural-0" / "data"
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((out / "pretrain" / "camera").glob("shard-*.tar")):
+        time.sleep(0.05)
+    children = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
+    helpers = [pid for pid in children if "spawn_main" in Path(f"/proc/{pid}/cmdline").read_text()]
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) == 130 and "interrupted" in process.stderr.read()
+    if (os.cpu_count() or 1) > 1:
+        assert helpers, "one worker with a spare core encodes in a helper process"
+    time.sleep(0.5)
+    assert not [pid for pid in helpers if Path(f"/proc/{pid}").exists()]
+    assert subprocess.run(command, capture_output=True).returncode == 0
+    assert (out / "manifest.json").is_file() and not list(out.rglob(".*tmp*"))
+
+
 def test_multirun_overrides_expand():
     assert expand_sweeps(["space.seed=0,1,2", "collect.size=64"]) == [
         ["space.seed=0", "collect.size=64"], ["space.seed=1", "collect.size=64"], ["space.seed=2", "collect.size=64"]]
@@ -339,3 +363,63 @@ def test_no_frame_of_any_split_faces_a_blank_wall(dataset, tmp_path):
                    "collect.views.max_class_share=1.0") == 0
     nearest, share = view_quality(tmp_path / "procedural-0" / "data")
     assert nearest < 0.9 or share > 0.95
+
+
+@pytest.fixture(scope="module")
+def planned_frames():
+    """Four planned 48-px frames of the default space, its rendered frames, and worker settings with a
+    helper two frames ahead."""
+    from dataclasses import replace
+
+    from omegaconf import OmegaConf
+
+    from tst.collect.plan import make_plan
+    from tst.collect.run import worker_settings
+    from tst.config import load
+    from tst.envs.registry import make_space
+    from tst.modalities import RENDERED
+
+    cfg = load("collect", SMALL)
+    collect_cfg = OmegaConf.merge(cfg.collect, {"frames": {"pretrain": 4, "eval": 0, "transfer": 0},
+                                                "splits": ["pretrain"], "transfer_spaces": []})
+    space = make_space(cfg.space)
+    plan = make_plan(collect_cfg, OmegaConf.to_container(cfg.space, resolve=True), space, [], None)
+    frames = plan.frames["pretrain"]
+    settings = replace(worker_settings(collect_cfg, plan, Path("unused"), 1, space.taxonomy), encode_ahead=2)
+    return space, frames, [space.render(p.camera, RENDERED) for p in frames], settings
+
+
+@pytest.mark.parametrize("helper", ["thread", "process"])
+def test_encoding_helpers_give_the_inline_bytes_in_order(planned_frames, helper):
+    from tst.collect.encoder import ProcessEncoder, SpaceFacts, ThreadEncoder
+    from tst.collect.worker import encode_frame
+
+    space, frames, rendered, settings = planned_frames
+    inline = [encode_frame(p, f, SpaceFacts.of(space, p), settings) for p, f in zip(frames, rendered)]
+    encoder = (ThreadEncoder if helper == "thread" else ProcessEncoder)(settings)
+    try:
+        for p, f in zip(frames, rendered):
+            encoder.submit(p, f, SpaceFacts.of(space, p))
+        assert [encoder.result() for _ in frames] == inline
+    finally:
+        encoder.close()
+
+
+def test_encoding_process_reports_a_failed_frame_and_its_own_death(planned_frames):
+    from tst.collect.encoder import ProcessEncoder, SpaceFacts
+    from tst.frame import Frame
+
+    space, frames, rendered, settings = planned_frames
+    encoder = ProcessEncoder(settings)
+    try:
+        broken = Frame(rendered[0].camera, {k: v for k, v in rendered[0].modalities.items() if k != "semantic"},
+                       rendered[0].meta)
+        encoder.submit(frames[0], broken, SpaceFacts.of(space, frames[0]))
+        with pytest.raises(TSTError, match="encoding a frame failed: KeyError"):
+            encoder.result()
+        encoder.process.kill()
+        encoder.process.join()
+        with pytest.raises(TSTError, match="the encoding process died"):
+            encoder.result()
+    finally:
+        encoder.close()
