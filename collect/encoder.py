@@ -4,9 +4,11 @@ A collection worker with a core to spare (fewer workers than cores) hands each r
 that derives its modalities (edges, boxes, caption) and encodes them while the worker renders the next
 frame; results come back in submission order. The helper is a process of its own where the worker may
 start one (the collecting process itself, or a benchmark's): open3d's ray cast and the Python of boxes and
-captions hold the GIL, so a helper *thread* contended with the renderer (one worker on 2 cores, 128 px:
-0.74x the frames/s of rendering alone against 0.93x with a process, prototype in session notes). A pool
-worker is a daemonic process and may not start one, so it keeps the helper thread.
+captions hold the GIL, so a helper *thread* contended with the renderer (one worker on 2 cores, 128 px,
+three paired `tst bench collect` runs: 0.63-0.74x the frames/s of rendering alone with a thread,
+0.76-0.93x with a process). A pool
+worker (a daemonic process, which may not start one) and a collection of a modality registered at run time
+(which a new process would not know) keep the helper thread.
 """
 
 from __future__ import annotations
@@ -133,6 +135,10 @@ class ProcessEncoder:
             channel.close()
 
 
-def helper_kind() -> Callable[[Settings], ThreadEncoder | ProcessEncoder]:
-    """ProcessEncoder where this process may start one, else ThreadEncoder (in a daemonic pool worker)."""
-    return ThreadEncoder if multiprocessing.current_process().daemon else ProcessEncoder
+def helper_kind(settings: Settings) -> Callable[[Settings], ThreadEncoder | ProcessEncoder]:
+    """ProcessEncoder where this process may start one and the new process would know every modality of
+    `settings` (a modality registered at run time exists in this process only), else ThreadEncoder."""
+    from tst.modalities import BUILT_IN
+
+    known = set(settings.modalities) <= BUILT_IN
+    return ProcessEncoder if known and not multiprocessing.current_process().daemon else ThreadEncoder

@@ -143,7 +143,7 @@ def _helper(settings: Settings) -> ThreadEncoder | ProcessEncoder:
     if _HELPER and replace(_HELPER[0].settings, out="", render_threads=0) != replace(settings, out="", render_threads=0):
         close_helper()
     if not _HELPER:
-        _HELPER.append(helper_kind()(settings))
+        _HELPER.append(helper_kind(settings)(settings))
     return _HELPER[0]
 
 

@@ -37,6 +37,19 @@ def grey():
     del MODALITIES["grey"]
 
 
+
+def test_a_modality_registered_at_run_time_is_encoded_in_this_process(grey):
+    """A new process would not know it: collection encodes it on a helper thread, built-ins in a process."""
+    from tst.collect.encoder import ProcessEncoder, ThreadEncoder, helper_kind
+    from tst.collect.worker import Settings
+
+    def settings(modalities):
+        return Settings("out", [], modalities, "png", (100.0, 200.0), 16, 0, 0)
+
+    assert helper_kind(settings(["rgb", "grey"])) is ThreadEncoder
+    assert helper_kind(settings(["rgb", "depth", "semantic"])) is ProcessEncoder
+
+
 def test_a_registered_modality_is_collected_read_and_pretrained_on(grey, tmp_path):
     assert "grey" in by_tier("sensor")
     collect_small(tmp_path, 8, 2, 2, 32, "collect.modalities=[rgb,depth,grey,semantic,instance,boxes]")

@@ -236,6 +236,8 @@ for _entry in [
     Modality("caption", "text", 0, "str", "English sentences", "json", "label", JSON, _as_is("caption")),
 ]:
     register(_entry)
+# Registered on import, so every process has them; one registered at run time exists in its own process only.
+BUILT_IN = frozenset(MODALITIES)
 
 # What a mesh renderer produces from one ray cast.
 RENDERED = ("rgb", "depth", "normals", "semantic", "instance")
