@@ -32,7 +32,9 @@ class TokenizerConfig:
 
 
 EDGE_WEIGHT_CAP = 10.0
-L1_MODALITIES = ("depth", "normals")
+# L1 where the quality check reads mean absolute error. For rgb, measured on a dev space (procedural-11, 64 px,
+# 300 steps): MSE 1.02x the patch-mean baseline's error, L1 0.96x (600 steps: 0.87x).
+L1_MODALITIES = ("rgb", "depth", "normals")
 
 
 class FSQ(nn.Module):
@@ -125,7 +127,7 @@ class Tokenizer(nn.Module):
         return self._reconstruct(self.quantizer.values(codes, grid))
 
     def loss(self, x: torch.Tensor, reconstruction: torch.Tensor) -> torch.Tensor:
-        """MSE in network values (L1 for depth and normals, whose errors are read as MAE); edges: BCE with edge pixels weighted by the batch's non-edge/edge ratio
+        """L1 in network values for rgb, depth and normals (their errors are read as MAE), MSE otherwise; edges: BCE with edge pixels weighted by the batch's non-edge/edge ratio
         (at most EDGE_WEIGHT_CAP), so 1-pixel edges covering a few per cent of a frame are not ignored."""
         if self.modality == "edges":
             edges = (x > 0.5).float()
