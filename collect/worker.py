@@ -148,6 +148,7 @@ def _helper(settings: Settings) -> ThreadEncoder | ProcessEncoder:
 
 
 def close_helper() -> None:
+    """Stop this process's encoding helper, if it has one (the next shard that needs one starts it again)."""
     while _HELPER:
         _HELPER.pop().close()
 
