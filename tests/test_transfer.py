@@ -70,6 +70,7 @@ def test_transfer_run_end_to_end(workspace, capsys):
     out = workspace / "procedural-0" / "transfer" / "seg"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["backbone"] == "scratch" and metrics["train_frames"] == 4 and metrics["eval_frames"] == 8
+    assert metrics["layer_decay"] == 1.0  # a random init has no pretrained blocks for transfer.layer_decay to keep
     assert 0.0 <= metrics["seg_miou"] <= 1.0 and (out / "predictions.png").is_file()
     assert json.loads((out / "manifest.json").read_text())["stage"] == "transfer"
 
@@ -239,7 +240,8 @@ def test_fine_tuning_above_the_pretraining_resolution(tmp_path, capsys):
     common = [f"workspace_dir={tmp_path}", *TINY_MODEL, "transfer.steps=1", f"transfer.backbone={pretrained}"]
     assert main(["transfer", "transfer.image_size=48", "run_name=at48", *common]) == 0
     run = tmp_path / "procedural-0" / "transfer" / "at48"
-    assert json.loads((run / "metrics.json").read_text())["image_size"] == 48
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["image_size"] == 48 and metrics["layer_decay"] == 0.75  # the default, for a pretrained backbone
     model = load_transfer(run)
     assert model.image_size == 48 and model.module(torch.rand(1, 3, 48, 48))["seg"].shape == (1, 48, 48)
     capsys.readouterr()
