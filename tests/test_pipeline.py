@@ -42,6 +42,23 @@ def test_a_second_run_skips_every_finished_stage(finished, capsys):
     assert before == {p: p.stat().st_mtime for p in (finished / "procedural-0" / "transfer").iterdir()}
 
 
+def test_a_transfer_made_with_another_default_is_made_again(finished, capsys):
+    # As a transfer finished before transfer.layer_decay's default became 0.75 leaves it: same folder name
+    # (the preset's overrides did not change), another value in its manifest's resolved config.
+    (stale,) = (finished / "procedural-0" / "transfer").glob("fourm-*")  # the deployed specialist
+    manifest = json.loads((stale / "manifest.json").read_text())
+    manifest["config"]["transfer"]["layer_decay"] = 1.0
+    (stale / "manifest.json").write_text(json.dumps(manifest))
+    others = {p: p.stat().st_mtime for p in (finished / "procedural-0" / "transfer").iterdir() if p != stale}
+    capsys.readouterr()
+    assert main(["run", "experiment=smoke", f"workspace_dir={finished}"]) == 0
+    err = " ".join(capsys.readouterr().err.split())
+    assert "was made with other settings (transfer.layer_decay: 1.0 -> 0.75): running it again" in err
+    assert json.loads((stale / "manifest.json").read_text())["config"]["transfer"]["layer_decay"] == 0.75
+    assert others == {p: p.stat().st_mtime for p in others}  # the up-to-date ones were skipped
+    assert len(list((finished / "procedural-0" / "deploy").iterdir())) == 2  # and it is deployed again
+
+
 def test_unknown_backbone_in_an_experiment(tmp_path, capsys):
     assert main(["run", "experiment=smoke", f"workspace_dir={tmp_path}", "experiment.backbones=[clip]"]) != 0
     assert "experiment.backbones: 'clip'" in capsys.readouterr().err

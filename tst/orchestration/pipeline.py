@@ -5,8 +5,9 @@ three tasks on one backbone) -> deploy (the first pretrained backbone's speciali
 
 Each stage is the same command a person would type (`tst collect ...`), composed from the experiment's
 override lists (configs/experiment/*.yaml). Run folders are named after a hash of what made them, so a
-re-run finds the finished ones and skips them; a pretraining run killed midway resumes from its last
-checkpoint. `Pipeline.execute` is the one place that decides, for every stage, whether its folder is kept,
+re-run finds the finished ones and skips them (a pretraining, transfer or probe whose stored config differs
+from what the stage would use now, as after a default changed, is made again); a pretraining run killed
+midway resumes from its last checkpoint. `Pipeline.execute` is the one place that decides, for every stage, whether its folder is kept,
 resumed or made; inside each stage, `tst.stage.publish` lands the finished folder (staged, manifest last,
 tracked). Like the CLI, this module imports the stages lazily: it sits above them.
 """
@@ -31,6 +32,9 @@ from tst.workspace import fingerprint, read_manifest
 
 console = Console(stderr=True)
 OTHER_BACKBONES = ("scratch", "generalist")
+# The config sections a transfer's (or a probe's) results depend on: a finished one made with other values
+# there is made again (the data section's reader settings and the transfer's inputs are in the folder name).
+RESULT_SECTIONS = ("transfer", "model")
 # Pretrained backbones that are an objective plus settings (a preset adds its own in experiment.variants):
 # adapted TST continues 4M-21 B on the space.
 VARIANTS = {"adapted": ["pretrain.objective=multimae", "pretrain.init=4m21-b"]}
@@ -89,13 +93,22 @@ class Pipeline:
         return self.shared + [str(o) for o in self.e.get(stage, [])]
 
     def execute(self, title: str, run_dir: Path, start: Callable[[], Path],
-                reusable: Callable[[Path], bool] | None = None, resume: Callable[[], Path] | None = None) -> Path:
+                reusable: Callable[[Path], bool] | None = None, resume: Callable[[], Path] | None = None,
+                wanted: tuple[DictConfig, tuple[str, ...]] | None = None) -> Path:
         """The one way `tst run` runs a stage: a finished `run_dir` that `reusable` accepts (default: it holds
         a manifest) is kept and skipped; with `resume`, a folder killed after writing its config.json
-        continues and one killed before is removed; otherwise `start` runs the stage. Times each title."""
+        continues and one killed before is removed; otherwise `start` runs the stage. With `wanted` (the
+        stage's config and the sections its results depend on), a finished folder made with other settings
+        in those sections is made again in place. Times each title."""
         console.print(Rule(f"[bold]{title}"))
         began = time.perf_counter()
-        if (reusable or _finished)(run_dir):
+        changed = _changed_settings(run_dir, *wanted) if wanted is not None and _finished(run_dir) else []
+        if changed:
+            console.print(f"[yellow]{run_dir}[/yellow] was made with other settings ({'; '.join(changed)}): "
+                          "running it again")
+            shutil.rmtree(run_dir)
+            run_dir = start()
+        elif (reusable or _finished)(run_dir):
             console.print(f"{run_dir} is finished: skipped")
         elif resume is not None and (run_dir / "config.json").is_file():
             console.print(f"resuming {run_dir}")
@@ -180,10 +193,12 @@ class Pipeline:
             [fingerprint(Path(str(self.cfg.workspace_dir)) / str(folder)) for folder in external]
         run_dir = self.pretraining_dir(objective, overrides, inputs, seed)
         overrides = overrides + self.pretraining_overrides(objective)
+        cfg = load("pretrain", overrides + [f"run_name={run_dir.name}"])
         # A killed run resumes from its newest complete checkpoint, if any.
         return self.execute(f"pretrain {objective}" + ("" if seed is None else f" seed {seed}"), run_dir,
-                            lambda: run(load("pretrain", overrides + [f"run_name={run_dir.name}"]), overrides),
-                            resume=lambda: run(load("pretrain", overrides + [f"resume={run_dir}"]), overrides))
+                            lambda: run(cfg, overrides),
+                            resume=lambda: run(load("pretrain", overrides + [f"resume={run_dir}"]), overrides),
+                            wanted=(cfg, ("pretrain", "model")))
 
     def pretraining_dir(self, objective: str, overrides: list[str], inputs: list[str], seed: int | None) -> Path:
         """The run folder of one pretraining: named after the objective (or variant) and a hash of the
@@ -213,8 +228,9 @@ class Pipeline:
 
         extra, digest = self.backbone_overrides(backbone, spec, seed, data, fraction)
         name = f"{backbone}-s{seed}-f{fraction:g}-{digest}"
+        cfg = load("transfer", self.overrides("transfer") + extra + [f"run_name={name}"])
         return self.execute(f"transfer {backbone} seed {seed} fraction {fraction:g}", self.root / "transfer" / name,
-                            lambda: run(load("transfer", self.overrides("transfer") + extra + [f"run_name={name}"])))
+                            lambda: run(cfg), wanted=(cfg, RESULT_SECTIONS))
 
     def probe(self, backbone: str, spec: str, seed: int, data: Path) -> Path:
         """The frozen-feature probe of one backbone (`tst transfer probe`): seconds, no SGD."""
@@ -222,13 +238,15 @@ class Pipeline:
 
         extra, digest = self.backbone_overrides(backbone, spec, seed, data)
         name = f"{backbone}-s{seed}-{digest}"
+        cfg = load("transfer", self.overrides("transfer") + extra + [f"run_name={name}"])
         return self.execute(f"probe {backbone} seed {seed}", self.root / "probe" / name,
-                            lambda: probe(load("transfer", self.overrides("transfer") + extra + [f"run_name={name}"])))
+                            lambda: probe(cfg), wanted=(cfg, RESULT_SECTIONS))
 
     def deploy(self, model: Path) -> Path:
         from tst.deploy.run import deploy
 
-        name = f"{self.e.deploy_task}-{model.name}-{_name_hash(self.overrides('deploy'))}"
+        # The model's fingerprint: a transfer made again under its old name deploys again.
+        name = f"{self.e.deploy_task}-{model.name}-{_name_hash(self.overrides('deploy'), fingerprint(model))}"
         return self.execute("deploy", self.root / "deploy" / name, lambda: deploy(
             load("deploy", self.overrides("deploy") + [f"deploy.model={model}", f"run_name={name}"])))
 
@@ -260,6 +278,28 @@ class Pipeline:
         out = self.execute("report", self.root / "report", self.report, reusable=lambda _: False)  # always redrawn
         console.print(f"stage seconds: {json.dumps(self.timings)}")
         return out
+
+
+def _changed_settings(run_dir: Path, wanted: DictConfig, sections: tuple[str, ...]) -> list[str]:
+    """'key: stored -> wanted' for every setting under `sections` where the finished run in `run_dir` (the
+    resolved config its manifest holds) differs from `wanted`. Run folders are named after a hash of the
+    preset's overrides, so a changed default (transfer.layer_decay 1.0 -> 0.75) keeps the name: this is
+    what notices it."""
+    stored = _flattened({k: read_manifest(run_dir)["config"].get(k) for k in sections})
+    now = _flattened({k: OmegaConf.to_container(wanted, resolve=True).get(k) for k in sections})
+    return [f"{key}: {stored.get(key)!r} -> {now.get(key)!r}" for key in sorted(stored.keys() | now.keys())
+            if stored.get(key) != now.get(key)]
+
+
+def _flattened(tree: dict, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}: nested config sections as dotted keys."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            flat |= _flattened(value, f"{prefix}{key}.")
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def _same_dataset(stored: dict, wanted: DictConfig) -> bool:
