@@ -7,9 +7,10 @@ Each stage is the same command a person would type (`tst collect ...`), composed
 override lists (configs/experiment/*.yaml). Run folders are named after a hash of what made them, so a
 re-run finds the finished ones and skips them (a pretraining, transfer or probe whose stored config differs
 from what the stage would use now, as after a default changed, is made again); a pretraining run killed
-midway resumes from its last checkpoint. `Pipeline.execute` is the one place that decides, for every stage, whether its folder is kept,
-resumed or made; inside each stage, `tst.stage.publish` lands the finished folder (staged, manifest last,
-tracked). Like the CLI, this module imports the stages lazily: it sits above them.
+midway resumes from its last checkpoint. `Pipeline.execute` is the one place that decides, for every
+stage, whether its folder is kept, resumed or made; inside each stage, `tst.stage.publish` lands the
+finished folder (staged, manifest last, tracked). Like the CLI, this module imports the stages lazily: it
+sits above them.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ from tst.workspace import fingerprint, read_manifest
 
 console = Console(stderr=True)
 OTHER_BACKBONES = ("scratch", "generalist")
-# The config sections a transfer's (or a probe's) results depend on: a finished one made with other values
-# there is made again (the data section's reader settings and the transfer's inputs are in the folder name).
+# The config sections a transfer's results depend on: a finished one made with other values there is made
+# again (the data section's reader settings and the transfer's inputs are in the folder name). A probe is
+# checked on the same sections: it reads fewer of them, and takes seconds.
 RESULT_SECTIONS = ("transfer", "model")
 # Pretrained backbones that are an objective plus settings (a preset adds its own in experiment.variants):
 # adapted TST continues 4M-21 B on the space.
@@ -285,8 +287,9 @@ def _changed_settings(run_dir: Path, wanted: DictConfig, sections: tuple[str, ..
     resolved config its manifest holds) differs from `wanted`. Run folders are named after a hash of the
     preset's overrides, so a changed default (transfer.layer_decay 1.0 -> 0.75) keeps the name: this is
     what notices it."""
-    stored = _flattened({k: read_manifest(run_dir)["config"].get(k) for k in sections})
-    now = _flattened({k: OmegaConf.to_container(wanted, resolve=True).get(k) for k in sections})
+    stored_config, wanted_config = read_manifest(run_dir)["config"], OmegaConf.to_container(wanted, resolve=True)
+    stored = _flattened({k: stored_config.get(k) for k in sections})
+    now = _flattened({k: wanted_config.get(k) for k in sections})
     return [f"{key}: {stored.get(key)!r} -> {now.get(key)!r}" for key in sorted(stored.keys() | now.keys())
             if stored.get(key) != now.get(key)]
 
