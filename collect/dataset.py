@@ -66,6 +66,29 @@ def to_tensors(values: dict) -> dict:
     return out
 
 
+@dataclass(frozen=True)
+class CropView:
+    """A crop box (pixels of a frame_height x frame_width frame) and whether the crop is flipped."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+    flipped: bool
+    frame_height: int
+    frame_width: int
+
+    def sample_grid(self, cells: int) -> torch.Tensor:
+        """(cells, cells, 2) normalized (x, y) frame coordinates in [-1, 1] (grid_sample's convention, corners
+        at pixel edges) of the centres of a cells x cells grid over the crop, mirrored when flipped."""
+        centres = (torch.arange(cells, dtype=torch.float32) + 0.5) / cells
+        xs = (self.left + centres * self.width) / self.frame_width * 2 - 1
+        ys = (self.top + centres * self.height) / self.frame_height * 2 - 1
+        if self.flipped:
+            xs = xs.flip(0)
+        return torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)
+
+
 @dataclass
 class RandomResizedCropFlip:
     """One random crop (area fraction `scale`, aspect `ratio`) resized to `size` px and a horizontal
@@ -92,13 +115,20 @@ class RandomResizedCropFlip:
                 return top, left, h, w
         return 0, 0, height, width
 
+    def draw(self, height: int, width: int, generator: torch.Generator) -> CropView:
+        """The random view of a (height, width) frame: a crop box, then whether it is flipped."""
+        top, left, h, w = self.crop_box(height, width, generator)
+        return CropView(top, left, h, w, float(torch.rand(1, generator=generator)) < self.flip, height, width)
+
     def __call__(self, sample: dict, generator: torch.Generator | None = None) -> dict:
         generator = generator or torch.default_generator
+        height, width = sample[pixel_maps(sample)[0]].shape[-2:]
+        return self.apply(sample, self.draw(height, width, generator))
+
+    def apply(self, sample: dict, view: CropView) -> dict:
+        """`sample` seen through `view` (see the class docstring)."""
         maps = pixel_maps(sample)
-        reference = sample[maps[0]]
-        height, width = reference.shape[-2:]
-        top, left, h, w = self.crop_box(height, width, generator)
-        flip = float(torch.rand(1, generator=generator)) < self.flip
+        top, left, h, w, flip = view.top, view.left, view.height, view.width, view.flipped
         out = dict(sample)
         for name in maps:
             x = sample[name][..., top:top + h, left:left + w]

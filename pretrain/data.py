@@ -6,7 +6,7 @@ data-worth analyses), with a resumable sample order."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import lightning as L
 import numpy as np
@@ -14,9 +14,10 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
 from tst.errors import TSTError
-from tst.modalities import get
+from tst.modalities import get, pixel_maps
 
 from tst.collect.dataset import FrameDataset, RandomResizedCropFlip, collate
+from tst.pretrain.teacher import features_under
 from tst.pretrain.tokens import whole_frame
 
 
@@ -45,9 +46,13 @@ class EpochCrops(torch.utils.data.Dataset):
     (seed, epoch, index), so every epoch differs and a resumed run repeats exactly."""
 
     def __init__(self, frames: FrameDataset, transform: RandomResizedCropFlip, modalities: list[str], seed: int,
-                 codes: dict[str, dict[str, torch.Tensor]] | None = None, cache_frames: bool = False):
+                 codes: dict[str, dict[str, torch.Tensor]] | None = None, cache_frames: bool = False,
+                 teacher: tuple[str, torch.Tensor, int] | None = None):
         self.frames, self.transform, self.modalities, self.seed = frames, transform, modalities, seed
         self.codes = codes  # precomputed tokenizer codes by frame key (then the transform is fixed)
+        # (name, (F, C, h, w) whole-frame feature maps by frame index, token grid): each crop's sample gets
+        # name -> (grid * grid, C), the features under its tokens (see tst.pretrain.teacher)
+        self.teacher = teacher
         # Decoded frames by index, kept by each loader worker for the next epochs (PNG decoding is about
         # a third of a small model's step on 2 cores); None = decode every time.
         self.decoded: dict[int, dict] | None = {} if cache_frames else None
@@ -66,8 +71,13 @@ class EpochCrops(torch.utils.data.Dataset):
     def __getitem__(self, position: int) -> dict:
         epoch, index = divmod(position, len(self.frames))
         generator = torch.Generator().manual_seed(int(np.random.default_rng([self.seed, epoch, index]).integers(2**62)))
-        out = self.transform(self.frame(index), generator)
+        frame = self.frame(index)
+        view = self.transform.draw(*frame[pixel_maps(frame)[0]].shape[-2:], generator)
+        out = self.transform.apply(frame, view)
         sample = {name: out[name] for name in self.modalities} | {"key": out["key"]}
+        if self.teacher is not None:
+            name, maps, grid = self.teacher
+            sample[name] = features_under(maps[index], view, grid)
         if self.codes is not None:
             sample |= {f"codes/{name}": codes for name, codes in self.codes[out["key"]].items()}
         return sample
@@ -139,13 +149,15 @@ class PretrainData(L.LightningDataModule):
     splits: the test space's `pretrain` split, and `transfer` to add the transfer split's frames (other
     spaces' sensor modalities, the frames the heads will later be trained on; the paper found mixing them
     in helps). external, test_space_share, frames: other spaces' datasets mixed in at a fixed budget
-    (mixed_frames)."""
+    (mixed_frames). teacher: (name, frames -> (F, C, h, w) whole-frame feature maps, token grid): a
+    teacher's features as a target (tst.pretrain.teacher)."""
 
     def __init__(self, root: Path, modalities: list[str], size: int, batch_size: int, num_workers: int,
                  crop_scale: tuple[float, float], seed: int, skip_corrupt: bool,
                  codes: dict[str, dict[str, torch.Tensor]] | None = None, cache_frames: bool = False,
                  splits: tuple[str, ...] = ("pretrain",), external: tuple[Path, ...] = (),
-                 test_space_share: float = 1.0, frames: int | None = None):
+                 test_space_share: float = 1.0, frames: int | None = None,
+                 teacher: tuple[str, Callable[[Dataset], torch.Tensor], int] | None = None):
         super().__init__()
         self.root, self.modalities, self.size = root, modalities, size
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
@@ -158,9 +170,12 @@ class PretrainData(L.LightningDataModule):
                   for folder in external]
         frames_used = mixed_frames(pretraining_frames(root, list(splits), modalities, skip_corrupt), others,
                                    test_space_share, frames, seed)
-        self.train = EpochCrops(frames_used, transform, modalities, seed, codes, cache_frames)
-        if len(self.train.frames) == 0:
+        if len(frames_used) == 0:
             raise TSTError(f"{root}: the pretrain split is empty; collect it first (tst collect)")
+        if teacher is not None:
+            name, read_features, grid = teacher
+            teacher = (name, read_features(frames_used), grid)
+        self.train = EpochCrops(frames_used, transform, modalities, seed, codes, cache_frames, teacher)
         self.start_step = 0
 
     def train_dataloader(self) -> DataLoader:

@@ -27,10 +27,11 @@ from tst.pretrain.masking import TokenSelection
 class ModalityIO:
     """How a modality enters and leaves the model.
 
-    reads: "pixels" (patch values in) or "tokens" (code ids in); predicts: "pixels" (patch values out)
-    or "tokens" (code logits out). in_channels: channels per pixel on input (pixel reads);
-    out_channels: predicted values per pixel (pixel predictions, e.g. class count for label maps);
-    vocab: code count (token reads or predictions)."""
+    reads: "pixels" (patch values in), "tokens" (code ids in) or "nothing" (a target-only modality, such
+    as a teacher's features); predicts: "pixels" (patch values out), "tokens" (code logits out) or
+    "features" (one vector per token). in_channels: channels per pixel on input (pixel reads);
+    out_channels: predicted values per pixel (pixel predictions, e.g. class count for label maps) or per
+    token (features); vocab: code count (token reads or predictions)."""
 
     name: str
     reads: str
@@ -52,9 +53,9 @@ class MultimodalMaskedModel(nn.Module):
         p2, dim = config.patch ** 2, config.dim
         self.input_adapters = nn.ModuleDict({
             m.name: nn.Linear(p2 * m.in_channels, dim) if m.reads == "pixels" else nn.Embedding(m.vocab, dim)
-            for m in modalities})
-        self.output_adapters = nn.ModuleDict({
-            m.name: nn.Linear(dim, p2 * m.out_channels if m.predicts == "pixels" else m.vocab) for m in modalities})
+            for m in modalities if m.reads != "nothing"})
+        outputs = {"pixels": lambda m: p2 * m.out_channels, "tokens": lambda m: m.vocab, "features": lambda m: m.out_channels}
+        self.output_adapters = nn.ModuleDict({m.name: nn.Linear(dim, outputs[m.predicts](m)) for m in modalities})
         self.modality_embedding = nn.Parameter(torch.randn(len(modalities), dim) * 0.02)
         four_m = config.family == "4m"
         self.register_buffer("position", sincos_2d(config.grid, config.grid, dim, row_first=four_m), persistent=False)

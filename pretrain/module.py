@@ -16,19 +16,22 @@ from tst.layers import ModelConfig
 from tst.pretrain.masking import MixtureComponent, select_tokens
 from tst.pretrain.model import MultimodalMaskedModel
 from tst.pretrain.objectives import PixelObjective, TokenObjective
+from tst.pretrain.teacher import TeacherTargets
 from tst.pretrain.tokenizer import Tokenizer
 
 
-def mixture_from_config(entries: list[dict], modalities: list[str]) -> list[MixtureComponent]:
+def mixture_from_config(entries: list[dict], modalities: list[str], target_only: tuple[str, ...] = ()) -> list[MixtureComponent]:
     """Config entries {weight, inputs: {modality or "all": alpha}, targets: {...}} -> components over
-    the trained modalities (modalities not named get alpha 0; "all" sets every modality)."""
+    the trained modalities (modalities not named get alpha 0; "all" sets every modality). `target_only`
+    modalities (a teacher's features) are never inputs."""
 
-    def alphas(spec: dict) -> dict[str, float]:
+    def alphas(spec: dict, inputs: bool) -> dict[str, float]:
         out = {m: float(spec["all"]) for m in modalities} if "all" in spec else {}
         out.update({m: float(a) for m, a in spec.items() if m != "all" and m in modalities})
-        return out
+        return {m: 0.0 if inputs and m in target_only else a for m, a in out.items()}
 
-    components = [MixtureComponent(float(e["weight"]), alphas(e["inputs"]), alphas(e["targets"])) for e in entries]
+    components = [MixtureComponent(float(e["weight"]), alphas(e["inputs"], True), alphas(e["targets"], False))
+                  for e in entries]
     components = [c for c in components if any(c.input_alphas.values()) and any(c.target_alphas.values())]
     if not components:
         raise TSTError(f"pretrain.mixture: no component has inputs and targets among {modalities}")
@@ -37,7 +40,8 @@ def mixture_from_config(entries: list[dict], modalities: list[str]) -> list[Mixt
 
 class PretrainModule(L.LightningModule):
     """config: the resolved run config as a plain dict (model, pretrain, data sections).
-    tokenizers: frozen per-modality tokenizers (objective fourm only)."""
+    tokenizers: frozen per-modality tokenizers (objective fourm only). modalities: what the data loader
+    reads; with pretrain.teacher the model also predicts that teacher's features (see teacher.py)."""
 
     def __init__(self, config: dict, modalities: list[str], num_classes: int = 0,
                  tokenizers: dict[str, Tokenizer] | None = None):
@@ -53,7 +57,14 @@ class PretrainModule(L.LightningModule):
         else:
             self.objective = PixelObjective(modalities, model_config.patch, num_classes,
                                             bool(p.get("rgb_patch_norm", True)))
+        self.teacher = p.get("teacher")
+        if self.teacher and p["objective"] == "mae":
+            raise TSTError("pretrain.teacher: mae is the RGB-only baseline and takes no teacher; "
+                           "use it with multimae or fourm, or set pretrain.teacher=null")
+        if self.teacher:
+            self.objective = TeacherTargets(self.objective, self.teacher)
         self.model = MultimodalMaskedModel(model_config, self.objective.io())
+        self.targets = self.model.names  # the modalities token budgets are drawn over (the data's, plus a teacher's)
         N = model_config.tokens_per_modality
         if p["objective"] == "mae":
             self.input_budget = int(round(N * (1 - float(p["mae_mask_ratio"]))))
@@ -61,10 +72,10 @@ class PretrainModule(L.LightningModule):
             self.mixture = [MixtureComponent(1.0, {"rgb": 1.0}, {"rgb": 1.0})]
         else:
             self.input_budget, self.target_budget = int(p["input_budget"]), int(p["target_budget"])
-            self.mixture = mixture_from_config(p["mixture"], modalities)
-        if self.input_budget + self.target_budget > N * len(modalities):
+            self.mixture = mixture_from_config(p["mixture"], self.targets, (self.teacher,) if self.teacher else ())
+        if self.input_budget + self.target_budget > N * len(self.targets):
             raise TSTError(f"pretrain budgets: {self.input_budget} + {self.target_budget} tokens exceed the "
-                           f"{N * len(modalities)} tokens of {len(modalities)} modalities at {N} each")
+                           f"{N * len(self.targets)} tokens of {len(self.targets)} modalities at {N} each")
         for index, component in enumerate(self.mixture):
             for side, alphas, budget in (("inputs", component.input_alphas, self.input_budget),
                                          ("targets", component.target_alphas, self.target_budget)):
@@ -85,7 +96,7 @@ class PretrainModule(L.LightningModule):
     def selection(self, batch_size: int, step: int):
         generator = torch.Generator().manual_seed(
             int(np.random.default_rng([self.config["pretrain"]["seed"], step, self.global_rank]).integers(2**62)))
-        return select_tokens(batch_size, self.modalities, self.model.config.tokens_per_modality,
+        return select_tokens(batch_size, self.targets, self.model.config.tokens_per_modality,
                              self.input_budget, self.target_budget, self.mixture, generator)
 
     def losses(self, batch: dict, step: int) -> dict[str, torch.Tensor]:

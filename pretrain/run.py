@@ -26,6 +26,7 @@ from tst.collect.dataset import FrameDataset, RandomResizedCropFlip, collate, co
 from tst.pretrain.data import PretrainData
 from tst.pretrain.module import PretrainModule
 from tst.pretrain.objectives import check_modalities
+from tst.pretrain.teacher import teacher_features
 from tst.pretrain.tokenizer import Tokenizer, TokenizerConfig
 from tst.pretrain.tokenizer_quality import check_quality
 from tst.pretrain.tokens import load_tokens
@@ -281,10 +282,16 @@ def run(cfg: DictConfig, overrides: list[str] = ()) -> Path:
     if p["objective"] == "fourm" and p.get("precomputed_tokens"):
         codes = load_tokens(_tokenizer_dir(OmegaConf.create(config)), data, config["model"]["image_size"])
     external = external_datasets(OmegaConf.create(config), data)
+    teacher = None
+    if p.get("teacher"):
+        size = int(p.get("teacher_size", 256))
+        console.print(f"pretrain.teacher={p['teacher']}: reading every pretraining frame at {size} px")
+        teacher = (p["teacher"], lambda frames: teacher_features(p["teacher"], frames, size),
+                   int(config["model"]["image_size"]) // int(config["model"]["patch"]))
     datamodule = PretrainData(data, module.modalities, config["model"]["image_size"], int(d["batch_size"]),
                               int(d["num_workers"]), tuple(d["crop_scale"]), int(p["seed"]), bool(d["skip_corrupt"]),
                               codes, bool(d.get("cache_frames", False)), tuple(p.get("splits", ["pretrain"])),
-                              tuple(external), float(p.get("test_space_share", 1.0)), p.get("frames"))
+                              tuple(external), float(p.get("test_space_share", 1.0)), p.get("frames"), teacher)
     eval_batch = _eval_batch(data, module.modalities, config["model"]["image_size"], 4,
                              bool(d["skip_corrupt"]))  # read before the run folder is made
     created = not run_dir.exists()

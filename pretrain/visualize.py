@@ -37,7 +37,10 @@ def prediction_sheet(module, batch: dict, selection: TokenSelection, samples: in
     outputs = model(objective.inputs(batch), selection)
     B = len(batch["key"])
     rows = []
+    drawn = [name for name in model.names if name in batch]  # a teacher's features are not a picture
     for index, name in enumerate(model.names):
+        if name not in drawn:
+            continue
         truth = batch[name] if batch[name].dim() == 4 else batch[name][:, None]
         in_where = selection.input_modality == index
         in_rows = in_where.nonzero()[:, 0]
@@ -58,4 +61,4 @@ def prediction_sheet(module, batch: dict, selection: TokenSelection, samples: in
             top = float(truth[b].max()) if name == "depth" else None
             rows.append([to_uint8(name, masked, top), to_uint8(name, shown, top), to_uint8(name, truth[b], top)])
     return grid_image(rows, ["masked input", "prediction", "target"],
-                      [f"{name} #{b}" for name in model.names for b in range(min(samples, B))])
+                      [f"{name} #{b}" for name in drawn for b in range(min(samples, B))])
