@@ -35,9 +35,10 @@ from tst.pretrain.visualize import prediction_sheet
 console = Console(stderr=True)
 RUN_DIR_VARIABLE = "TST_PRETRAIN_RUN_DIR"  # tells DDP worker processes which run they belong to
 # Keys a resumed run must share with the run it continues.
-STRUCTURAL = ("model", "pretrain.objective", "pretrain.modalities", "pretrain.input_budget", "pretrain.target_budget",
-              "pretrain.mixture", "pretrain.mae_mask_ratio", "pretrain.rgb_patch_norm", "pretrain.seed", "data_dir", "data.batch_size",
-              "data.crop_scale", "pretrain.external", "pretrain.test_space_share", "pretrain.frames")
+STRUCTURAL = ("model", "pretrain.objective", "pretrain.modalities", "pretrain.teacher", "pretrain.teacher_size",
+              "pretrain.input_budget", "pretrain.target_budget", "pretrain.mixture", "pretrain.mae_mask_ratio",
+              "pretrain.rgb_patch_norm", "pretrain.seed", "data_dir", "data.batch_size", "data.crop_scale",
+              "pretrain.external", "pretrain.test_space_share", "pretrain.frames")
 
 
 def _space_name(cfg: DictConfig) -> str:
@@ -207,15 +208,15 @@ def newest_checkpoint(run_dir: Path) -> Path | None:
 
 def continued_run(run_dir: Path, config: dict) -> Path:
     """`pretrain.init=<a finished tst pretrain run>`: this run continues that run's weights, so it takes
-    that run's model config (set into `config`); the objective and modalities must be the same. Returns
+    that run's model config (set into `config`); the objective, modalities and teacher must be the same. Returns
     the run folder."""
     stored = read_pretrain_config(run_dir)
     if not (run_dir / "model.safetensors").is_file():
         raise TSTError(f"pretrain.init: {run_dir} has no model.safetensors; expected a finished tst pretrain run")
-    for key in ("objective", "modalities"):
-        if stored["pretrain"][key] != config["pretrain"][key]:
-            raise TSTError(f"pretrain.init: {run_dir} was pretrained with pretrain.{key}={stored['pretrain'][key]}; "
-                           f"this run has {config['pretrain'][key]} (they must match to continue it)")
+    for key in ("objective", "modalities", "teacher"):
+        if stored["pretrain"].get(key) != config["pretrain"].get(key):
+            raise TSTError(f"pretrain.init: {run_dir} was pretrained with pretrain.{key}={stored['pretrain'].get(key)}; "
+                           f"this run has {config['pretrain'].get(key)} (they must match to continue it)")
     config["model"] = stored["model"]
     return run_dir
 

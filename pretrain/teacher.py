@@ -15,14 +15,11 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from rich.console import Console
 
 from tst.errors import TSTError
 
 from tst.collect.dataset import CropView
 from tst.pretrain.model import ModalityIO
-
-console = Console(stderr=True)
 
 
 @dataclass(frozen=True)
