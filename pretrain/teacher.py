@@ -58,10 +58,12 @@ def teacher_features(name: str, frames, size: int, batch_size: int = 32) -> torc
     maps = []
     with torch.inference_mode():
         for start in range(0, len(frames), batch_size):
-            rgb = torch.stack([frames[i]["rgb"] for i in range(start, min(start + batch_size, len(frames)))])
-            resized = F.interpolate(rgb, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            # each frame resized on its own: mixed-in spaces may have been collected at other sizes
+            resized = torch.cat([F.interpolate(frames[i]["rgb"][None], size=(size, size), mode="bilinear",
+                                               align_corners=False, antialias=True)
+                                 for i in range(start, min(start + batch_size, len(frames)))])
             maps.append(model.features(resized).float())
-    return torch.cat(maps) if maps else torch.zeros(0, teacher.channels, size // teacher.stride, size // teacher.stride)
+    return torch.cat(maps)
 
 
 def features_under(feature_map: torch.Tensor, view: CropView, grid: int) -> torch.Tensor:
