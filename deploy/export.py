@@ -3,8 +3,9 @@ PyTorch on eval frames before anything is written.
 
 Two graphs, both with fixed shapes:
   dense.{pt2,onnx}    rgb (1, 3, S, S) in [0, 1] -> features, then each task's `export_outputs`
-                      (segmentation logits, raw detection outputs, the caption decoder's cross-attention
-                      keys and values: whichever heads the model has), outputs named in the graph
+                      (segmentation logits channels last, raw detection outputs, the caption decoder's
+                      cross-attention keys and values: whichever heads the model has), outputs named in
+                      the graph
   caption.{pt2,onnx}  one decoding step on key/value caches of fixed size (CaptionDecoder.step): tokens
                       (K,), position (), self cache (2, depth, K, heads, max_length, d), cross cache
                       (2, depth, K, heads, N, d) -> next-token logits (K, vocab), the updated self cache;
@@ -29,6 +30,9 @@ from tst.workspace import MANIFEST, file_sha256, fingerprint, read_manifest, sta
 from tst.transfer.module import TransferModule
 
 TOLERANCE = 1e-4  # max abs difference allowed between ONNX Runtime and PyTorch outputs
+# The layout of the graphs' outputs, recorded in the manifest; an export of another format is refused
+# rather than misread. 2: segmentation logits channels last (seg_logits_nhwc).
+EXPORT_FORMAT = 2
 GRAPH_FILES = ("dense.pt2", "dense.onnx", "caption.pt2", "caption.onnx")
 REEXPORT = "re-run tst deploy export (after removing the folder)"
 
@@ -49,6 +53,9 @@ def check_export(folder: Path, model_dir: Path | None, graphs: list[str]) -> Non
     if manifest.get("stage") != "export" or not isinstance(recorded, dict) or (
             model_dir is not None and not isinstance(model, dict)):
         raise TSTError(f"{folder / MANIFEST}: not an export manifest (no model fingerprint and graph hashes); {REEXPORT}")
+    if manifest["outputs"].get("format") != EXPORT_FORMAT:
+        raise TSTError(f"{folder / MANIFEST}: export format {manifest['outputs'].get('format')}, this tst reads "
+                       f"format {EXPORT_FORMAT}; {REEXPORT}")
     if model_dir is not None and model.get("fingerprint") != fingerprint(model_dir):
         raise TSTError(f"{folder / MANIFEST}: the export was made from another model than {model_dir} (fingerprint "
                        f"{model.get('fingerprint')}, the model's is {fingerprint(model_dir)}); {REEXPORT}")
@@ -240,5 +247,5 @@ def export(module: TransferModule, image_size: int, frames: list[torch.Tensor], 
         graphs = {name: file_sha256(tmp / name) for name in GRAPH_FILES if (tmp / name).is_file()}
         write_manifest(tmp, "export", {"image_size": image_size, "tasks": list(module.tasks)},
                        {"model": model_dir} if model_dir is not None else {},
-                       {"graphs": graphs, "max_abs_difference": differences})
+                       {"graphs": graphs, "format": EXPORT_FORMAT, "max_abs_difference": differences})
     return differences

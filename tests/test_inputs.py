@@ -243,6 +243,19 @@ def test_onnx_runtime_checks_the_export_manifest(ws, tmp_path, capsys, tamper, f
     assert tree(ws) == before
 
 
+def test_an_export_of_another_format_is_refused(ws, tmp_path):
+    from tst.deploy.export import check_export
+    from tst.errors import TSTError
+
+    folder = tmp_path / "export"
+    shutil.copytree(ws / "export", folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    del manifest["outputs"]["format"]  # as exports made before the format was recorded
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(TSTError, match="export format None, this tst reads format 2; re-run tst deploy export"):
+        check_export(folder, ws / "procedural-0" / "transfer" / "multi", ["dense.onnx"])
+
+
 def test_an_export_of_another_model_is_refused(ws, tmp_path):
     from tst.deploy.export import check_export
     from tst.errors import TSTError

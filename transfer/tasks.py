@@ -136,10 +136,13 @@ class SegmentationTask(Task):
                 label_image(prediction.cpu().numpy(), palette=palette)]
 
     def export_outputs(self, head, features, image_size):
-        return {"seg_logits": head(features, image_size)}
+        """seg_logits_nhwc: (B, H, W, classes). Channels last, so the argmax after the graph reduces
+        over contiguous memory: tiny@128's 39 classes, graph and argmax 1.7 ms against 3.9 ms for the
+        (B, classes, H, W) layout (ONNX Runtime, 2 cores; an argmax inside the graph took 2.7 ms)."""
+        return {"seg_logits_nhwc": head(features, image_size).permute(0, 2, 3, 1)}
 
     def from_exported(self, head, outputs, image_size):
-        return outputs["seg_logits"].argmax(1)
+        return outputs["seg_logits_nhwc"].argmax(-1)
 
     def prediction_fields(self, prediction):
         """semantic: (H, W) int64 class ids."""
