@@ -191,27 +191,36 @@ class CaptionDecoder(nn.Module):
         """One generated position for R sequences: tokens (R,) int64 at `position` (a 0-d int64 tensor,
         < max_length), self_cache as `empty_self_cache` gives it holding positions 0..position-1, cross as
         `cross_cache` -> (next-token logits (R, vocab), self_cache with this position written). Equals
-        `decode`'s logits at `position` (eval mode)."""
-        width = self.width
+        `decode`'s logits at `position` (eval mode).
+
+        The one new position is kept as (R, width) rows and its heads as (R, heads, 1, width / heads), a
+        reshape without a transpose: the exported step has a third fewer nodes than with (R, 1, width)
+        activations, and on 2 cores it runs node by node (0.58 -> 0.45 ms a token at tiny's 2 layers)."""
+        width, rows = self.width, tokens.shape[0]
+        heads = self.blocks.layers[0].self_attn.num_heads
+
+        def split(x: torch.Tensor) -> torch.Tensor:  # (R, width) -> (R, heads, 1, width / heads)
+            return x.reshape(rows, heads, 1, width // heads)
+
         slots = torch.arange(self.max_length, device=tokens.device)
         written, visible = (slots == position)[:, None], (slots <= position)[None]  # (max_length, 1), (1, max_length)
-        x = self.embed(tokens)[:, None] + self.position.index_select(0, position.reshape(1))[None]  # (R, 1, width)
+        x = self.embed(tokens) + self.position.index_select(0, position.reshape(1))  # (R, width)
         keys, values = [], []
         for index, layer in enumerate(self.blocks.layers):
             attention = layer.self_attn
             q, k, v = F.linear(layer.norm1(x), attention.in_proj_weight, attention.in_proj_bias).chunk(3, -1)
-            k = torch.where(written, self._split_heads(k), self_cache[0, index])  # (R, heads, max_length, d)
-            v = torch.where(written, self._split_heads(v), self_cache[1, index])
-            seen = F.scaled_dot_product_attention(self._split_heads(q), k, v, attn_mask=visible)
-            x = x + attention.out_proj(seen.transpose(1, 2).flatten(2))
+            k = torch.where(written, split(k), self_cache[0, index])  # (R, heads, max_length, d)
+            v = torch.where(written, split(v), self_cache[1, index])
+            seen = F.scaled_dot_product_attention(split(q), k, v, attn_mask=visible)
+            x = x + attention.out_proj(seen.reshape(rows, width))
             cross_attention = layer.multihead_attn
             q = F.linear(layer.norm2(x), cross_attention.in_proj_weight[:width], cross_attention.in_proj_bias[:width])
-            seen = F.scaled_dot_product_attention(self._split_heads(q), cross[0, index], cross[1, index])
-            x = x + cross_attention.out_proj(seen.transpose(1, 2).flatten(2))
+            seen = F.scaled_dot_product_attention(split(q), cross[0, index], cross[1, index])
+            x = x + cross_attention.out_proj(seen.reshape(rows, width))
             x = x + layer.linear2(layer.activation(layer.linear1(layer.norm3(x))))
             keys.append(k)
             values.append(v)
-        return self.head(self.norm(x))[:, 0], torch.stack([torch.stack(keys), torch.stack(values)])
+        return self.head(self.norm(x)), torch.stack([torch.stack(keys), torch.stack(values)])
 
 
 def caption_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
