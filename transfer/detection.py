@@ -218,9 +218,11 @@ def decode(outputs: dict[str, torch.Tensor], image_size: tuple[int, int], score_
     results = []
     for image_scores, image_boxes in zip(scores, boxes):
         flat = image_scores.flatten()
-        candidates = torch.nonzero(flat >= score_threshold).squeeze(1)
-        if candidates.numel() > PRE_NMS:
-            candidates = candidates[flat[candidates].topk(PRE_NMS).indices]
+        passing = flat >= score_threshold
+        if int(passing.sum()) > PRE_NMS:  # the best PRE_NMS all pass; topk skips listing every passing index
+            candidates = flat.topk(PRE_NMS).indices  # (an untrained head at 128 px: 3.0 -> 1.2 ms)
+        else:
+            candidates = torch.nonzero(passing).squeeze(1)
         location, channel = candidates // image_scores.shape[1], candidates % image_scores.shape[1]
         box, score, cls = image_boxes[location], flat[candidates], channel + 1
         keep = first_kept(box, score, cls, iou_threshold, max_detections)
