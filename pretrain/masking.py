@@ -3,6 +3,7 @@ draw, with input and target tokens of a modality disjoint."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -20,24 +21,27 @@ class MixtureComponent:
     target_alphas: dict[str, float]
 
 
-def split_budget(alphas: torch.Tensor, budget: int, capacity: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Integer counts per modality that sum to exactly `budget`, drawn around Dirichlet(alphas)
-    proportions, never above `capacity` (M,) and zero where alpha is 0.
+def split_budget(alphas: torch.Tensor, budget: int, capacity: list[int], generator: torch.Generator) -> list[int]:
+    """Integer counts per modality that sum to exactly `budget`, drawn around Dirichlet(alphas (M,) double)
+    proportions, never above `capacity` (M ints) and zero where alpha is 0.
 
     Rounding: floor of the proportions, then the remainder one token at a time to the modalities with
     room left, largest fractional part first; repeated while capped modalities hand back tokens.
+    Only the gamma draw is a tensor op; the bookkeeping on M numbers is plain Python (it runs twice per
+    sample on the training step's critical path).
     """
-    active = alphas > 0
-    if int(capacity[active].sum()) < budget:
-        raise TSTError(f"token budget {budget} exceeds the {int(capacity[active].sum())} tokens available")
-    gamma = torch._standard_gamma(torch.where(active, alphas, torch.ones_like(alphas)).double(), generator=generator)
-    proportions = torch.where(active, gamma, torch.zeros_like(gamma))
-    proportions = proportions / proportions.sum()
-    counts = torch.minimum(torch.floor(proportions * budget).long(), capacity)
-    while int(counts.sum()) < budget:
-        room = active & (counts < capacity)
-        share = torch.where(room, proportions * budget - counts, torch.full_like(proportions, -torch.inf))
-        counts[int(torch.argmax(share))] += 1
+    active = [a > 0 for a in alphas.tolist()]
+    available = sum(c for c, on in zip(capacity, active) if on)
+    if available < budget:
+        raise TSTError(f"token budget {budget} exceeds the {available} tokens available")
+    gamma = torch._standard_gamma(torch.where(alphas > 0, alphas, torch.ones_like(alphas)), generator=generator)
+    gamma = torch.where(alphas > 0, gamma, torch.zeros_like(gamma))
+    proportions = (gamma / gamma.sum()).tolist()
+    counts = [min(math.floor(p * budget), c) for p, c in zip(proportions, capacity)]
+    while sum(counts) < budget:
+        share = [p * budget - n if on and n < c else -math.inf
+                 for p, n, c, on in zip(proportions, counts, capacity, active)]
+        counts[share.index(max(share))] += 1
     return counts
 
 
@@ -57,20 +61,16 @@ def select_tokens(batch_size: int, modalities: list[str], tokens_per_modality: i
     """Draw, per sample, how many input and target tokens each modality gets and which ones."""
     M, N = len(modalities), tokens_per_modality
     weights = torch.tensor([c.weight for c in mixture], dtype=torch.double)
+    alphas = [tuple(torch.tensor([float(side.get(m, 0.0)) for m in modalities]).double()
+                    for side in (c.input_alphas, c.target_alphas)) for c in mixture]
     inputs, targets = [], []
     for _ in range(batch_size):
-        component = mixture[int(torch.multinomial(weights, 1, generator=generator))]
-        a_in = torch.tensor([float(component.input_alphas.get(m, 0.0)) for m in modalities])
-        a_out = torch.tensor([float(component.target_alphas.get(m, 0.0)) for m in modalities])
-        n_in = split_budget(a_in, input_budget, torch.full((M,), N), generator)
-        n_out = split_budget(a_out, target_budget, N - n_in, generator)
-        sample_in, sample_out = [], []
-        for m in range(M):
-            order = torch.randperm(N, generator=generator) + m * N
-            sample_in.append(order[: n_in[m]])
-            sample_out.append(order[n_in[m]: n_in[m] + n_out[m]])
-        inputs.append(torch.cat(sample_in))
-        targets.append(torch.cat(sample_out))
+        a_in, a_out = alphas[int(torch.multinomial(weights, 1, generator=generator))]
+        n_in = split_budget(a_in, input_budget, [N] * M, generator)
+        n_out = split_budget(a_out, target_budget, [N - n for n in n_in], generator)
+        orders = [torch.randperm(N, generator=generator) + m * N for m in range(M)]
+        inputs.append(torch.cat([order[:n] for order, n in zip(orders, n_in)]))
+        targets.append(torch.cat([order[first:first + n] for order, first, n in zip(orders, n_in, n_out)]))
     inputs_t, targets_t = torch.stack(inputs), torch.stack(targets)
     return TokenSelection(inputs_t, targets_t, targets_t // N, inputs_t // N)
 
