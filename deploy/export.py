@@ -13,7 +13,8 @@ Two graphs, both with fixed shapes:
 Box decoding, NMS and the beam search run in torch on the graphs' outputs, for both runtimes.
 
 The folder's manifest.json (stage "export") records the transfer model it came from (path and
-fingerprint) and each graph file's sha256; `deploy.runtime=onnx` checks both before loading a graph.
+fingerprint), each graph file's sha256 and the export format (EXPORT_FORMAT); `deploy.runtime=onnx` checks
+all three before loading a graph.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ REEXPORT = "re-run tst deploy export (after removing the folder)"
 
 
 def check_export(folder: Path, model_dir: Path | None, graphs: list[str]) -> None:
-    """The export in `folder` was made from `model_dir` (its fingerprint) and each of `graphs` is there
-    with the sha256 its manifest records; a one-line TSTError naming the file otherwise."""
+    """The export in `folder` has this tst's EXPORT_FORMAT, was made from `model_dir` (its fingerprint) and
+    each of `graphs` is there with the sha256 its manifest records; a one-line TSTError naming the file
+    otherwise."""
     folder = Path(folder)
     if not (folder / MANIFEST).is_file():
         raise TSTError(f"{folder / MANIFEST}: missing; expected the export manifest written by tst deploy export; "

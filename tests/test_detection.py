@@ -181,6 +181,22 @@ def test_head_shapes_and_loss_with_empty_images():
     assert (detections[0]["boxes"][:, 2] <= 64).all() and (detections[0]["boxes"][:, 3] <= 48).all()
 
 
+def test_decode_keeps_the_best_passing_candidates_when_more_than_pre_nms_pass():
+    from tst.transfer.detection import PRE_NMS
+
+    head = DetectionHead(dim=16, classes=4, width=16)
+    with torch.no_grad():
+        outputs = head(torch.randn(1, 16, 16, 16), (128, 128))  # 5440 locations x 3 classes
+    outputs["logits"][0, :400] = torch.nan  # 1200 NaN scores (a diverged head's): they never pass the threshold
+    threshold = 0.05
+    scores = (outputs["logits"].sigmoid() * outputs["centerness"].sigmoid()[..., None]).sqrt()[0]
+    assert int((scores >= threshold).sum()) > PRE_NMS
+    detections = decode(outputs, (128, 128), score_threshold=threshold, max_detections=PRE_NMS)[0]
+    assert torch.isfinite(detections["scores"]).all() and (detections["scores"] >= threshold).all()
+    best = scores.nan_to_num(-1.0).flatten().topk(PRE_NMS).values  # the best PRE_NMS passing scores
+    assert detections["scores"][0] == best[0] and (detections["scores"] >= best[-1]).all()
+
+
 def synthetic_frames(count: int = 8, size: int = 64):
     """Dark frames with 1-3 non-overlapping bright rectangles: red = class 1, green = class 2."""
     generator = torch.Generator().manual_seed(0)

@@ -314,8 +314,7 @@ def _greedy(decoder: CaptionDecoder, cross: torch.Tensor, max_length: int,
             min_length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """beam_search with one hypothesis per image: the same tokens, totals and lengths, with per-token
     bookkeeping of a few element-wise ops (the loop runs on the deploy step's critical path: on 2 CPU cores
-    the beam bookkeeping cost ~0.25 ms per token, as much as a tiny decoder's step). cross: the decoder's
-    cross cache of B images."""
+    the beam bookkeeping cost ~0.25 ms per token). cross: the decoder's cross cache of B images."""
     B, device = cross.shape[2], cross.device
     self_cache = decoder.empty_self_cache(B, device)
     last = torch.full((B,), BOS, dtype=torch.long, device=device)

@@ -219,8 +219,8 @@ def decode(outputs: dict[str, torch.Tensor], image_size: tuple[int, int], score_
     for image_scores, image_boxes in zip(scores, boxes):
         flat = image_scores.flatten()
         passing = flat >= score_threshold
-        if int(passing.sum()) > PRE_NMS:  # the best PRE_NMS all pass; topk skips listing every passing index
-            candidates = flat.topk(PRE_NMS).indices  # (an untrained head at 128 px: 3.0 -> 1.2 ms)
+        if int(passing.sum()) > PRE_NMS:  # topk straight away: no list of every passing index first
+            candidates = flat.masked_fill(~passing, -torch.inf).topk(PRE_NMS).indices  # (a NaN score never passes)
         else:
             candidates = torch.nonzero(passing).squeeze(1)
         location, channel = candidates // image_scores.shape[1], candidates % image_scores.shape[1]
