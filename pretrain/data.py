@@ -5,7 +5,6 @@ data-worth analyses), with a resumable sample order."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -184,13 +183,5 @@ class PretrainData(L.LightningDataModule):
         world = self.trainer.world_size if self.trainer else 1
         start = (self.trainer.global_step if self.trainer else self.start_step) * self.batch_size
         sampler = ResumableSampler(len(self.train.frames), self.seed, start, rank, world)
-        workers = loader_workers(self.num_workers)
-        return DataLoader(self.train, batch_size=self.batch_size, sampler=sampler, num_workers=workers,
-                          collate_fn=collate, persistent_workers=workers > 0, drop_last=True)
-
-
-def loader_workers(requested: int) -> int:
-    """data.num_workers, at most one per core beyond the one the training step keeps busy. A sample is the
-    same whichever worker makes it (EpochCrops), so this changes speed only. On 2 cores, the default run's
-    multimae steps took 0.53 s with one worker against 0.58-0.62 s with two (the second competed with the step)."""
-    return min(requested, max(len(os.sched_getaffinity(0)) - 1, 0))
+        return DataLoader(self.train, batch_size=self.batch_size, sampler=sampler, num_workers=self.num_workers,
+                          collate_fn=collate, persistent_workers=self.num_workers > 0, drop_last=True)
