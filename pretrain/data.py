@@ -41,6 +41,12 @@ class ResumableSampler(Sampler[int]):
         return 2**62
 
 
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of sample `index` in epoch `epoch` of a run seeded `seed`: the same in every process, so
+    what a sample looks like does not depend on which loader worker makes it, nor on how many there are."""
+    return int(np.random.default_rng([seed, epoch, index]).integers(2**62))
+
+
 class EpochCrops(torch.utils.data.Dataset):
     """Sample `epoch * size + index` of a ResumableSampler: frame `index` with a crop drawn from
     (seed, epoch, index), so every epoch differs and a resumed run repeats exactly."""
@@ -70,7 +76,7 @@ class EpochCrops(torch.utils.data.Dataset):
 
     def __getitem__(self, position: int) -> dict:
         epoch, index = divmod(position, len(self.frames))
-        generator = torch.Generator().manual_seed(int(np.random.default_rng([self.seed, epoch, index]).integers(2**62)))
+        generator = torch.Generator().manual_seed(sample_seed(self.seed, epoch, index))
         frame = self.frame(index)
         view = self.transform.draw(*frame[pixel_maps(frame)[0]].shape[-2:], generator)
         out = self.transform.apply(frame, view)

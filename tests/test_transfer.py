@@ -281,3 +281,38 @@ def test_joint_pretraining_keeps_the_objective_on_the_test_space(tmp_path, capsy
     assert main(["transfer", "transfer.joint_pretraining=1.0", "transfer.backbone=scratch", "run_name=bad",
                  *common[:-1]]) != 0
     assert "transfer.joint_pretraining: needs transfer.backbone to be a tst pretrain run" in capsys.readouterr().err
+
+
+def test_transfer_samples_do_not_depend_on_the_loader_workers(workspace):
+    """Crops, flips and colour jitter are drawn from (seed, epoch, frame), whichever process makes the sample:
+    data.num_workers is a speed setting only. Every epoch draws new views, and a loader in the main
+    process leaves the training step's random numbers alone."""
+    from torch.utils.data import DataLoader
+
+    from tst.collect.dataset import FrameDataset, collate
+    from tst.pretrain.data import ResumableSampler
+    from tst.transfer.data import Relabel, SeededSamples, training_view
+    from tst.transfer.photometric import ColourJitter
+
+    view = ColourJitter(training_view(32, (0.3, 1.0), captions=False), strength=0.4)
+    frames = FrameDataset(workspace / "procedural-0" / "data", "transfer", ["rgb", "semantic", "boxes"],
+                          transform=Relabel(view, None))
+    samples = SeededSamples(frames, seed=5)
+
+    def batches(workers: int) -> list[dict]:
+        loader = DataLoader(samples, batch_size=4, sampler=ResumableSampler(len(frames), 5), num_workers=workers,
+                            collate_fn=collate)
+        return [batch for batch, _ in zip(loader, range(4))]  # two epochs of 8 frames
+
+    in_process = batches(0)
+    for a, b in zip(in_process, batches(2)):
+        assert a["key"] == b["key"] and torch.equal(a["rgb"], b["rgb"]) and torch.equal(a["semantic"], b["semantic"])
+        assert all(torch.equal(x, y) for x, y in zip(a["boxes"], b["boxes"]))
+    first = {key: rgb for batch in in_process[:2] for key, rgb in zip(batch["key"], batch["rgb"])}
+    second = {key: rgb for batch in in_process[2:] for key, rgb in zip(batch["key"], batch["rgb"])}
+    assert first.keys() == second.keys() and not any(torch.equal(first[k], second[k]) for k in first)
+    torch.manual_seed(0)
+    samples[3]
+    drawn_after = torch.rand(3)
+    torch.manual_seed(0)
+    assert torch.equal(drawn_after, torch.rand(3))  # making a sample left the global stream where it was

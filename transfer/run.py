@@ -25,11 +25,11 @@ from tst.taxonomy import Taxonomy
 from tst.workspace import atomic_write_json, read_manifest
 
 from tst.collect.dataset import FrameDataset, collate
-from tst.pretrain.data import pretraining_data
+from tst.pretrain.data import ResumableSampler, pretraining_data
 from tst.pretrain.run import read_pretrain_config
 from tst.pretrain.visualize import to_uint8
 from tst.transfer.backbones import BackboneInfo, make_backbone
-from tst.transfer.data import Relabel, class_mapping, full_frame, split_taxonomy, transfer_and_eval
+from tst.transfer.data import Relabel, SeededSamples, class_mapping, full_frame, split_taxonomy, transfer_and_eval
 from tst.transfer.module import TransferModule
 from tst.transfer.tasks import TASKS, Task
 
@@ -155,9 +155,9 @@ def run(cfg: DictConfig) -> Path:
     vocabulary = caption_vocabulary(train, int(t.caption.min_count)) if "caption" in names else None
     tasks = build_tasks(names, taxonomy, settings, vocabulary)
     module = TransferModule(backbone, tasks, settings, joint)
-    loader = DataLoader(train, batch_size=batch_size, shuffle=True, drop_last=len(train) >= batch_size,
-                        num_workers=int(cfg.data.num_workers), collate_fn=collate,
-                        persistent_workers=int(cfg.data.num_workers) > 0)
+    loader = DataLoader(SeededSamples(train, int(t.seed)), batch_size=batch_size,
+                        sampler=ResumableSampler(len(train), int(t.seed)), num_workers=int(cfg.data.num_workers),
+                        collate_fn=collate, persistent_workers=int(cfg.data.num_workers) > 0)
     trainer = L.Trainer(accelerator=cfg.trainer.accelerator, devices=1, max_steps=int(t.steps), logger=False,
                         deterministic=deterministic_kernels(cfg.trainer.get("deterministic", True)),
                         enable_checkpointing=False, enable_model_summary=False, precision=cfg.trainer.precision,
