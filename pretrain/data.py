@@ -47,6 +47,28 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return int(np.random.default_rng([seed, epoch, index]).integers(2**62))
 
 
+class SeededSamples(Dataset):
+    """Position `epoch * size + index` of a ResumableSampler: sample `index` of `frames` (a dataset whose
+    transform draws from torch's default CPU generator: transfer's crops, flips and colour jitter, the
+    tokenizers' crops), every number it draws taken from sample_seed(seed, epoch, index). A run's samples
+    are then the same whichever loader worker makes them and however many there are (data.num_workers is
+    a speed setting only), and every epoch draws new views."""
+
+    def __init__(self, frames: Dataset, seed: int):
+        self.frames, self.seed = frames, seed
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, position: int) -> dict:
+        epoch, index = divmod(position, len(self.frames))
+        # The transforms draw from the default generator (kornia's jitter offers no other); fork it so a
+        # loader running in the main process (num_workers=0) leaves the training step's numbers alone.
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
+            return self.frames[index]
+
+
 class EpochCrops(torch.utils.data.Dataset):
     """Sample `epoch * size + index` of a ResumableSampler: frame `index` with a crop drawn from
     (seed, epoch, index), so every epoch differs and a resumed run repeats exactly."""

@@ -20,6 +20,7 @@ from tst.stage import publish
 from tst.workspace import fingerprint
 
 from tst.collect.dataset import FrameDataset, RandomResizedCropFlip, collate
+from tst.pretrain.data import ResumableSampler, SeededSamples
 from tst.pretrain.run import _eval_batch, _modalities, _space_name, _tokenizer_dir, dataset_dir, load_tokenizers
 from tst.pretrain.tokenizer import Tokenizer, TokenizerConfig
 from tst.pretrain.tokenizer_quality import measure
@@ -30,27 +31,22 @@ console = Console(stderr=True)
 
 
 def _train(tokenizers: dict[str, Tokenizer], loader, steps: int, lr: float) -> None:
-    """Every tokenizer on the same batches (one pass over the data serves all modalities), AdamW with a
-    short warmup and a cosine decay."""
+    """Every tokenizer on the same `steps` batches of the endless `loader` (one pass over the data serves
+    all modalities), AdamW with a short warmup and a cosine decay."""
     parameters = [p for t in tokenizers.values() for p in t.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=0.0)
     warmup = max(1, steps // 20)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / steps))))
-    step = 0
     with Progress(*Progress.get_default_columns(), TextColumn("{task.fields[losses]}"), console=console) as progress:
         task = progress.add_task("tokenizers", total=steps, losses="")
-        while step < steps:
-            for batch in loader:
-                losses = {name: t.loss(batch[name], t(batch[name])[0]) for name, t in tokenizers.items()}
-                optimizer.zero_grad()
-                sum(losses.values()).backward()
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                progress.update(task, advance=1, losses=" ".join(f"{n} {v.item():.3f}" for n, v in losses.items()))
-                if step >= steps:
-                    break
+        for _, batch in zip(range(steps), loader):  # the loader is endless (a ResumableSampler)
+            losses = {name: t.loss(batch[name], t(batch[name])[0]) for name, t in tokenizers.items()}
+            optimizer.zero_grad()
+            sum(losses.values()).backward()
+            optimizer.step()
+            scheduler.step()
+            progress.update(task, advance=1, losses=" ".join(f"{n} {v.item():.3f}" for n, v in losses.items()))
 
 
 def quality_table(quality: dict[str, dict]) -> Table:
@@ -78,8 +74,10 @@ def train_tokenizers(cfg: DictConfig) -> Path:
     torch.manual_seed(int(cfg.pretrain.seed))  # before any weight exists
     deterministic_kernels(cfg.trainer.get("deterministic", True))
     frames = FrameDataset(data, "pretrain", modalities, transform=RandomResizedCropFlip(size, tuple(cfg.data.crop_scale)))
-    loader = torch.utils.data.DataLoader(frames, batch_size=int(cfg.data.batch_size), shuffle=True,
-                                         num_workers=int(cfg.data.num_workers), collate_fn=collate, drop_last=True)
+    seed = int(cfg.pretrain.seed)
+    loader = torch.utils.data.DataLoader(SeededSamples(frames, seed), batch_size=int(cfg.data.batch_size),
+                                         sampler=ResumableSampler(len(frames), seed),
+                                         num_workers=int(cfg.data.num_workers), collate_fn=collate)
     tokenizers = {name: Tokenizer(name, config) for name in modalities}
     _train(tokenizers, loader, int(t.steps), float(t.lr))
     eval_frames = FrameDataset(data, "eval", modalities, transform=whole_frame(size))

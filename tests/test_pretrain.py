@@ -228,6 +228,21 @@ def test_fourm_with_tokenizers(workspace, capsys):
                     "pretrain.allow_weak_tokenizers=true") == 0
 
 
+def test_tokenizers_do_not_depend_on_the_loader_workers(workspace):
+    """The tokenizers' crops are drawn from (seed, epoch, frame) whichever process makes them: the same
+    weights with 0 and 2 loader workers."""
+    from safetensors.torch import load_file
+
+    def trained(workers: int) -> dict:
+        folder = workspace / f"tokenizers-w{workers}"
+        assert main(["pretrain", "tokenizers", f"workspace_dir={workspace}", *TINY, "pretrain.tokenizer.steps=3",
+                     "pretrain.tokenizer.hidden=16", f"data.num_workers={workers}", f"pretrain.tokenizers={folder}"]) == 0
+        return load_file(folder / "depth.safetensors")
+
+    in_process, in_workers = trained(0), trained(2)
+    assert all(torch.equal(in_process[k], in_workers[k]) for k in in_process)
+
+
 def test_two_process_cpu_ddp(workspace):
     command = [sys.executable, "-m", "tst.orchestration.cli", "pretrain", f"workspace_dir={workspace}", *TINY, "trainer=ddp",
                "trainer.accelerator=cpu", "trainer.devices=2", "pretrain.steps=3", "run_name=ddp",

@@ -290,8 +290,8 @@ def test_transfer_samples_do_not_depend_on_the_loader_workers(workspace):
     from torch.utils.data import DataLoader
 
     from tst.collect.dataset import FrameDataset, collate
-    from tst.pretrain.data import ResumableSampler
-    from tst.transfer.data import Relabel, SeededSamples, training_view
+    from tst.pretrain.data import ResumableSampler, SeededSamples
+    from tst.transfer.data import Relabel, training_view
     from tst.transfer.photometric import ColourJitter
 
     view = ColourJitter(training_view(32, (0.3, 1.0), captions=False), strength=0.4)

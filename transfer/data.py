@@ -8,14 +8,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Subset
 
 from tst.errors import TSTError
 from tst.taxonomy import Taxonomy, map_by_name
 from tst.workspace import read_manifest
 
 from tst.collect.dataset import FrameDataset, RandomResizedCropFlip, collected_dataset
-from tst.pretrain.data import sample_seed
 from tst.transfer.photometric import ColourJitter
 
 
@@ -77,28 +76,6 @@ def training_subset(frames, fraction: float, seed: int) -> Subset:
     count = max(1, int(round(len(frames) * fraction)))
     chosen = np.random.default_rng(seed).permutation(len(frames))[:count]
     return Subset(frames, sorted(int(i) for i in chosen))
-
-
-class SeededSamples(Dataset):
-    """Position `epoch * size + index` of a ResumableSampler: sample `index` of `frames`, with every random
-    number its transform draws (crop, flip, colour jitter: torch's default CPU generator) taken from
-    sample_seed(seed, epoch, index). A training run's samples are then the same whichever loader worker
-    makes them and however many there are (data.num_workers is a speed setting only), and every epoch
-    draws new views."""
-
-    def __init__(self, frames: Dataset, seed: int):
-        self.frames, self.seed = frames, seed
-
-    def __len__(self) -> int:
-        return len(self.frames)
-
-    def __getitem__(self, position: int) -> dict:
-        epoch, index = divmod(position, len(self.frames))
-        # The transforms draw from the default generator (kornia's jitter offers no other); fork it so a
-        # loader running in the main process (num_workers=0) leaves the training step's numbers alone.
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(sample_seed(self.seed, epoch, index))
-            return self.frames[index]
 
 
 def full_frame(size: int) -> RandomResizedCropFlip:

@@ -25,11 +25,11 @@ from tst.taxonomy import Taxonomy
 from tst.workspace import atomic_write_json, read_manifest
 
 from tst.collect.dataset import FrameDataset, collate
-from tst.pretrain.data import ResumableSampler, pretraining_data
+from tst.pretrain.data import ResumableSampler, SeededSamples, pretraining_data
 from tst.pretrain.run import read_pretrain_config
 from tst.pretrain.visualize import to_uint8
 from tst.transfer.backbones import BackboneInfo, make_backbone
-from tst.transfer.data import Relabel, SeededSamples, class_mapping, full_frame, split_taxonomy, transfer_and_eval
+from tst.transfer.data import Relabel, class_mapping, full_frame, split_taxonomy, transfer_and_eval
 from tst.transfer.module import TransferModule
 from tst.transfer.tasks import TASKS, Task
 
