@@ -25,6 +25,20 @@ def test_plane_depth_and_normals(distance):
     assert (out["semantic"] == 1).all() and (out["instance"] == 1).all()
 
 
+@pytest.mark.parametrize("class_id, instance", [(65535, 70000), (7, 2**32 - 1)])
+def test_labels_at_the_ends_of_their_ranges_survive_the_packed_face_records(class_id, instance):
+    """The shading kernel reads class and material from one packed int32 and the instance id from its bits:
+    the largest class, a uint32 instance id and a material past the first survive the round trip."""
+    colours = [Material(f"m{k}", (0.1 * k, 0.5, 0.5)) for k in range(3)]
+    mesh = quad_mesh(2.0, half=100.0, class_id=class_id, instance=instance)
+    mesh = LabeledMesh(mesh.vertices, mesh.faces, mesh.face_class, mesh.face_instance, [2, 2], colours,
+                       corner_uvs=mesh.corner_uvs)
+    out = MeshRenderer(mesh).render(camera_looking_up(hfov=90))
+    assert (out["semantic"] == class_id).all() and (out["instance"] == instance).all()
+    expected = MeshRenderer(quad_mesh(2.0, half=100.0, material=colours[2])).render(camera_looking_up(hfov=90))["rgb"]
+    assert np.array_equal(out["rgb"], expected)
+
+
 def test_plane_seen_obliquely_gives_z_depth_and_camera_frame_normals():
     # A floor at z = 0 seen by a camera at height 1.5 m pitched 30 degrees down.
     floor = LabeledMesh(np.array([[-50, -50, 0], [50, -50, 0], [50, 50, 0], [-50, 50, 0]], float),
