@@ -71,10 +71,10 @@ def train_tokenizers(cfg: DictConfig) -> Path:
     config = TokenizerConfig(tuple(int(v) for v in t.levels), int(cfg.model.patch), int(t.hidden))
     out = _tokenizer_dir(cfg)
     size = int(cfg.model.image_size)
-    torch.manual_seed(int(cfg.pretrain.seed))  # before any weight exists
+    seed = int(cfg.pretrain.seed)
+    torch.manual_seed(seed)  # before any weight exists
     deterministic_kernels(cfg.trainer.get("deterministic", True))
     frames = FrameDataset(data, "pretrain", modalities, transform=RandomResizedCropFlip(size, tuple(cfg.data.crop_scale)))
-    seed = int(cfg.pretrain.seed)
     loader = torch.utils.data.DataLoader(SeededSamples(frames, seed), batch_size=int(cfg.data.batch_size),
                                          sampler=ResumableSampler(len(frames), seed),
                                          num_workers=int(cfg.data.num_workers), collate_fn=collate)
