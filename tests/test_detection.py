@@ -162,7 +162,9 @@ def test_detection_score_perfect_empty_and_missing():
 
 
 def test_head_shapes_and_loss_with_empty_images():
-    head = DetectionHead(dim=16, classes=4, width=16)
+    from tst.transfer.detection import LEVELS
+
+    head = DetectionHead(dim=16, classes=4, width=16, pyramid=LEVELS)
     outputs = head(torch.randn(2, 16, 6, 8), (48, 64))  # non-square: 24x32, 12x16, 6x8, 3x4 locations
     L = 24 * 32 + 12 * 16 + 6 * 8 + 3 * 4
     assert outputs["logits"].shape == (2, L, 3) and outputs["log_ltrb"].shape == (2, L, 4)
@@ -184,7 +186,7 @@ def test_head_shapes_and_loss_with_empty_images():
 def test_decode_keeps_the_best_passing_candidates_when_more_than_pre_nms_pass():
     from tst.transfer.detection import PRE_NMS
 
-    head = DetectionHead(dim=16, classes=4, width=16)
+    head = DetectionHead(dim=16, classes=4, width=16, pyramid=(4, 2, 1, 0.5))
     with torch.no_grad():
         outputs = head(torch.randn(1, 16, 16, 16), (128, 128))  # 5440 locations x 3 classes
     outputs["logits"][0, :400] = torch.nan  # 1200 NaN scores (a diverged head's): they never pass the threshold
@@ -243,3 +245,26 @@ def test_head_overfits_synthetic_frames():
     result = score.compute()
     print(result)
     assert result["ap50"] >= 0.9
+
+
+def test_pyramid_levels_follow_the_setting_and_old_runs_keep_all_four():
+    # transfer.det.pyramid picks the simple pyramid's levels (finest first); a stored config without the key
+    # (runs made before it) rebuilds ViTDet's four, so its model.pt still loads; a bad list is one line.
+    from tst.errors import TSTError
+    from tst.taxonomy import INDOOR
+    from tst.transfer.detection import LEVELS, PYRAMID
+    from tst.transfer.tasks import DetectionTask
+
+    thresholds = {"score_threshold": 0.05, "iou_threshold": 0.6}
+    assert DetectionTask.from_settings(INDOOR, {"det": thresholds}).pyramid == LEVELS
+    task = DetectionTask.from_settings(INDOOR, {"det": {**thresholds, "pyramid": list(PYRAMID)}, "head_width": 16})
+    head = task.build_head(16)
+    assert len(head.scales) == len(PYRAMID) == 3
+    outputs = head(torch.randn(1, 16, 6, 8), (48, 64))  # x2, x1, x0.5: 12x16, 6x8, 3x4 locations
+    assert outputs["logits"].shape == (1, 12 * 16 + 6 * 8 + 3 * 4, len(INDOOR) - 1)
+    assert sorted(set(outputs["strides"].tolist())) == [4.0, 8.0, 16.0]
+    old = DetectionTask.from_settings(INDOOR, {"det": thresholds, "head_width": 16}).build_head(16)
+    assert len(old.scales) == 4 and old.level_scale.shape == (4,)
+    for bad in ([1, 2], [2, 3], [], [2, 2]):
+        with pytest.raises(TSTError, match="transfer.det.pyramid"):
+            DetectionTask.from_settings(INDOOR, {"det": {**thresholds, "pyramid": bad}})

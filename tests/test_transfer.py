@@ -316,3 +316,33 @@ def test_transfer_samples_do_not_depend_on_the_loader_workers(workspace):
     drawn_after = torch.rand(3)
     torch.manual_seed(0)
     assert torch.equal(drawn_after, torch.rand(3))  # making a sample left the global stream where it was
+
+
+def test_wise_alpha_interpolates_the_backbone_toward_its_pretrained_weights(tmp_path, capsys):
+    # transfer.wise_alpha=0.5: the saved backbone is the midpoint of the pretrained weights and those the
+    # same-seed fine-tuning (alpha 1) ends at; the heads are the fine-tuned ones; scratch records 1.0.
+    from conftest import TINY_MODEL, tiny_runs
+    from tst.transfer.backbones import ENCODER_KEYS, make_backbone
+    from tst.weights import read_torch_file
+
+    pretrained, _ = tiny_runs(tmp_path, "seg")
+    common = [f"workspace_dir={tmp_path}", *TINY_MODEL, "transfer.steps=3", "transfer.lr=0.05", "data.num_workers=0"]
+    for alpha in (1.0, 0.5):
+        assert main(["transfer", f"transfer.backbone={pretrained}", f"transfer.wise_alpha={alpha}",
+                     f"run_name=wise{alpha}", *common]) == 0
+    assert main(["transfer", "transfer.wise_alpha=0.5", "run_name=scratch", *common]) == 0
+    runs = tmp_path / "procedural-0" / "transfer"
+    tuned, wise = (read_torch_file(runs / f"wise{a}" / "model.pt") for a in (1.0, 0.5))
+    start = {k: v for k, v in make_backbone(str(pretrained), {})[0].model.state_dict().items() if k.startswith(ENCODER_KEYS)}
+    moved = [f"model.{k}" for k, v in start.items() if not torch.equal(v, tuned[f"backbone.model.{k}"])]
+    start = {f"model.{k}": v for k, v in start.items()}
+    assert moved  # fine-tuning changed the backbone, so the midpoint differs from both ends
+    for key in moved:
+        torch.testing.assert_close(wise[f"backbone.{key}"], (start[key] + tuned[f"backbone.{key}"]) / 2)
+    heads = [k for k in tuned if k.startswith("heads.")]
+    assert heads and all(torch.equal(tuned[k], wise[k]) for k in heads)
+    assert json.loads((runs / "wise0.5" / "metrics.json").read_text())["wise_alpha"] == 0.5
+    assert json.loads((runs / "scratch" / "metrics.json").read_text())["wise_alpha"] == 1.0
+    capsys.readouterr()
+    assert main(["transfer", "transfer.wise_alpha=1.5", "run_name=bad", *common]) != 0
+    assert "transfer.wise_alpha" in capsys.readouterr().err

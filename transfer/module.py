@@ -38,6 +38,16 @@ def layer_groups(backbone: nn.Module, lr: float, decay: float) -> list[dict]:
             for layer, params in sorted(groups.items())]
 
 
+def interpolate_weights(network: nn.Module, start: dict[str, torch.Tensor], alpha: float) -> None:
+    """WiSE-FT (Wortsman et al. 2022), in place: each floating-point tensor of `network` becomes
+    start + alpha x (now - start); `start` holds the same names (the weights before fine-tuning).
+    Integer buffers keep their fine-tuned values."""
+    with torch.no_grad():
+        for name, tensor in network.state_dict().items():
+            if tensor.is_floating_point():
+                tensor.copy_(torch.lerp(start[name].to(tensor), tensor, alpha))
+
+
 class TransferModule(L.LightningModule):
     """settings: mode "full" (backbone trained at lr x backbone_lr_scale, layer_decay per block) or
     "probe" (backbone frozen, in eval mode); lr, weight_decay, warmup_steps, steps; head_first_steps: in

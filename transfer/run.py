@@ -30,7 +30,7 @@ from tst.pretrain.run import read_pretrain_config
 from tst.pretrain.visualize import to_uint8
 from tst.transfer.backbones import BackboneInfo, make_backbone
 from tst.transfer.data import Relabel, class_mapping, full_frame, split_taxonomy, transfer_and_eval
-from tst.transfer.module import TransferModule
+from tst.transfer.module import TransferModule, interpolate_weights
 from tst.transfer.tasks import TASKS, Task
 
 console = Console(stderr=True)
@@ -125,6 +125,12 @@ def effective_layer_decay(info: BackboneInfo, layer_decay: float) -> float:
     return 1.0 if info.objective == "none" else layer_decay
 
 
+def effective_wise_alpha(info: BackboneInfo, mode: str, alpha: float) -> float:
+    """transfer.wise_alpha for a fine-tuned pretrained backbone; 1.0 (the fine-tuned weights as they are)
+    for a random init, which has no pretrained weights to interpolate toward, and for a frozen one."""
+    return 1.0 if info.objective == "none" or mode != "full" else alpha
+
+
 def run(cfg: DictConfig) -> Path:
     t = cfg.transfer
     names = task_names(t.task)
@@ -136,6 +142,8 @@ def run(cfg: DictConfig) -> Path:
     if t.get("backbone_name"):  # a row of its own in the results table (a pretraining variant of tst run)
         info = dataclasses.replace(info, name=str(t.backbone_name))
     settings["layer_decay"] = effective_layer_decay(info, float(t.layer_decay))
+    wise_alpha = effective_wise_alpha(info, str(t.mode), float(t.get("wise_alpha", 1.0)))
+    pretrained = {k: v.detach().clone() for k, v in backbone.state_dict().items()} if wise_alpha < 1 else None
     batch_size = int(cfg.data.batch_size)
     joint = None
     if float(t.joint_pretraining) > 0:
@@ -164,6 +172,8 @@ def run(cfg: DictConfig) -> Path:
                         gradient_clip_val=1.0, callbacks=[StepProgressBar("transfer")])
     trainer.fit(module, loader)
     module.joint = None  # the decoder served the joint loss only: model.pt holds the backbone and the heads
+    if pretrained is not None:
+        interpolate_weights(module.backbone, pretrained, wise_alpha)
     scores, rows = evaluate(module, eval_frames, int(t.eval_batch_size))
     if t.held_out:
         scores["held_out"] = held_out_scores(module, [str(d) for d in t.held_out], taxonomy, modalities, size, settings)
@@ -172,7 +182,7 @@ def run(cfg: DictConfig) -> Path:
     metrics = {"tasks": names, "backbone": info.name, "backbone_source": info.source, "objective": info.objective,
                "pretrain_steps": pretrain_steps, "pretrain_data": pretraining_data(pretraining),
                "fraction": float(t.fraction), "seed": int(t.seed), "mode": t.mode,
-               "layer_decay": settings["layer_decay"],
+               "layer_decay": settings["layer_decay"], "wise_alpha": wise_alpha,
                "joint_pretraining": float(t.joint_pretraining),
                "train_frames": len(train), "eval_frames": len(eval_frames), "image_size": size} | scores
     columns = ["eval rgb"] + [c for task in tasks for c in task.columns()]

@@ -171,19 +171,29 @@ class DetectionTask(Task):
     name, modalities, headline = "det", ("boxes",), "det_map"
 
     def __init__(self, taxonomy: Taxonomy, score_threshold: float = 0.05, iou_threshold: float = 0.6,
-                 width: int = 64):
+                 width: int = 64, pyramid: tuple[float, ...] | None = None):
+        from tst.transfer.detection import PYRAMID
+
         self.taxonomy, self.score_threshold, self.iou_threshold = taxonomy, score_threshold, iou_threshold
-        self.width = width
+        self.width, self.pyramid = width, tuple(pyramid or PYRAMID)
 
     @classmethod
     def from_settings(cls, taxonomy, settings, vocabulary=None):
+        from tst.transfer.detection import LEVELS
+
         det = settings["det"]
-        return cls(taxonomy, float(det["score_threshold"]), float(det["iou_threshold"]), int(settings.get("head_width", 64)))
+        stored = det.get("pyramid")
+        pyramid = LEVELS if stored is None else tuple(float(f) for f in stored)  # runs made before the key: all four
+        if not pyramid or not set(pyramid) <= set(LEVELS) or list(pyramid) != sorted(set(pyramid), reverse=True):
+            raise TSTError(f"transfer.det.pyramid: expected distinct scale factors from {list(LEVELS)}, finest "
+                           f"first, got {list(pyramid)}")
+        return cls(taxonomy, float(det["score_threshold"]), float(det["iou_threshold"]), int(settings.get("head_width", 64)),
+                   pyramid)
 
     def build_head(self, dim: int) -> nn.Module:
         from tst.transfer.detection import DetectionHead
 
-        return DetectionHead(dim, len(self.taxonomy), self.width)
+        return DetectionHead(dim, len(self.taxonomy), self.width, self.pyramid)
 
     def loss(self, head, features, batch):
         from tst.transfer.detection import detection_loss

@@ -202,6 +202,7 @@ RULES: dict[str, Rule] = {
     "transfer.lr": RATE,
     "transfer.backbone_lr_scale": SHARE,
     "transfer.layer_decay": FRACTION,
+    "transfer.wise_alpha": PROBABILITY,
     "transfer.head_first_steps": integer(0, MAX_STEPS),
     "transfer.joint_pretraining": SHARE,
     "transfer.weight_decay": SHARE,
