@@ -48,21 +48,30 @@ def test_predictor_outputs_every_task(workspace):
 
 def test_a_run_stored_with_the_flat_task_keys_still_loads(workspace, tmp_path):
     """Transfer runs made before transfer.det/caption were nested (det_score_threshold, beam, ...) load
-    with the values they were trained with."""
+    with the values they were trained with, and with the four-level detection pyramid every run had before
+    transfer.det.pyramid existed."""
     import shutil
 
     from tst.transfer.checkpoint import load_transfer
+    from tst.transfer.detection import LEVELS, DetectionHead
 
     old = tmp_path / "old"
     shutil.copytree(_model(workspace), old)
+    model = load_transfer(old).module  # its model.pt as such a run saved it: a detection head of four levels
+    model.heads["det"] = DetectionHead(model.backbone.dim, len(model.tasks["det"].taxonomy), model.tasks["det"].width,
+                                       LEVELS)
+    torch.save(model.state_dict(), old / "model.pt")
+    with pytest.raises(TSTError, match="model.pt: does not match the run's model .*size mismatch"):
+        load_transfer(old)  # its manifest still names the three-level default: one line, not a traceback
     manifest = json.loads((old / "manifest.json").read_text())
     settings = manifest["config"]["transfer"]
     det, caption = settings.pop("det"), settings.pop("caption")
     settings |= {"det_score_threshold": 0.3, "det_iou_threshold": det["iou_threshold"], "beam": 2,
                  "max_caption_words": caption["max_words"], "caption_min_count": 1, "meteor": False}
     (old / "manifest.json").write_text(json.dumps(manifest))
-    tasks = load_transfer(old).module.tasks
-    assert tasks["det"].score_threshold == 0.3 and tasks["caption"].beam == 2
+    loaded = load_transfer(old).module
+    assert loaded.tasks["det"].score_threshold == 0.3 and loaded.tasks["caption"].beam == 2
+    assert len(loaded.heads["det"].scales) == len(LEVELS)
 
 
 def test_export_matches_onnx_runtime_and_the_onnx_predictor_agrees(workspace, capsys):

@@ -186,7 +186,9 @@ def test_head_shapes_and_loss_with_empty_images():
 def test_decode_keeps_the_best_passing_candidates_when_more_than_pre_nms_pass():
     from tst.transfer.detection import PRE_NMS
 
-    head = DetectionHead(dim=16, classes=4, width=16, pyramid=(4, 2, 1, 0.5))
+    from tst.transfer.detection import LEVELS
+
+    head = DetectionHead(dim=16, classes=4, width=16, pyramid=LEVELS)
     with torch.no_grad():
         outputs = head(torch.randn(1, 16, 16, 16), (128, 128))  # 5440 locations x 3 classes
     outputs["logits"][0, :400] = torch.nan  # 1200 NaN scores (a diverged head's): they never pass the threshold

@@ -67,7 +67,11 @@ def load_transfer(run_dir: str | Path, required_tasks: tuple[str, ...] = ()) -> 
     backbone, info, size = make_backbone(str(settings["backbone"]), config["model"], settings)
     module = TransferModule(backbone, build_tasks(list(saved["tasks"]), taxonomy, settings, vocabulary), settings)
     state = read_torch_file(run_dir / "model.pt")
-    missing_keys, unexpected = module.load_state_dict(state, strict=False)
+    try:
+        missing_keys, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # a tensor of another shape (a head built with other settings)
+        detail = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line), str(error))
+        raise TSTError(f"{run_dir / 'model.pt'}: does not match the run's model ({detail})") from None
     if missing_keys or unexpected:
         raise TSTError(f"{run_dir / 'model.pt'}: does not match the run's model (missing {missing_keys[:3]}, "
                        f"unexpected {unexpected[:3]})")

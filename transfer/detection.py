@@ -48,8 +48,16 @@ LEVELS = (4, 2, 1, 0.5)
 PYRAMID = (2, 1, 0.5)
 
 
+def pyramid_levels(factors) -> tuple[float, ...]:
+    """`factors` as a head's pyramid: distinct factors of LEVELS, finest first; ValueError otherwise."""
+    levels = tuple(float(f) for f in factors)
+    if not levels or not set(levels) <= set(LEVELS) or list(levels) != sorted(set(levels), reverse=True):
+        raise ValueError(f"expected distinct scale factors from {list(LEVELS)}, finest first, got {list(factors)}")
+    return levels
+
+
 def _pyramid_level(factor: float, dim: int, width: int) -> nn.Module:
-    """The backbone's feature map (B, dim, h, w) -> (B, width, h x factor, w x factor)."""
+    """The backbone's feature map (B, dim, h, w) -> (B, width, h x factor, w x factor); factor in LEVELS."""
     if factor == 4:
         return nn.Sequential(nn.ConvTranspose2d(dim, width, 2, 2), _norm(width), nn.GELU(),
                              nn.ConvTranspose2d(width, width, 2, 2))
@@ -57,9 +65,7 @@ def _pyramid_level(factor: float, dim: int, width: int) -> nn.Module:
         return nn.ConvTranspose2d(dim, width, 2, 2)
     if factor == 1:
         return nn.Conv2d(dim, width, 1)
-    if factor == 0.5:
-        return nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(dim, width, 1))
-    raise ValueError(f"a pyramid level's scale factor is one of {', '.join(map(str, LEVELS))}, not {factor}")
+    return nn.Sequential(nn.MaxPool2d(2), nn.Conv2d(dim, width, 1))
 
 
 class DetectionHead(nn.Module):
@@ -83,10 +89,8 @@ class DetectionHead(nn.Module):
         super().__init__()
         if classes < 2:
             raise ValueError("classes counts id 0 (unlabeled) too, so it must be at least 2")
-        if not pyramid or list(pyramid) != sorted(set(pyramid), reverse=True):
-            raise ValueError(f"pyramid: expected distinct scale factors, finest first, got {list(pyramid)}")
         self.classes = classes
-        self.scales = nn.ModuleList([_pyramid_level(factor, dim, width) for factor in pyramid])
+        self.scales = nn.ModuleList([_pyramid_level(factor, dim, width) for factor in pyramid_levels(pyramid)])
         self.necks = nn.ModuleList([nn.Sequential(_norm(width), nn.Conv2d(width, width, 3, padding=1),
                                                   _norm(width), nn.GELU()) for _ in self.scales])
         self.class_tower, self.box_tower = _tower(width), _tower(width)

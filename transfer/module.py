@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 
@@ -38,14 +39,24 @@ def layer_groups(backbone: nn.Module, lr: float, decay: float) -> list[dict]:
             for layer, params in sorted(groups.items())]
 
 
+def _floating_tensors(network: nn.Module):
+    """(name, tensor) of every floating-point parameter and buffer, each shared tensor once."""
+    return [(name, tensor) for name, tensor in itertools.chain(network.named_parameters(), network.named_buffers())
+            if tensor.is_floating_point()]
+
+
+def weights_snapshot(network: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of `network`'s floating-point parameters and buffers, for `interpolate_weights`."""
+    return {name: tensor.detach().clone() for name, tensor in _floating_tensors(network)}
+
+
 def interpolate_weights(network: nn.Module, start: dict[str, torch.Tensor], alpha: float) -> None:
-    """WiSE-FT (Wortsman et al. 2022), in place: each floating-point tensor of `network` becomes
-    start + alpha x (now - start); `start` holds the same names (the weights before fine-tuning).
+    """WiSE-FT (Wortsman et al. 2022), in place: each floating-point parameter and buffer of `network`
+    becomes start + alpha x (now - start), `start` its `weights_snapshot` from before fine-tuning.
     Integer buffers keep their fine-tuned values."""
     with torch.no_grad():
-        for name, tensor in network.state_dict().items():
-            if tensor.is_floating_point():
-                tensor.copy_(torch.lerp(start[name].to(tensor), tensor, alpha))
+        for name, tensor in _floating_tensors(network):
+            tensor.copy_(torch.lerp(start[name].to(tensor), tensor, alpha))
 
 
 class TransferModule(L.LightningModule):

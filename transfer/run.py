@@ -30,7 +30,7 @@ from tst.pretrain.run import read_pretrain_config
 from tst.pretrain.visualize import to_uint8
 from tst.transfer.backbones import BackboneInfo, make_backbone
 from tst.transfer.data import Relabel, class_mapping, full_frame, split_taxonomy, transfer_and_eval
-from tst.transfer.module import TransferModule, interpolate_weights
+from tst.transfer.module import TransferModule, interpolate_weights, weights_snapshot
 from tst.transfer.tasks import TASKS, Task
 
 console = Console(stderr=True)
@@ -143,7 +143,7 @@ def run(cfg: DictConfig) -> Path:
         info = dataclasses.replace(info, name=str(t.backbone_name))
     settings["layer_decay"] = effective_layer_decay(info, float(t.layer_decay))
     wise_alpha = effective_wise_alpha(info, str(t.mode), float(t.get("wise_alpha", 1.0)))
-    pretrained = {k: v.detach().clone() for k, v in backbone.state_dict().items()} if wise_alpha < 1 else None
+    pretrained = weights_snapshot(backbone) if wise_alpha < 1 else None
     batch_size = int(cfg.data.batch_size)
     joint = None
     if float(t.joint_pretraining) > 0:

@@ -175,18 +175,17 @@ class DetectionTask(Task):
         from tst.transfer.detection import PYRAMID
 
         self.taxonomy, self.score_threshold, self.iou_threshold = taxonomy, score_threshold, iou_threshold
-        self.width, self.pyramid = width, tuple(pyramid or PYRAMID)
+        self.width, self.pyramid = width, PYRAMID if pyramid is None else tuple(pyramid)
 
     @classmethod
     def from_settings(cls, taxonomy, settings, vocabulary=None):
-        from tst.transfer.detection import LEVELS
+        from tst.transfer.detection import LEVELS, pyramid_levels
 
         det = settings["det"]
-        stored = det.get("pyramid")
-        pyramid = LEVELS if stored is None else tuple(float(f) for f in stored)  # runs made before the key: all four
-        if not pyramid or not set(pyramid) <= set(LEVELS) or list(pyramid) != sorted(set(pyramid), reverse=True):
-            raise TSTError(f"transfer.det.pyramid: expected distinct scale factors from {list(LEVELS)}, finest "
-                           f"first, got {list(pyramid)}")
+        try:  # runs made before transfer.det.pyramid existed have all four levels
+            pyramid = pyramid_levels(LEVELS if det.get("pyramid") is None else det["pyramid"])
+        except ValueError as error:
+            raise TSTError(f"transfer.det.pyramid: {error}") from None
         return cls(taxonomy, float(det["score_threshold"]), float(det["iou_threshold"]), int(settings.get("head_width", 64)),
                    pyramid)
 

@@ -81,6 +81,22 @@ def registered_task() -> Rule:
     return Rule("a registered task (seg, det, caption, ...)", accepts)
 
 
+def pyramid() -> Rule:
+    """transfer.det.pyramid: levels of the detection head's simple pyramid, as the head checks them (read
+    when a value is checked: the head's module imports torch, which composing a config must not need)."""
+    def accepts(value) -> bool:
+        from tst.transfer.detection import pyramid_levels
+
+        if not isinstance(value, list) or not all(map(_is_number, value)):
+            return False
+        try:
+            return bool(pyramid_levels(value))
+        except ValueError:
+            return False
+
+    return Rule("distinct scale factors from 4, 2, 1, 0.5 (transfer/detection.py: LEVELS), finest first", accepts)
+
+
 NAME = Rule("a non-empty name", lambda v: isinstance(v, str) and v != "")
 
 
@@ -217,6 +233,7 @@ RULES: dict[str, Rule] = {
     "transfer.held_out": each(NAME),
     "transfer.det.score_threshold": PROBABILITY,
     "transfer.det.iou_threshold": FRACTION,
+    "transfer.det.pyramid": pyramid(),
     "transfer.caption.width": POSITIVE,
     "transfer.caption.beam": POSITIVE,
     "transfer.caption.max_words": POSITIVE,
