@@ -15,7 +15,16 @@ def bench(args: list[str], capsys) -> dict:
     code = main(["bench", *args, "tracking.enabled=false"])
     captured = capsys.readouterr()
     assert code == 0, captured.err[-2000:]
-    return json.loads(captured.out)
+    report = json.loads(captured.out)
+    check_machine(report["machine"])
+    return report
+
+
+def check_machine(machine: dict) -> None:
+    """Every report says what ran it: CPU, cores, library versions and a reference rate measured then."""
+    assert machine["cpu"] and machine["logical_cores"] >= 1
+    assert "torch" in machine["versions"] and isinstance(machine["simd"], list)
+    assert machine["matmul_fp32_gflops"] > 0
 
 
 def check_verdicts(report: dict) -> dict:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
+import platform
 import time
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
@@ -21,8 +24,56 @@ def target(value: float | None, goal: float, unit: str, at_most: bool) -> dict:
     return {"value": value, "goal": goal, "unit": unit, "met": met}
 
 
+LIBRARIES = ("torch", "onnxruntime", "numpy", "numba", "open3d")
+SIMD_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_tile", "asimd", "sve")  # x86 and Arm
+
+
+def _cpu() -> tuple[str, list[str]]:
+    """(CPU model name, the SIMD_FLAGS it has), from /proc/cpuinfo where there is one."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine(), []
+    fields = dict(line.split(":", 1) for line in lines if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    flags = set((fields.get("flags") or fields.get("Features") or "").split())
+    return fields.get("model name") or platform.processor() or platform.machine(), [f for f in SIMD_FLAGS if f in flags]
+
+
+def matmul_gflops(size: int = 512, seconds: float = 0.2) -> float:
+    """torch's fp32 (size x size) @ (size x size) rate on the CPU now, on torch's threads: GFLOP/s."""
+    import torch
+
+    a, b = torch.rand(size, size), torch.rand(size, size)
+    a @ b  # warm-up: the first product pays for the BLAS library's set-up
+    count, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds or count < 3:
+        a @ b
+        count += 1
+    return round(2 * size**3 * count / elapsed / 1e9, 1)
+
+
+def machine() -> dict:
+    """What ran a benchmark, so that reports from other machines or days can be compared: the CPU model,
+    logical cores, the SIMD sets its kernels may use, the 1-minute load average (other work on a shared
+    machine), library versions, and a reference rate taken as the report is written, torch's fp32 matrix
+    product in GFLOP/s (two runs of the same code differed 1.5-2x between machines)."""
+    model, simd = _cpu()
+    versions = {}
+    for library in LIBRARIES:
+        try:
+            versions[library] = metadata.version(library)
+        except metadata.PackageNotFoundError:
+            continue
+    return {"cpu": model, "logical_cores": os.cpu_count(), "simd": simd,
+            "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+            "versions": versions, "matmul_fp32_gflops": matmul_gflops()}
+
+
 def save_report(cfg: DictConfig, name: str, space: str, report: dict, metrics: dict[str, float]) -> Path:
-    """Print `report` as JSON and keep it: <workspace>/<space>/bench/<run>/bench.json (+ cfg.out)."""
+    """Print `report` as JSON and keep it: <workspace>/<space>/bench/<run>/bench.json (+ cfg.out). The
+    report gains a "machine" entry (`machine()`), so a figure can be read against the machine it came from."""
+    report["machine"] = machine()
     print(json.dumps(report, indent=2))
     final = artifact_dir(cfg.workspace_dir, space, "bench", cfg.run_name or new_run_name())
 
