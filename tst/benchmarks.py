@@ -57,7 +57,7 @@ def machine() -> dict:
     """What ran a benchmark, so that reports from other machines or days can be compared: the CPU model,
     logical cores, the SIMD sets its kernels may use, the 1-minute load average (other work on a shared
     machine), library versions, and a reference rate taken as the report is written, torch's fp32 matrix
-    product in GFLOP/s (two runs of the same code differed 1.5-2x between machines)."""
+    product in GFLOP/s (the same code has run 1.5-2x apart on two machines of this project)."""
     model, simd = _cpu()
     versions = {}
     for library in LIBRARIES:
