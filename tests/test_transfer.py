@@ -189,6 +189,32 @@ def test_layer_decay_scales_blocks_geometrically():
     assert sum(len(g["params"]) for g in groups) == len(list(backbone.parameters()))
 
 
+def test_drop_path_rises_over_the_blocks_and_only_acts_in_training():
+    """transfer.drop_path: 0 at the first encoder block, the rate at the last; in training a block drops
+    whole samples' branches at its rate and scales the rest by 1 / keep; eval is the plain network."""
+    from tst.errors import TSTError
+    from tst.transfer.backbones import apply_drop_path
+
+    torch.manual_seed(0)
+    backbone = ScratchViT(ModelConfig(dim=32, encoder_depth=3, decoder_depth=1, heads=2, patch=8, image_size=32))
+    rgb = torch.rand(8, 3, 32, 32)
+    backbone.eval()
+    plain = backbone(rgb)
+    apply_drop_path(backbone, 0.4)
+    assert [b.drop_path for b in backbone.model.encoder] == pytest.approx([0.0, 0.2, 0.4])
+    assert torch.equal(backbone(rgb), plain)
+    backbone.train()
+    assert not torch.allclose(backbone(rgb), backbone(rgb))
+    last = backbone.model.encoder[-1]
+    branch = last._stochastic_depth(torch.ones(4000, 5, 2))
+    per_sample = branch[:, 0, 0]
+    assert torch.all(branch == per_sample[:, None, None])  # a sample's whole branch is kept or dropped
+    assert per_sample.unique().tolist() == pytest.approx([0.0, 1 / 0.6])
+    assert (per_sample == 0).float().mean().item() == pytest.approx(0.4, abs=0.03)
+    with pytest.raises(TSTError, match="drop_path"):
+        apply_drop_path(backbone, 1.0)
+
+
 def test_head_first_steps_hold_the_backbone_still_then_schedule_it():
     """LP-FT: the backbone's LR is 0 for transfer.head_first_steps, then warms up; the heads' schedule is
     unchanged; head_first_steps must be below steps."""

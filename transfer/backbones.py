@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from tst.errors import TSTError
-from tst.layers import ModelConfig, patchify
+from tst.layers import ModelConfig, patchify, set_drop_path
 from tst.modalities import to_network
 
 from tst.pretrain.model import ModalityIO, MultimodalMaskedModel
@@ -63,6 +63,14 @@ class GeneralistFeatures(nn.Module):
 
 
 GENERALIST_SIZE = 224  # the input size EfficientNet-Lite0 was trained at
+
+
+def apply_drop_path(backbone: nn.Module, rate: float) -> None:
+    """transfer.drop_path: stochastic depth on a ViT backbone's blocks while it fine-tunes (0 at the first
+    block, `rate` at the last). The generalist, a CNN, is fine-tuned without it."""
+    blocks = backbone.model.encoder if isinstance(backbone, ScratchViT) else getattr(backbone, "blocks", None)
+    if blocks is not None:
+        set_drop_path(blocks, rate)
 
 
 def resized(config: dict, size: int | None, source: str) -> dict:

@@ -28,7 +28,7 @@ from tst.collect.dataset import FrameDataset, collate
 from tst.pretrain.data import ResumableSampler, SeededSamples, pretraining_data
 from tst.pretrain.run import read_pretrain_config
 from tst.pretrain.visualize import to_uint8
-from tst.transfer.backbones import BackboneInfo, make_backbone
+from tst.transfer.backbones import BackboneInfo, apply_drop_path, make_backbone
 from tst.transfer.data import Relabel, class_mapping, full_frame, split_taxonomy, transfer_and_eval
 from tst.transfer.module import TransferModule, interpolate_weights, weights_snapshot
 from tst.transfer.tasks import TASKS, Task
@@ -142,6 +142,7 @@ def run(cfg: DictConfig) -> Path:
     if t.get("backbone_name"):  # a row of its own in the results table (a pretraining variant of tst run)
         info = dataclasses.replace(info, name=str(t.backbone_name))
     settings["layer_decay"] = effective_layer_decay(info, float(t.layer_decay))
+    apply_drop_path(backbone, float(t.drop_path))
     wise_alpha = effective_wise_alpha(info, str(t.mode), float(t.get("wise_alpha", 1.0)))
     pretrained = weights_snapshot(backbone) if wise_alpha < 1 else None
     batch_size = int(cfg.data.batch_size)
@@ -182,7 +183,8 @@ def run(cfg: DictConfig) -> Path:
     metrics = {"tasks": names, "backbone": info.name, "backbone_source": info.source, "objective": info.objective,
                "pretrain_steps": pretrain_steps, "pretrain_data": pretraining_data(pretraining),
                "fraction": float(t.fraction), "seed": int(t.seed), "mode": t.mode,
-               "layer_decay": settings["layer_decay"], "wise_alpha": wise_alpha,
+               "layer_decay": settings["layer_decay"], "drop_path": float(t.drop_path),
+               "wise_alpha": wise_alpha,
                "joint_pretraining": float(t.joint_pretraining),
                "train_frames": len(train), "eval_frames": len(eval_frames), "image_size": size} | scores
     columns = ["eval rgb"] + [c for task in tasks for c in task.columns()]

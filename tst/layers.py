@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tst.errors import TSTError
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -118,7 +120,10 @@ def swiglu_hidden(dim: int, mlp_ratio: float) -> int:
 
 class Block(nn.Module):
     """Pre-norm transformer block: self-attention, optional cross-attention, MLP (GELU, or 4M's gated
-    SwiGLU with mlp="swiglu"); eps: every LayerNorm's epsilon."""
+    SwiGLU with mlp="swiglu"); eps: every LayerNorm's epsilon. drop_path: the probability that a training
+    sample skips each residual branch (stochastic depth; 0 = never, the default; `set_drop_path`)."""
+
+    drop_path = 0.0  # a plain attribute, not a parameter or buffer: state dicts are the same either way
 
     def __init__(self, dim: int, heads: int, mlp_ratio: float, cross: bool = False, mlp: str = "gelu",
                  eps: float = 1e-5):
@@ -136,7 +141,25 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), mask=mask)
+        x = x + self._stochastic_depth(self.attn(self.norm1(x), mask=mask))
         if self.cross:
-            x = x + self.cross_attn(self.norm_cross(x), self.norm_memory(memory))
-        return x + self.mlp(self.norm2(x))
+            x = x + self._stochastic_depth(self.cross_attn(self.norm_cross(x), self.norm_memory(memory)))
+        return x + self._stochastic_depth(self.mlp(self.norm2(x)))
+
+    def _stochastic_depth(self, branch: torch.Tensor) -> torch.Tensor:
+        """branch (B, L, D), zeroed for a random drop_path share of the samples in training and the rest
+        scaled by 1 / (1 - drop_path), so its expected value is unchanged; untouched in eval mode."""
+        if not self.training or self.drop_path == 0.0:
+            return branch
+        keep = 1.0 - self.drop_path
+        kept = torch.empty(branch.shape[0], 1, 1, device=branch.device, dtype=branch.dtype).bernoulli_(keep)
+        return branch * kept / keep
+
+
+def set_drop_path(blocks: nn.ModuleList, rate: float) -> None:
+    """Stochastic depth over a stack of Blocks, rising linearly from 0 at the first block to `rate` at the
+    last (the schedule of the stochastic-depth paper and of MAE's, BEiT's and 4M's fine-tuning)."""
+    if not 0.0 <= rate < 1.0:
+        raise TSTError(f"drop_path: expected a probability in [0, 1), got {rate}")
+    for index, block in enumerate(blocks):
+        block.drop_path = rate * index / max(1, len(blocks) - 1)

@@ -219,6 +219,7 @@ RULES: dict[str, Rule] = {
     "transfer.backbone_lr_scale": SHARE,
     "transfer.layer_decay": FRACTION,
     "transfer.wise_alpha": PROBABILITY,
+    "transfer.drop_path": number(0, 1, high_open=True),
     "transfer.head_first_steps": integer(0, MAX_STEPS),
     "transfer.joint_pretraining": SHARE,
     "transfer.weight_decay": SHARE,
