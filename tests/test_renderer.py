@@ -138,3 +138,27 @@ def test_empty_mesh_is_refused():
     empty = LabeledMesh(np.zeros((0, 3)), np.zeros((0, 3), int), [], [], [])
     with pytest.raises(TSTError, match="no triangles"):
         MeshRenderer(empty)
+
+
+def test_prefetch_hint_compiles_for_any_c_array_and_changes_nothing():
+    """envs/prefetch.py: the shading kernel's cache hint compiles for the arrays it is used on (int32 face
+    records, a uint8 texture atlas), leaves every value alone, and refuses a non-contiguous array."""
+    import numba
+    import numba.core.errors
+
+    from tst.envs.prefetch import prefetch
+
+    @numba.njit
+    def summed(array, rows):
+        total = 0
+        for row in rows:
+            prefetch(array, row * array.shape[1])
+            total += array[row, 0]
+        return total
+
+    records = np.arange(40, dtype=np.int32).reshape(5, 8)
+    assert summed(records, np.array([4, 0, 2])) == 32 + 0 + 16
+    atlas = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4 * 4 * 3)
+    assert summed(atlas, np.array([1])) == 48
+    with pytest.raises(numba.core.errors.TypingError):
+        summed(records[:, ::2], np.array([1]))
