@@ -1,6 +1,6 @@
 """`tst bench deploy`: batch-1 latency of the multi-task predictor (one backbone pass, segmentation,
-detection and a caption) per model size and image size: eager vs torch.compile vs ONNX Runtime on the
-CPU; on a GPU, fp32 vs bf16 and eager vs CUDA graphs.
+detection and a caption) per model size and image size: eager vs torch.compile vs ONNX Runtime (fp32, and
+the dense graph in int8) on the CPU; on a GPU, fp32 vs bf16 and eager vs CUDA graphs.
 
 Heads here are randomly initialized. Latency depends on trained weights in two places: the caption's
 length, so captions are generated to a fixed length (deploy_bench.caption_words) and every configuration
@@ -96,11 +96,11 @@ def _torch_runner(module: TransferModule, size: int, device: str, precision: str
     return infer
 
 
-def _onnx_runner(module: TransferModule, size: int, folder: Path):
+def _onnx_runner(module: TransferModule, size: int, folder: Path, int8: bool):
     from tst.deploy.export import OnnxGraphs, export
 
     export(module, size, [torch.rand(3, size, size)], folder)
-    graphs = OnnxGraphs(folder, module)
+    graphs = OnnxGraphs(folder, module, int8=int8)
     x = torch.rand(1, 3, size, size)
 
     def infer():
@@ -122,9 +122,9 @@ def bench_deploy(cfg: DictConfig) -> dict:
             for runtime in b.cpu_runtimes:
                 console.print(f"cpu {key} {runtime} ...")
                 module = multitask_model(model, int(size), int(b.caption_words), str(b.seg_head), int(b.head_width))
-                if runtime == "onnx":
+                if runtime.startswith("onnx"):
                     with tempfile.TemporaryDirectory() as tmp:
-                        infer = _onnx_runner(module, int(size), Path(tmp) / "export")
+                        infer = _onnx_runner(module, int(size), Path(tmp) / "export", runtime == "onnx-int8")
                         rows[runtime] = _latency(infer, int(b.repeats), int(b.warmup), False)
                 else:
                     infer = _torch_runner(module, int(size), "cpu", "fp32", "" if runtime == "compiled" else None)

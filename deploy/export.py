@@ -10,7 +10,10 @@ Two graphs, both with fixed shapes:
                       (K,), position (), self cache (2, depth, K, heads, max_length, d), cross cache
                       (2, depth, K, heads, N, d) -> next-token logits (K, vocab), the updated self cache;
                       K = the beam width.
-Box decoding, NMS and the beam search run in torch on the graphs' outputs, for both runtimes.
+  dense-int8.onnx     the dense graph with every MatMul's weights in int8 (deploy/quantize.py), for
+                      `deploy.runtime=onnx deploy.precision=int8`; written only when its outputs stay within
+                      INT8_TOLERANCE of PyTorch's on the check frames
+Box decoding, NMS and the beam search run in torch on the graphs' outputs, for every runtime.
 
 The folder's manifest.json (stage "export") records the transfer model it came from (path and
 fingerprint), each graph file's sha256 and the export format (EXPORT_FORMAT); `deploy.runtime=onnx` checks
@@ -28,13 +31,14 @@ from torch import nn
 from tst.errors import TSTError
 from tst.workspace import MANIFEST, file_sha256, fingerprint, read_manifest, staged_directory, write_manifest
 
+from tst.deploy.quantize import INT8_GRAPH, INT8_TOLERANCE, quantize_dense
 from tst.transfer.module import TransferModule
 
 TOLERANCE = 1e-4  # max abs difference allowed between ONNX Runtime and PyTorch outputs
 # The layout of the graphs' outputs, recorded in the manifest; an export of another format is refused
 # rather than misread. 2: segmentation logits channels last (seg_logits_nhwc).
 EXPORT_FORMAT = 2
-GRAPH_FILES = ("dense.pt2", "dense.onnx", "caption.pt2", "caption.onnx")
+GRAPH_FILES = ("dense.pt2", "dense.onnx", INT8_GRAPH, "caption.pt2", "caption.onnx")
 REEXPORT = "re-run tst deploy export (after removing the folder)"
 
 
@@ -64,6 +68,9 @@ def check_export(folder: Path, model_dir: Path | None, graphs: list[str]) -> Non
     for name in graphs:
         path = folder / name
         if name not in recorded:
+            refused = (manifest["outputs"].get("int8") or {}).get("refused") if name == INT8_GRAPH else None
+            if refused:
+                raise TSTError(f"{path}: not written by tst deploy export: {refused}; use deploy.precision=fp32")
             raise TSTError(f"{path}: not in the export manifest {folder / MANIFEST}; {REEXPORT}")
         if not path.is_file():
             raise TSTError(f"{path}: missing; the export manifest lists it; {REEXPORT}")
@@ -160,14 +167,15 @@ def _session(path: Path, threads: int = 0):
 
 class OnnxGraphs:
     """ONNX Runtime sessions of an export folder; __call__(rgb (1, 3, S, S)) -> predictions as
-    TransferModule.forward gives them."""
+    TransferModule.forward gives them. int8: the dense graph's int8 variant (the caption step stays fp32)."""
 
-    def __init__(self, folder: Path, module: TransferModule, model_dir: Path | None = None):
+    def __init__(self, folder: Path, module: TransferModule, model_dir: Path | None = None, int8: bool = False):
         if not folder.is_dir():
             raise TSTError(f"{folder}: no export there; run tst deploy export first")
-        check_export(folder, model_dir, ["dense.onnx"] + (["caption.onnx"] if "caption" in module.tasks else []))
+        dense = INT8_GRAPH if int8 else "dense.onnx"
+        check_export(folder, model_dir, [dense] + (["caption.onnx"] if "caption" in module.tasks else []))
         self.module = module
-        self.dense = _session(folder / "dense.onnx")
+        self.dense = _session(folder / dense)
         self.names = [output.name for output in self.dense.get_outputs()]
         self.caption = None
         if "caption" in module.tasks:
@@ -208,9 +216,11 @@ def _max_difference(expected: np.ndarray, actual: np.ndarray) -> float:
 def export(module: TransferModule, image_size: int, frames: list[torch.Tensor], out: Path,
            model_dir: Path | None = None) -> dict:
     """Write dense/caption graphs (.pt2 and .onnx) to `out` iff ONNX Runtime matches PyTorch within
-    TOLERANCE on every frame (each (3, S, S) in [0, 1]) and every output; returns the differences.
-    A failing check raises TSTError and writes nothing. With `model_dir` (the transfer run) the folder's
-    manifest records its fingerprint; it records each graph's sha256 either way."""
+    TOLERANCE on every frame (each (3, S, S) in [0, 1]) and every output, and the dense graph's int8
+    variant iff it stays within INT8_TOLERANCE (relative); returns {"max_abs_difference": output -> the fp32
+    graphs' largest difference, "int8": `_check_int8`'s record}. A failing fp32 check raises TSTError and
+    writes nothing. With `model_dir` (the transfer run) the folder's manifest records its fingerprint; it
+    records each graph's sha256 either way."""
     module = module.cpu().eval()
     dense = DenseGraph(module, image_size).eval()
     example = (frames[0][None].float(),)
@@ -220,16 +230,15 @@ def export(module: TransferModule, image_size: int, frames: list[torch.Tensor], 
         torch.export.save(torch.export.export(dense, example), str(tmp / "dense.pt2"))
         _export_onnx(dense, example, tmp / "dense.onnx", ["rgb"], names)
         session = _session(tmp / "dense.onnx")
-        crosses = []
-        for frame in frames:
-            expected = dense.named_outputs(frame[None].float())
+        expected_outputs = [{name: e.numpy() for name, e in dense.named_outputs(frame[None].float()).items()}
+                            for frame in frames]
+        for frame, expected in zip(frames, expected_outputs):
             actual = session.run(names, {"rgb": frame[None].float().numpy()})
             for (name, e), a in zip(expected.items(), actual):
-                differences[name] = max(differences.get(name, 0.0), _max_difference(e.numpy(), a))
-            if "caption" in module.heads:
-                crosses.append(expected["caption_cross"])
+                differences[name] = max(differences.get(name, 0.0), _max_difference(e, a))
         if "caption" in module.heads:
             task, decoder = module.tasks["caption"], module.heads["caption"]
+            crosses = [torch.from_numpy(expected["caption_cross"]) for expected in expected_outputs]
             step = CaptionStep(decoder).eval()
             tokens = torch.randint(4, len(task.vocabulary), (task.beam, task.max_length))
             tokens[:, 0] = 1  # <bos>
@@ -251,8 +260,38 @@ def export(module: TransferModule, image_size: int, frames: list[torch.Tensor], 
         if differences[worst] > TOLERANCE:
             raise TSTError(f"export: ONNX Runtime differs from PyTorch on '{worst}' by {differences[worst]:.2e} "
                            f"(> {TOLERANCE:g}) over {len(frames)} eval frames; nothing written")
+        int8 = _check_int8(tmp, frames, expected_outputs)
         graphs = {name: file_sha256(tmp / name) for name in GRAPH_FILES if (tmp / name).is_file()}
         write_manifest(tmp, "export", {"image_size": image_size, "tasks": list(module.tasks)},
                        {"model": model_dir} if model_dir is not None else {},
-                       {"graphs": graphs, "format": EXPORT_FORMAT, "max_abs_difference": differences})
-    return differences
+                       {"graphs": graphs, "format": EXPORT_FORMAT, "max_abs_difference": differences, "int8": int8})
+    return {"max_abs_difference": differences, "int8": int8}
+
+
+def _check_int8(folder: Path, frames: list[torch.Tensor], expected_outputs: list[dict[str, np.ndarray]]) -> dict:
+    """Quantize folder/dense.onnx to folder/INT8_GRAPH and score it against PyTorch's outputs on `frames`:
+    per output, the largest absolute difference over the frames as a share of the output's largest finite
+    magnitude, and the share of segmentation pixels whose class agrees. The int8 graph is removed again when
+    a share exceeds INT8_TOLERANCE; the record's "refused" then says why (else None)."""
+    quantize_dense(folder / "dense.onnx", folder / INT8_GRAPH)
+    session = _session(folder / INT8_GRAPH)
+    relative: dict[str, float] = {}
+    agreeing = pixels = 0
+    for frame, expected in zip(frames, expected_outputs):
+        actual = dict(zip(expected, session.run(list(expected), {"rgb": frame[None].float().numpy()})))
+        for name, e in expected.items():
+            finite = np.abs(e[np.isfinite(e)])
+            scale = float(finite.max()) if finite.size else 0.0
+            difference = _max_difference(e, actual[name])
+            relative[name] = max(relative.get(name, 0.0), difference / scale if scale > 0 else difference)
+        if "seg_logits_nhwc" in expected:
+            same = expected["seg_logits_nhwc"].argmax(-1) == actual["seg_logits_nhwc"].argmax(-1)
+            agreeing, pixels = agreeing + int(same.sum()), pixels + same.size
+    worst = max(relative, key=relative.get)
+    refused = None
+    if relative[worst] > INT8_TOLERANCE:
+        (folder / INT8_GRAPH).unlink()
+        refused = (f"its '{worst}' differed from PyTorch's by {relative[worst]:.1%} of the output's range "
+                   f"(> {INT8_TOLERANCE:.0%}) over {len(frames)} eval frames")
+    return {"max_relative_difference": {name: round(v, 5) for name, v in relative.items()},
+            "seg_agreement": round(agreeing / pixels, 5) if pixels else None, "refused": refused}

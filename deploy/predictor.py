@@ -2,7 +2,7 @@
 one encoder pass.
 
 Runtimes: "torch" (eager, or torch.compile'd with deploy.compile=true; fp32/bf16/fp16 autocast) and
-"onnx" (ONNX Runtime on the graphs written by `tst deploy export`).
+"onnx" (ONNX Runtime on the graphs written by `tst deploy export`: fp32, or the dense graph in int8).
 """
 
 from __future__ import annotations
@@ -89,15 +89,17 @@ class Predictor:
 
     def __init__(self, model: TransferredModel, device: str = "cpu", precision: str = "fp32",
                  compile: bool = False, runtime: str = "torch", export_dir: str | Path | None = None):
-        if precision not in PRECISIONS:
-            raise TSTError(f"deploy.precision: expected fp32, bf16 or fp16, got {precision!r}")
         if runtime not in ("torch", "onnx"):
             raise TSTError(f"deploy.runtime: expected torch or onnx, got {runtime!r}")
+        if runtime == "torch" and precision not in PRECISIONS:
+            raise TSTError(f"deploy.precision: the torch runtime runs fp32, bf16 or fp16, got {precision!r}"
+                           + (" (int8 runs the exported graph: deploy.runtime=onnx)" if precision == "int8" else ""))
         self.model, self.image_size, self.taxonomy = model, model.image_size, model.taxonomy
         self.device = resolve_device(device)
         self.precision, self.runtime = precision, runtime
-        if runtime == "onnx" and precision != "fp32":
-            raise TSTError("deploy.precision: the onnx runtime runs the fp32 export; use deploy.precision=fp32")
+        if runtime == "onnx" and precision not in ("fp32", "int8"):
+            raise TSTError(f"deploy.precision: the onnx runtime runs the fp32 export or its int8 dense graph; expected "
+                           f"fp32 or int8, got {precision!r}")
         mode = "reduce-overhead" if self.device.type == "cuda" else None
         self.module = prepare_for_inference(model.module, self.device, compile and runtime == "torch", mode)
         self.onnx = None
@@ -105,7 +107,7 @@ class Predictor:
             from tst.deploy.export import OnnxGraphs
 
             self.onnx = OnnxGraphs(Path(export_dir) if export_dir else model.run_dir / "export", self.module,
-                                   model.run_dir)
+                                   model.run_dir, int8=precision == "int8")
 
     @classmethod
     def from_run(cls, run_dir: str | Path, tasks: tuple[str, ...] = ("seg", "det", "caption"), **options) -> "Predictor":

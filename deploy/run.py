@@ -216,8 +216,15 @@ def export_command(cfg: DictConfig) -> Path:
     if len(eval_frames) == 0:
         raise TSTError(f"{root}: the eval split is empty; the export check needs eval frames")
     frames = [eval_frames[i]["rgb"] for i in range(min(int(cfg.deploy.export_frames), len(eval_frames)))]
-    differences = export(model.module, model.image_size, frames, out, model_dir)
+    checks = export(model.module, model.image_size, frames, out, model_dir)
+    differences, int8 = checks["max_abs_difference"], checks["int8"]
     console.print(f"[green]export[/green] {out}: ONNX Runtime vs PyTorch max abs difference "
                   f"{max(differences.values()):.2e} over {len(frames)} eval frames")
-    print(json.dumps({"export_dir": str(out), "frames": len(frames), "max_abs_difference": differences}))
+    if int8["refused"]:
+        console.print(f"[yellow]int8 graph not written[/yellow]: {int8['refused']}")
+    else:
+        agreement = "" if int8["seg_agreement"] is None else f", {int8['seg_agreement']:.1%} of segmentation pixels agree"
+        console.print(f"int8 graph (deploy.precision=int8): within {max(int8['max_relative_difference'].values()):.1%} "
+                      f"of PyTorch's output range{agreement}")
+    print(json.dumps({"export_dir": str(out), "frames": len(frames), **checks}))
     return out

@@ -125,7 +125,7 @@ BAD_INPUTS = [
     (["bench", "render", "render_bench.workers=[-2]"], "render_bench.workers[0]: expected a positive integer"),
     (["bench", "pretrain", "pretrain_bench.models=[xl]"], "pretrain_bench.models[0]: expected tiny, s or b, got 'xl'"),
     (["bench", "pretrain", "pretrain_bench.steps=0"], "pretrain_bench.steps: expected a positive integer, got 0"),
-    (["bench", "deploy", "deploy_bench.cpu_runtimes=[tensorrt]"], "deploy_bench.cpu_runtimes[0]: expected eager, compiled or onnx"),
+    (["bench", "deploy", "deploy_bench.cpu_runtimes=[tensorrt]"], "deploy_bench.cpu_runtimes[0]: expected eager, compiled, onnx or onnx-int8"),
     (["bench", "gpu", "gpu_bench.modes=[]"], "gpu_bench.modes: expected a non-empty list"),
     (["run", "experiment=smoke", "experiment.seeds=[]"], "experiment.seeds: expected a non-empty list"),
     (["deploy", "deploy.tasks=[seg,pose]"], "deploy.tasks[1]: expected a registered task (seg, det, caption, ...), got 'pose'"),

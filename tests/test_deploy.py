@@ -80,11 +80,15 @@ def test_export_matches_onnx_runtime_and_the_onnx_predictor_agrees(workspace, ca
                  "deploy.export_frames=2", "tracking.enabled=false"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert max(report["max_abs_difference"].values()) <= 1e-4
+    assert report["int8"]["refused"] is None and 0 < max(report["int8"]["max_relative_difference"].values()) <= 0.1
     folder = workspace / "procedural-0" / "deploy" / "exports" / "multi"
-    assert {"dense.onnx", "dense.pt2", "caption.onnx", "caption.pt2"} <= {p.name for p in folder.iterdir()}
+    assert {"dense.onnx", "dense-int8.onnx", "dense.pt2", "caption.onnx", "caption.pt2"} <= {p.name for p in folder.iterdir()}
+    assert (folder / "dense-int8.onnx").stat().st_size < (folder / "dense.onnx").stat().st_size
     rgb = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     eager, onnx = _predictor(workspace)(rgb), _predictor(workspace, runtime="onnx", export_dir=folder)(rgb)
     assert (eager.semantic == onnx.semantic).mean() > 0.99 and eager.caption == onnx.caption
+    int8 = _predictor(workspace, runtime="onnx", precision="int8", export_dir=folder)(rgb)
+    assert (eager.semantic == int8.semantic).mean() > 0.9
     # A second export into the same folder is refused rather than overwriting it.
     assert main(["deploy", "export", f"workspace_dir={workspace}", f"deploy.model={_model(workspace)}"]) != 0
 
@@ -99,6 +103,22 @@ def test_export_refuses_a_graph_that_disagrees(workspace, monkeypatch, tmp_path)
     with pytest.raises(TSTError, match="differs from PyTorch"):
         export_module.export(model.module, 64, [torch.rand(3, 64, 64)], tmp_path / "export")
     assert not (tmp_path / "export").exists()
+
+
+def test_an_int8_graph_that_disagrees_is_left_out_and_its_runtime_says_why(workspace, monkeypatch, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from tst.deploy import export as export_module
+    from tst.deploy.predictor import Predictor
+    from tst.transfer.checkpoint import load_transfer
+
+    monkeypatch.setattr(export_module, "INT8_TOLERANCE", 0.0)  # int8 never matches fp32 exactly
+    run = _model(workspace, "seg-only")
+    model = load_transfer(run)
+    checks = export_module.export(model.module, 64, [torch.rand(3, 64, 64)], tmp_path / "export", run)
+    assert "of the output's range" in checks["int8"]["refused"]
+    assert not (tmp_path / "export" / "dense-int8.onnx").exists() and (tmp_path / "export" / "dense.onnx").is_file()
+    with pytest.raises(TSTError, match=r"dense-int8.onnx: not written by tst deploy export: its '.*' differed"):
+        Predictor(model, runtime="onnx", precision="int8", export_dir=tmp_path / "export")
 
 
 def _loop(workspace, steps, overlap, tasks=("seg", "det", "caption"), name="multi", caption_every=1, pace_hz=None,

@@ -242,7 +242,7 @@ RULES: dict[str, Rule] = {
     "transfer.caption.meteor": flag(),
     # deploy
     "deploy.device": choice("cpu", "cuda", "auto"),
-    "deploy.precision": choice("fp32", "bf16", "fp16"),
+    "deploy.precision": choice("fp32", "bf16", "fp16", "int8"),
     "deploy.compile": flag(),
     "deploy.runtime": choice("torch", "onnx"),
     "deploy.export_frames": POSITIVE,
@@ -302,7 +302,7 @@ STAGE_RULES: dict[str, dict[str, Rule]] = {
               "transfer_bench.batch_size": POSITIVE, "transfer_bench.steps": POSITIVE,
               "transfer_bench.eval_batch_size": POSITIVE, "transfer_bench.eval_batches": POSITIVE,
               "deploy_bench.models": nonempty(each(choice(*MODEL_SIZES))), "deploy_bench.sizes": nonempty(each(PIXELS)),
-              "deploy_bench.cpu_runtimes": nonempty(each(choice("eager", "compiled", "onnx"))),
+              "deploy_bench.cpu_runtimes": nonempty(each(choice("eager", "compiled", "onnx", "onnx-int8"))),
               "deploy_bench.gpu_precisions": each(choice("fp32", "bf16", "fp16")),
               "deploy_bench.seg_head": choice("linear", "pyramid"), "deploy_bench.head_width": POSITIVE,
               "deploy_bench.caption_words": POSITIVE, "deploy_bench.repeats": POSITIVE, "deploy_bench.warmup": NON_NEGATIVE,
