@@ -14,7 +14,7 @@ from typing import Iterator, Protocol
 
 from tst.errors import TSTError
 
-from tst.collect.worker import Settings, Unit, close_spaces, render_unit
+from tst.collect.worker import Settings, Unit, close_spaces, render_unit, render_units
 
 
 class Executor(Protocol):
@@ -26,8 +26,7 @@ class InProcessExecutor:
 
     def run(self, units: list[Unit], settings: Settings) -> Iterator[int]:
         try:
-            for unit in units:
-                yield render_unit(unit, settings)
+            yield from render_units(units, settings)
         finally:
             close_spaces()
 
