@@ -1,7 +1,7 @@
 """`tst deploy export`: the multi-task predictor as torch.export (.pt2) and ONNX graphs, checked against
 PyTorch on eval frames before anything is written.
 
-Two graphs, both with fixed shapes:
+The graphs, each with fixed shapes:
   dense.{pt2,onnx}    rgb (1, 3, S, S) in [0, 1] -> features, then each task's `export_outputs`
                       (segmentation logits channels last, raw detection outputs, the caption decoder's
                       cross-attention keys and values: whichever heads the model has), outputs named in
