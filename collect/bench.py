@@ -19,7 +19,7 @@ from tst.workspace import write_manifest
 from tst.collect.dataset import ShardStream, collate
 from tst.collect.plan import Plan, make_plan
 from tst.collect.run import dataset_outputs, make_units, worker_settings
-from tst.collect.worker import Settings, Unit, close_spaces, render_unit, render_units
+from tst.collect.worker import Settings, Unit, close_spaces, render_unit
 
 console = Console(stderr=True)
 END_TO_END_GOAL = 0.85  # collection (render, derive, encode, write) at 0.85x the frames/s of rendering alone
@@ -34,8 +34,8 @@ def _prepare(context: tuple[Settings, list[Unit]]) -> Settings:
 
 
 def _write_units(settings: Settings, units: list[Unit]) -> None:
-    for _ in render_units(units, settings):  # as `tst collect` does with one worker
-        pass
+    for unit in units:
+        render_unit(unit, settings)
 
 
 def bench_collect(cfg: DictConfig) -> dict:

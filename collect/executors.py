@@ -14,7 +14,7 @@ from typing import Iterator, Protocol
 
 from tst.errors import TSTError
 
-from tst.collect.worker import Settings, Unit, close_spaces, render_unit, render_units
+from tst.collect.worker import Settings, Unit, close_spaces, render_unit
 
 
 class Executor(Protocol):
@@ -26,7 +26,8 @@ class InProcessExecutor:
 
     def run(self, units: list[Unit], settings: Settings) -> Iterator[int]:
         try:
-            yield from render_units(units, settings)
+            for unit in units:
+                yield render_unit(unit, settings)
         finally:
             close_spaces()
 

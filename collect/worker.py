@@ -1,5 +1,5 @@
-"""Rendering shards: render the planned frames, derive edges / boxes / captions, encode every modality and
-write one tar per modality and shard, each under a temporary name renamed when complete."""
+"""Rendering one shard: render the planned frames, derive edges / boxes / captions, encode every
+modality and write one tar per modality, each under a temporary name renamed when complete."""
 
 from __future__ import annotations
 
@@ -7,10 +7,8 @@ import io
 import os
 import tarfile
 import zlib
-from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from omegaconf import OmegaConf
@@ -156,67 +154,40 @@ def close_helper() -> None:
 
 
 def render_unit(unit: Unit, settings: Settings) -> int:
-    """Render, derive, encode and write one shard; returns the number of frames written."""
-    return sum(render_units([unit], settings))
-
-
-def render_units(units: list[Unit], settings: Settings) -> Iterator[int]:
-    """Render, derive, encode and write `units` (shards) in order, yielding each one's frame count once its
-    tars are written.
+    """Render, derive, encode and write one shard; returns the number of frames written.
 
     With `settings.encode_ahead` a helper (collect/encoder.py) derives and encodes each frame while this
-    process renders the next, at most encode_ahead frames behind, and the pipeline runs across shard
-    boundaries: the next shard's first frames render while the helper finishes the last ones of the shard
-    before, which is written as its last frame comes back, instead of the worker waiting for the helper to
-    empty at the end of every shard."""
+    process renders the next, at most encode_ahead frames behind."""
     needed = tuple(m for m in RENDERED if m in settings.modalities or m in ("rgb", "semantic", "instance", "depth"))
-    shards = _ShardAssembler(units, settings)
-    helper = _helper(settings) if settings.encode_ahead else None
-    owners: deque[int] = deque()  # the unit of each frame in the helper, oldest first
-    try:
-        for index, unit in enumerate(units):
-            yield from shards.start(index)
+    members: dict[str, list[tuple[str, bytes]]] = {m: [] for m in stored_modalities(settings.modalities)}
+
+    def add(frame_members: Members) -> None:
+        for modality, member in frame_members.items():
+            members[modality].append(member)
+
+    if not settings.encode_ahead:
+        for planned in unit.frames:
+            space = _space(settings, planned.space)
+            add(encode_frame(planned, _render_frame(space, planned, needed, settings), SpaceFacts.of(space, planned),
+                             settings))
+    else:
+        helper, waiting = _helper(settings), 0
+        try:
             for planned in unit.frames:
                 space = _space(settings, planned.space)
-                frame, facts = _render_frame(space, planned, needed, settings), SpaceFacts.of(space, planned)
-                if helper is None:
-                    yield from shards.add(index, encode_frame(planned, frame, facts, settings))
-                    continue
-                helper.submit(planned, frame, facts)
-                owners.append(index)
-                if len(owners) > settings.encode_ahead:
-                    yield from shards.add(owners.popleft(), helper.result())
-        while owners:
-            yield from shards.add(owners.popleft(), helper.result())
-    except BaseException:
-        if helper is not None:
-            close_helper()  # frames of these shards may still be in it
-        raise
-
-
-class _ShardAssembler:
-    """Each unit's encoded members, gathered frame by frame; a unit's tars are written once it is whole."""
-
-    def __init__(self, units: list[Unit], settings: Settings):
-        self.units, self.settings = units, settings
-        self.members: dict[int, dict[str, list[tuple[str, bytes]]]] = {}
-
-    def start(self, index: int) -> Iterator[int]:
-        self.members[index] = {m: [] for m in stored_modalities(self.settings.modalities)}
-        if not self.units[index].frames:
-            yield self._write(index)
-
-    def add(self, index: int, frame_members: Members) -> Iterator[int]:
-        for modality, member in frame_members.items():
-            self.members[index][modality].append(member)
-        if len(self.members[index]["camera"]) == len(self.units[index].frames):
-            yield self._write(index)
-
-    def _write(self, index: int) -> int:
-        unit = self.units[index]
-        for modality, items in self.members.pop(index).items():
-            write_tar(shard_path(self.settings.out, unit.split, modality, unit.shard), items)
-        return len(unit.frames)
+                helper.submit(planned, _render_frame(space, planned, needed, settings), SpaceFacts.of(space, planned))
+                waiting += 1
+                if waiting > settings.encode_ahead:
+                    add(helper.result())
+                    waiting -= 1
+            for _ in range(waiting):
+                add(helper.result())
+        except BaseException:
+            close_helper()  # frames of this shard may still be in it
+            raise
+    for modality, items in members.items():
+        write_tar(shard_path(settings.out, unit.split, modality, unit.shard), items)
+    return len(unit.frames)
 
 
 def close_spaces() -> None:
