@@ -82,7 +82,10 @@ def test_export_matches_onnx_runtime_and_the_onnx_predictor_agrees(workspace, ca
     assert max(report["max_abs_difference"].values()) <= 1e-4
     assert report["int8"]["refused"] is None and 0 < max(report["int8"]["max_relative_difference"].values()) <= 0.1
     folder = workspace / "procedural-0" / "deploy" / "exports" / "multi"
-    assert {"dense.onnx", "dense-int8.onnx", "dense.pt2", "caption.onnx", "caption.pt2"} <= {p.name for p in folder.iterdir()}
+    written = {p.name for p in folder.iterdir()}
+    # Beam 1 (the default): captions decode in one graph, and the per-token step graph is not written.
+    assert {"dense.onnx", "dense-int8.onnx", "dense.pt2", "caption-greedy.onnx", "caption.pt2"} <= written
+    assert "caption.onnx" not in written and "caption_greedy" in report["max_abs_difference"]
     assert (folder / "dense-int8.onnx").stat().st_size < (folder / "dense.onnx").stat().st_size
     rgb = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     eager, onnx = _predictor(workspace)(rgb), _predictor(workspace, runtime="onnx", export_dir=folder)(rgb)
@@ -91,6 +94,24 @@ def test_export_matches_onnx_runtime_and_the_onnx_predictor_agrees(workspace, ca
     assert (eager.semantic == int8.semantic).mean() > 0.9
     # A second export into the same folder is refused rather than overwriting it.
     assert main(["deploy", "export", f"workspace_dir={workspace}", f"deploy.model={_model(workspace)}"]) != 0
+
+
+def test_a_beam_search_model_exports_the_step_graph_and_captions_as_pytorch_does(workspace, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from tst.deploy.export import OnnxGraphs, export
+    from tst.transfer.checkpoint import load_transfer
+
+    module = load_transfer(_model(workspace)).module.eval()
+    module.tasks["caption"].beam = 2
+    frames = [torch.rand(3, 64, 64) for _ in range(2)]
+    checks = export(module, 64, frames, tmp_path / "export")
+    assert checks["max_abs_difference"]["caption_logits"] <= 1e-4
+    written = {p.name for p in (tmp_path / "export").iterdir()}
+    assert "caption.onnx" in written and "caption-greedy.onnx" not in written
+    graphs = OnnxGraphs(tmp_path / "export", module)
+    with torch.no_grad():
+        for frame in frames:
+            assert graphs(frame[None])["caption"] == module(frame[None])["caption"]
 
 
 def test_export_refuses_a_graph_that_disagrees(workspace, monkeypatch, tmp_path):

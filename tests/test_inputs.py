@@ -218,15 +218,15 @@ def _random_dense(folder):
 
 
 def _no_caption(folder):
-    (folder / "caption.onnx").unlink()
+    (folder / "caption-greedy.onnx").unlink()
 
 
 def _caption_over_dense(folder):
-    shutil.copyfile(folder / "caption.onnx", folder / "dense.onnx")
+    shutil.copyfile(folder / "caption-greedy.onnx", folder / "dense.onnx")
 
 
 @pytest.mark.parametrize("tamper, file, message", [(_random_dense, "dense.onnx", "does not match the export manifest"),
-                                                   (_no_caption, "caption.onnx", "missing"),
+                                                   (_no_caption, "caption-greedy.onnx", "missing"),
                                                    (_caption_over_dense, "dense.onnx",
                                                     "does not match the export manifest")])
 def test_onnx_runtime_checks_the_export_manifest(ws, tmp_path, capsys, tamper, file, message):
@@ -252,7 +252,7 @@ def test_an_export_of_another_format_is_refused(ws, tmp_path):
     manifest = json.loads((folder / "manifest.json").read_text())
     del manifest["outputs"]["format"]  # as exports made before the format was recorded
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(TSTError, match="export format None, this tst reads format 2; re-run tst deploy export"):
+    with pytest.raises(TSTError, match="export format None, this tst reads format 3; re-run tst deploy export"):
         check_export(folder, ws / "procedural-0" / "transfer" / "multi", ["dense.onnx"])
 
 

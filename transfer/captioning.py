@@ -223,6 +223,27 @@ class CaptionDecoder(nn.Module):
             values.append(v)
         return self.head(self.norm(x)), torch.stack([torch.stack(keys), torch.stack(values)])
 
+    def greedy(self, cross: torch.Tensor, max_length: int, min_length: int = 0
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Greedy decoding from the cross cache of B images (`cross_cache`), up to `max_length` tokens
+        (<bos> included): `beam_search` with beam 1, the same tokens (B, T), totals (B,) and lengths (B,),
+        one `greedy_step` per token, stopping once every caption has emitted <eos>. Per token this costs
+        the step and a few element-wise ops (it runs on the deploy loop's critical path)."""
+        B, device = cross.shape[2], cross.device
+        self_cache = self.empty_self_cache(B, device)
+        last = torch.full((B,), BOS, dtype=torch.long, device=device)
+        tokens, total = [last], torch.zeros(B, device=device)
+        length = torch.zeros(B, device=device)
+        finished = torch.zeros(B, dtype=torch.bool, device=device)
+        for position in range(max_length - 1):
+            last, self_cache, total, length, finished = greedy_step(
+                self, torch.tensor(position, device=device), last, self_cache, cross, total, length, finished,
+                min_length)
+            tokens.append(last)
+            if finished.all():
+                break
+        return torch.stack(tokens, 1), total, length
+
 
 def caption_loss(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Teacher-forced next-token cross-entropy in nats per token, averaged over the non-<pad> targets.
@@ -252,11 +273,11 @@ def beam_search(decoder: CaptionDecoder, features: torch.Tensor, beam: int = 1, 
     Hypotheses are ranked by length-normalized log-probability (total nats / generated tokens, <eos>
     included); a hypothesis that emits <eos> is finished and keeps its score. The search stops when every
     kept hypothesis is finished or at `max_length` tokens (<bos> included; default and cap: the decoder's).
-    With beam == 1 this is greedy decoding (the argmax token at each step; `_greedy`). <pad>, <bos> and <unk> are
+    With beam == 1 this is greedy decoding (the argmax token at each step; `CaptionDecoder.greedy`). <pad>, <bos> and <unk> are
     never generated, nor <eos> before `min_length` tokens (<bos> included; the scores stay the model's own
     log-probabilities). Each step runs the decoder on one new position per hypothesis over key/value
     caches (`CaptionDecoder.step`); `decoder` is a CaptionDecoder or anything with its memory,
-    cross_cache, empty_self_cache, step and max_length (the ONNX step graph). Put the decoder in eval mode
+    cross_cache, empty_self_cache, step, greedy and max_length (the exported graphs). Put the decoder in eval mode
     first (`generate` does).
 
     Returns tokens (B, T) int64 (<bos> first, <pad> after <eos>), total log-probability (B,) in nats and
@@ -266,7 +287,7 @@ def beam_search(decoder: CaptionDecoder, features: torch.Tensor, beam: int = 1, 
     max_length = min(max_length or decoder.max_length, decoder.max_length)
     cross = decoder.cross_cache(decoder.memory(features))
     if beam == 1:
-        return _greedy(decoder, cross, max_length, min_length)
+        return decoder.greedy(cross, max_length, min_length)
     B, K = cross.shape[2], beam
     cross = cross.repeat_interleave(K, dim=2)  # (2, depth, B*K, heads, N, d), image-major
     device = cross.device
@@ -281,11 +302,8 @@ def beam_search(decoder: CaptionDecoder, features: torch.Tensor, beam: int = 1, 
     last = sequences[..., -1].flatten()
     for position in range(max_length - 1):
         logits, self_cache = decoder.step(last, torch.tensor(position, device=device), self_cache, cross)
-        log_probs = logits.float().log_softmax(-1).view(B, K, -1)
+        log_probs = allowed_log_probs(logits, position, min_length).view(B, K, -1)
         vocab = log_probs.shape[-1]
-        log_probs[..., [PAD, BOS, UNK]] = -math.inf
-        if position + 1 < min_length:
-            log_probs[..., EOS] = -math.inf
         # A finished hypothesis has a single continuation, <pad>, which costs nothing and adds no length.
         stay = torch.full_like(log_probs, -math.inf)
         stay[..., PAD] = 0.0
@@ -310,33 +328,33 @@ def beam_search(decoder: CaptionDecoder, features: torch.Tensor, beam: int = 1, 
     return sequences[pick, best], totals[pick, best], lengths[pick, best]
 
 
-def _greedy(decoder: CaptionDecoder, cross: torch.Tensor, max_length: int,
-            min_length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """beam_search with one hypothesis per image: the same tokens, totals and lengths, with per-token
-    bookkeeping of a few element-wise ops (the loop runs on the deploy step's critical path: on 2 CPU cores
-    the beam bookkeeping cost ~0.25 ms per token). cross: the decoder's cross cache of B images."""
-    B, device = cross.shape[2], cross.device
-    self_cache = decoder.empty_self_cache(B, device)
-    last = torch.full((B,), BOS, dtype=torch.long, device=device)
-    tokens, total = [last], torch.zeros(B, device=device)
-    length = torch.zeros(B, device=device)
-    finished = torch.zeros(B, dtype=torch.bool, device=device)
-    never = torch.tensor([PAD, BOS, UNK], device=device)
-    for position in range(max_length - 1):
-        logits, self_cache = decoder.step(last, torch.tensor(position, device=device), self_cache, cross)
-        log_probs = logits.float().log_softmax(-1)
-        log_probs[:, never] = -math.inf
-        if position + 1 < min_length:
-            log_probs[:, EOS] = -math.inf
-        best, token = log_probs.max(-1)
-        last = token.masked_fill(finished, PAD)  # a finished caption continues with <pad> at no cost
-        total = total + best.masked_fill(finished, 0.0)
-        length = length + (~finished)
-        finished = finished | (last == EOS)
-        tokens.append(last)
-        if finished.all():
-            break
-    return torch.stack(tokens, 1), total, length
+def allowed_log_probs(logits: torch.Tensor, position: int | torch.Tensor,
+                      min_length: int | torch.Tensor) -> torch.Tensor:
+    """The step's next-token log-probabilities (R, vocab) in nats, -inf where greedy decoding may not go:
+    <pad>, <bos> and <unk> always, <eos> before `min_length` tokens (<bos> included). logits (R, vocab)
+    from `CaptionDecoder.step` at `position`."""
+    log_probs = logits.float().log_softmax(-1)
+    ids = torch.arange(log_probs.shape[-1], device=log_probs.device)
+    banned = (ids == PAD) | (ids == BOS) | (ids == UNK) | ((ids == EOS) & (position + 1 < min_length))
+    return log_probs.masked_fill(banned, -math.inf)
+
+
+def greedy_step(decoder: CaptionDecoder, position: torch.Tensor, last: torch.Tensor, self_cache: torch.Tensor,
+                cross: torch.Tensor, total: torch.Tensor, length: torch.Tensor, finished: torch.Tensor,
+                min_length: int | torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """One greedy token for B captions: the argmax of `allowed_log_probs`; a finished caption continues
+    with <pad> at no cost. position: 0-d int64 (the position of `last`); last (B,) int64; self_cache and
+    cross as `CaptionDecoder.step` takes them; total (B,) nats, length (B,) generated tokens (float),
+    finished (B,) bool. Returns the next (last, self_cache, total, length, finished).
+
+    Written with tensor ops only (no Python branch on values), so the same step runs in the eager loop
+    (`CaptionDecoder.greedy`) and inside the exported while-loop graph (deploy/export.py)."""
+    logits, self_cache = decoder.step(last, position, self_cache, cross)
+    best, token = allowed_log_probs(logits, position, min_length).max(-1)
+    token = token.masked_fill(finished, PAD)
+    total = total + best.masked_fill(finished, 0.0)
+    length = length + (~finished).float()
+    return token, self_cache, total, length, finished | (token == EOS)
 
 
 def generate(decoder: CaptionDecoder, features: torch.Tensor, vocabulary: Vocabulary, beam: int = 1,
