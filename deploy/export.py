@@ -141,6 +141,7 @@ class CaptionGreedy(nn.Module):
         from tst.transfer.captioning import BOS, PAD, greedy_step
 
         decoder, B = self.decoder, cross.shape[2]
+        max_length = max_length.clamp(max=decoder.max_length)  # the caches hold no more positions
         slots = torch.arange(decoder.max_length)
         tokens = torch.where(slots == 0, BOS, PAD).expand(B, -1).clone()  # (B, max_length)
 

@@ -92,6 +92,20 @@ def test_export_matches_onnx_runtime_and_the_onnx_predictor_agrees(workspace, ca
     assert (eager.semantic == onnx.semantic).mean() > 0.99 and eager.caption == onnx.caption
     int8 = _predictor(workspace, runtime="onnx", precision="int8", export_dir=folder)(rgb)
     assert (eager.semantic == int8.semantic).mean() > 0.9
+    # The greedy graph decodes as PyTorch does at any length: capped at the decoder's, forced to it, or cut short.
+    from tst.deploy.export import OnnxGraphs
+    from tst.transfer.checkpoint import load_transfer
+
+    module = load_transfer(_model(workspace)).module.eval()
+    graphs, decoder = OnnxGraphs(folder, module), module.heads["caption"]
+    cross = graphs.run_dense(torch.rand(1, 3, 64, 64))["caption_cross"]
+    over = decoder.max_length + 5
+    for max_length, min_length in ((over, over), (over, 0), (4, 0), (1, 0)):
+        tokens, total, length = graphs.caption.greedy(cross, max_length, min_length)
+        with torch.no_grad():
+            expected = decoder.greedy(cross, min(max_length, decoder.max_length), min_length)
+        assert torch.equal(tokens, expected[0]) and torch.equal(length, expected[2])
+        assert torch.allclose(total, expected[1], atol=1e-4)
     # A second export into the same folder is refused rather than overwriting it.
     assert main(["deploy", "export", f"workspace_dir={workspace}", f"deploy.model={_model(workspace)}"]) != 0
 
