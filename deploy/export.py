@@ -26,6 +26,7 @@ all three before loading a graph.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -138,7 +139,7 @@ class CaptionGreedy(nn.Module):
     def forward(self, cross, max_length, min_length) -> tuple[torch.Tensor, ...]:
         from torch._higher_order_ops import while_loop
 
-        from tst.transfer.captioning import BOS, PAD, greedy_step
+        from tst.transfer.captioning import BOS, PAD, banned_tokens, greedy_step
 
         decoder, B = self.decoder, cross.shape[2]
         max_length = max_length.clamp(max=decoder.max_length)  # the caches hold no more positions
@@ -149,8 +150,9 @@ class CaptionGreedy(nn.Module):
             return (position < max_length - 1) & ~finished.all()
 
         def one_token(position, last, self_cache, tokens, total, length, finished):
+            banned = banned_tokens(decoder.head.out_features, position + 1 < min_length)
             last, self_cache, total, length, finished = greedy_step(
-                decoder, position, last, self_cache, cross, total, length, finished, min_length)
+                decoder, position, last, self_cache, cross, total, length, finished, banned)
             tokens = torch.where(slots == position + 1, last[:, None], tokens)
             return position + 1, last, self_cache, tokens, total, length, finished
 
@@ -341,7 +343,7 @@ def _export_greedy(decoder: nn.Module, crosses: list[torch.Tensor], max_length: 
     may choose than the token the graph chose (0 when the graph chose PyTorch's argmax; a near-tie may pick
     either), and of the difference between the graph's total log-probability and PyTorch's for the same
     tokens."""
-    from tst.transfer.captioning import allowed_log_probs
+    from tst.transfer.captioning import banned_tokens
 
     graph = CaptionGreedy(decoder).eval()
     lengths = (torch.tensor(max_length), torch.tensor(0))
@@ -353,7 +355,8 @@ def _export_greedy(decoder: nn.Module, crosses: list[torch.Tensor], max_length: 
             self_cache, expected_total = decoder.empty_self_cache(1), 0.0
             for position in range(tokens.shape[1] - 1):
                 logits, self_cache = decoder.step(tokens[:, position], torch.tensor(position), self_cache, cross)
-                allowed = allowed_log_probs(logits, position, min_length)[0]
+                banned = banned_tokens(logits.shape[-1], position + 1 < min_length)
+                allowed = logits[0].log_softmax(-1).masked_fill(banned, -math.inf)
                 chosen = float(allowed[tokens[0, position + 1]])
                 worst = max(worst, float(allowed.max()) - chosen)
                 expected_total += chosen

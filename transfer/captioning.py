@@ -235,10 +235,11 @@ class CaptionDecoder(nn.Module):
         tokens, total = [last], torch.zeros(B, device=device)
         length = torch.zeros(B, device=device)
         finished = torch.zeros(B, dtype=torch.bool, device=device)
+        banned = [banned_tokens(self.head.out_features, eos_banned, device) for eos_banned in (False, True)]
         for position in range(max_length - 1):
             last, self_cache, total, length, finished = greedy_step(
                 self, torch.tensor(position, device=device), last, self_cache, cross, total, length, finished,
-                min_length)
+                banned[position + 1 < min_length])
             tokens.append(last)
             if finished.all():
                 break
@@ -273,12 +274,12 @@ def beam_search(decoder: CaptionDecoder, features: torch.Tensor, beam: int = 1, 
     Hypotheses are ranked by length-normalized log-probability (total nats / generated tokens, <eos>
     included); a hypothesis that emits <eos> is finished and keeps its score. The search stops when every
     kept hypothesis is finished or at `max_length` tokens (<bos> included; default and cap: the decoder's).
-    With beam == 1 this is greedy decoding (the argmax token at each step; `CaptionDecoder.greedy`). <pad>, <bos> and <unk> are
-    never generated, nor <eos> before `min_length` tokens (<bos> included; the scores stay the model's own
-    log-probabilities). Each step runs the decoder on one new position per hypothesis over key/value
-    caches (`CaptionDecoder.step`); `decoder` is a CaptionDecoder or anything with its memory,
-    cross_cache, empty_self_cache, step, greedy and max_length (the exported graphs). Put the decoder in eval mode
-    first (`generate` does).
+    With beam == 1 this is greedy decoding (the argmax token at each step; `CaptionDecoder.greedy`).
+    <pad>, <bos> and <unk> are never generated, nor <eos> before `min_length` tokens (<bos> included; the
+    scores stay the model's own log-probabilities). Each step runs the decoder on one new position per
+    hypothesis over key/value caches (`CaptionDecoder.step`); `decoder` is a CaptionDecoder or anything
+    with its memory, cross_cache, empty_self_cache, step, greedy and max_length (the exported graphs). Put
+    the decoder in eval mode first (`generate` does).
 
     Returns tokens (B, T) int64 (<bos> first, <pad> after <eos>), total log-probability (B,) in nats and
     generated-token count (B,), for the best hypothesis of each image (a finished one when there is one)."""
@@ -302,8 +303,10 @@ def beam_search(decoder: CaptionDecoder, features: torch.Tensor, beam: int = 1, 
     last = sequences[..., -1].flatten()
     for position in range(max_length - 1):
         logits, self_cache = decoder.step(last, torch.tensor(position, device=device), self_cache, cross)
-        log_probs = allowed_log_probs(logits, position, min_length).view(B, K, -1)
+        log_probs = logits.float().log_softmax(-1)
         vocab = log_probs.shape[-1]
+        log_probs = log_probs.masked_fill(banned_tokens(vocab, position + 1 < min_length, device), -math.inf)
+        log_probs = log_probs.view(B, K, vocab)
         # A finished hypothesis has a single continuation, <pad>, which costs nothing and adds no length.
         stay = torch.full_like(log_probs, -math.inf)
         stay[..., PAD] = 0.0
@@ -328,29 +331,26 @@ def beam_search(decoder: CaptionDecoder, features: torch.Tensor, beam: int = 1, 
     return sequences[pick, best], totals[pick, best], lengths[pick, best]
 
 
-def allowed_log_probs(logits: torch.Tensor, position: int | torch.Tensor,
-                      min_length: int | torch.Tensor) -> torch.Tensor:
-    """The step's next-token log-probabilities (R, vocab) in nats, -inf where greedy decoding may not go:
-    <pad>, <bos> and <unk> always, <eos> before `min_length` tokens (<bos> included). logits (R, vocab)
-    from `CaptionDecoder.step` at `position`."""
-    log_probs = logits.float().log_softmax(-1)
-    ids = torch.arange(log_probs.shape[-1], device=log_probs.device)
-    banned = (ids == PAD) | (ids == BOS) | (ids == UNK) | ((ids == EOS) & (position + 1 < min_length))
-    return log_probs.masked_fill(banned, -math.inf)
+def banned_tokens(vocab: int, eos_banned: bool | torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+    """(vocab,) bool, True for the tokens decoding may not emit: <pad>, <bos> and <unk>, and <eos> when
+    `eos_banned` (a bool or a 0-d bool tensor: fewer than min_length tokens so far)."""
+    ids = torch.arange(vocab, device=device)
+    return (ids <= UNK) & ((ids != EOS) | eos_banned)  # the specials are ids 0-3
 
 
 def greedy_step(decoder: CaptionDecoder, position: torch.Tensor, last: torch.Tensor, self_cache: torch.Tensor,
                 cross: torch.Tensor, total: torch.Tensor, length: torch.Tensor, finished: torch.Tensor,
-                min_length: int | torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """One greedy token for B captions: the argmax of `allowed_log_probs`; a finished caption continues
-    with <pad> at no cost. position: 0-d int64 (the position of `last`); last (B,) int64; self_cache and
-    cross as `CaptionDecoder.step` takes them; total (B,) nats, length (B,) generated tokens (float),
-    finished (B,) bool. Returns the next (last, self_cache, total, length, finished).
+                banned: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """One greedy token for B captions: the most likely token that `banned` (`banned_tokens`) allows; a
+    finished caption continues with <pad> at no cost. position: 0-d int64 (the position of `last`); last
+    (B,) int64; self_cache and cross as `CaptionDecoder.step` takes them; total (B,) nats, length (B,)
+    generated tokens (float), finished (B,) bool. Returns the next (last, self_cache, total, length,
+    finished).
 
     Written with tensor ops only (no Python branch on values), so the same step runs in the eager loop
     (`CaptionDecoder.greedy`) and inside the exported while-loop graph (deploy/export.py)."""
     logits, self_cache = decoder.step(last, position, self_cache, cross)
-    best, token = allowed_log_probs(logits, position, min_length).max(-1)
+    best, token = logits.float().log_softmax(-1).masked_fill(banned, -math.inf).max(-1)
     token = token.masked_fill(finished, PAD)
     total = total + best.masked_fill(finished, 0.0)
     length = length + (~finished).float()
