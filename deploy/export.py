@@ -143,6 +143,7 @@ class CaptionGreedy(nn.Module):
 
         decoder, B = self.decoder, cross.shape[2]
         max_length = max_length.clamp(max=decoder.max_length)  # the caches hold no more positions
+        cross = decoder.per_layer(cross)  # copies: the loop may not read views (while_loop forbids aliasing)
         slots = torch.arange(decoder.max_length)
         tokens = torch.where(slots == 0, BOS, PAD).expand(B, -1).clone()  # (B, max_length)
 
