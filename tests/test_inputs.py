@@ -252,7 +252,7 @@ def test_an_export_of_another_format_is_refused(ws, tmp_path):
     manifest = json.loads((folder / "manifest.json").read_text())
     del manifest["outputs"]["format"]  # as exports made before the format was recorded
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(TSTError, match="export format None, this tst reads format 3; re-run tst deploy export"):
+    with pytest.raises(TSTError, match="export format None, this tst reads format 4; re-run tst deploy export"):
         check_export(folder, ws / "procedural-0" / "transfer" / "multi", ["dense.onnx"])
 
 

@@ -178,15 +178,6 @@ class CaptionDecoder(nn.Module):
                                    self._split_heads(F.linear(memory, weight[2 * width:], bias[2 * width:]))]))
         return torch.stack(kv, 1)
 
-    @staticmethod
-    def per_layer(cross: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """`cross_cache`'s (2, depth, R, heads, N, d) as (keys, values), each a list of depth (R, heads, N, d)
-        copies: what a graph that loops over steps reads, so that the loop does not slice each layer's keys
-        and values out of the whole cache at every step (the greedy caption graph at tiny@224: 9.2 ms a
-        caption with the slicing inside the loop, 5.1 ms with it outside; ONNX Runtime, 1 thread)."""
-        depth = cross.shape[1]
-        return [cross[0, i].clone() for i in range(depth)], [cross[1, i].clone() for i in range(depth)]
-
     def empty_self_cache(self, rows: int, device: torch.device | None = None) -> torch.Tensor:
         """Zeroed self-attention keys and values for `rows` sequences: (2, depth, rows, heads, max_length,
         width / heads)."""
@@ -199,9 +190,9 @@ class CaptionDecoder(nn.Module):
              cross: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One generated position for R sequences: tokens (R,) int64 at `position` (a 0-d int64 tensor,
         < max_length), self_cache as `empty_self_cache` gives it holding positions 0..position-1, cross as
-        `cross_cache` (or the pair of per-layer lists, keys and values, that `per_layer` makes of it) ->
-        (next-token logits (R, vocab), self_cache with this position written). Equals `decode`'s logits at
-        `position` (eval mode).
+        `cross_cache` gives it or as a pair (keys, values) of depth (R, heads, N, d) tensors each (how the
+        exported graphs pass it, deploy/export.py) -> (next-token logits (R, vocab), self_cache with this
+        position written). Equals `decode`'s logits at `position` (eval mode).
 
         The one new position is kept as (R, width) rows and its heads as (R, heads, 1, width / heads), a
         reshape without a transpose: the exported step has a fifth fewer nodes than with (R, 1, width)
