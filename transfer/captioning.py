@@ -187,7 +187,7 @@ class CaptionDecoder(nn.Module):
                            device=device, dtype=self.head.weight.dtype)
 
     def step(self, tokens: torch.Tensor, position: torch.Tensor, self_cache: torch.Tensor,
-             cross: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+             cross: torch.Tensor | tuple) -> tuple[torch.Tensor, torch.Tensor]:
         """One generated position for R sequences: tokens (R,) int64 at `position` (a 0-d int64 tensor,
         < max_length), self_cache as `empty_self_cache` gives it holding positions 0..position-1, cross as
         `cross_cache` gives it or as a pair (keys, values) of depth (R, heads, N, d) tensors each (how the
